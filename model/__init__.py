@@ -1,0 +1,14 @@
+"""A BERT2BERT encoder-decoder in plain PyTorch, compatible with Hugging Face checkpoints."""
+
+from .config import BertConfig, EncoderDecoderConfig, GenerationConfig
+from .encoder_decoder import EncoderDecoderModel, Seq2SeqOutput
+from .tokenizer import Tokenizer
+
+__all__ = [
+    "BertConfig",
+    "EncoderDecoderConfig",
+    "EncoderDecoderModel",
+    "GenerationConfig",
+    "Seq2SeqOutput",
+    "Tokenizer",
+]

@@ -1,0 +1,145 @@
+"""The BERT2BERT encoder-decoder: forward and loss, encode once, decode with a cache."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import EncoderDecoderConfig, GenerationConfig
+from .layers import KVCache, LMHead, Stack
+
+
+@dataclass
+class Seq2SeqOutput:
+    logits: torch.Tensor
+    loss: torch.Tensor | None = None
+
+
+def shift_right(labels: torch.Tensor, start_id: int | None, pad_id: int | None) -> torch.Tensor:
+    """Decoder inputs from labels: start token first, labels shifted one right, -100 replaced by pad."""
+    if start_id is None:
+        raise ValueError(
+            "decoder_start_token_id is not set: set model.config.decoder_start_token_id "
+            "(for BERT2BERT usually the [CLS] id, tokenizer.cls_token_id)"
+        )
+    if pad_id is None:
+        raise ValueError(
+            "pad_token_id is not set: set model.config.pad_token_id (for BERT usually tokenizer.pad_token_id)"
+        )
+    shifted = labels.new_empty(labels.shape)
+    shifted[:, 0] = start_id
+    shifted[:, 1:] = labels[:, :-1]
+    return shifted.masked_fill_(shifted == -100, pad_id)
+
+
+def padding_mask(attention_mask: torch.Tensor | None) -> torch.Tensor | None:
+    """[B, S] 1/0 mask -> [B, 1, 1, S] boolean SDPA mask, or None when nothing is padded."""
+    if attention_mask is None or bool(attention_mask.all()):
+        return None
+    return attention_mask.bool()[:, None, None, :]
+
+
+class EncoderDecoderModel(nn.Module):
+    def __init__(self, config: EncoderDecoderConfig, generation_config: GenerationConfig | None = None):
+        super().__init__()
+        self.config = config
+        self.generation_config = generation_config or GenerationConfig(
+            decoder_start_token_id=config.decoder_start_token_id,
+            eos_token_id=config.eos_token_id,
+            pad_token_id=config.pad_token_id,
+        )
+        enc, dec = config.encoder, config.decoder
+        self.encoder = Stack(enc, pooler=enc.model_type == "bert")
+        self.decoder = Stack(dec, pooler=False)
+        self.lm_head = LMHead(dec)
+        self.enc_to_dec_proj = nn.Linear(enc.hidden_size, dec.hidden_size) if enc.hidden_size != dec.hidden_size else None
+        self.init_weights()
+
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """transformers' initialisation: N(0, initializer_range) weights, zero biases, LayerNorm 1/0, pad row 0."""
+        for stack, cfg in ((self.encoder, self.config.encoder), (self.decoder, self.config.decoder),
+                           (self.lm_head, self.config.decoder), (self.enc_to_dec_proj, self.config.decoder)):
+            if stack is None:
+                continue
+            for m in stack.modules():
+                if isinstance(m, nn.Linear):
+                    m.weight.normal_(0.0, cfg.initializer_range)
+                    m.bias.zero_()
+                elif isinstance(m, nn.Embedding):
+                    m.weight.normal_(0.0, cfg.initializer_range)
+                    if m.padding_idx is not None:
+                        m.weight[m.padding_idx].zero_()
+                elif isinstance(m, nn.LayerNorm):
+                    m.weight.fill_(1.0)
+                    m.bias.zero_()
+        self.lm_head.bias.zero_()
+        if self.lm_head.weight is not None:
+            self.lm_head.weight.normal_(0.0, self.config.decoder.initializer_range)
+
+    @property
+    def device(self) -> torch.device:
+        return self.lm_head.bias.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.lm_head.bias.dtype
+
+    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Encoder hidden states [B, S, C_dec], already projected to the decoder's width."""
+        mask = padding_mask(attention_mask)
+        x = self.encoder.embed(input_ids)
+        for block in self.encoder.layers:
+            x = block(x, mask)
+        return x if self.enc_to_dec_proj is None else self.enc_to_dec_proj(x)
+
+    def memory_kv(self, memory: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Cross-attention keys and values of every decoder layer, [B, H, S, D] each, computed once per article."""
+        return [block.cross.project_kv(memory) for block in self.decoder.layers]
+
+    def new_cache(self, rows: int, max_len: int) -> KVCache:
+        cfg = self.config.decoder
+        return KVCache(cfg.num_hidden_layers, rows, cfg.num_attention_heads, max_len, cfg.head_dim,
+                       self.dtype, self.device)
+
+    def decode(self, decoder_input_ids: torch.Tensor, memory_kv, memory_mask: torch.Tensor | None,
+               decoder_attention_mask: torch.Tensor | None = None, cache: KVCache | None = None,
+               pos: int = 0, group: int = 1) -> torch.Tensor:
+        """Decoder logits [N, T, V] for tokens at positions pos..pos+T-1.
+
+        memory_kv and memory_mask ([B, 1, 1, S] bool or None) are per article; N = B * group rows.
+        With a cache, earlier positions are read from it and these are written into it.
+        """
+        t = decoder_input_ids.shape[1]
+        mask, is_causal = None, False
+        if decoder_attention_mask is not None:
+            causal = torch.ones(t, t, dtype=torch.bool, device=decoder_input_ids.device).tril()
+            mask = causal[None, None] & decoder_attention_mask.bool()[:, None, None, :]
+        elif t > 1:
+            if pos:
+                raise ValueError("several new tokens after cached ones need an explicit mask")
+            is_causal = True
+        x = self.decoder.embed(decoder_input_ids, start=pos)
+        for i, block in enumerate(self.decoder.layers):
+            x = block(x, mask, is_causal, cache, i, pos, memory_kv[i], memory_mask, group)
+        return self.lm_head(x, self.decoder.embed.tok.weight)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                decoder_input_ids: torch.Tensor | None = None, decoder_attention_mask: torch.Tensor | None = None,
+                labels: torch.Tensor | None = None) -> Seq2SeqOutput:
+        if decoder_input_ids is None:
+            if labels is None:
+                raise ValueError("pass decoder_input_ids or labels")
+            decoder_input_ids = shift_right(labels, self.config.decoder_start_token_id, self.config.pad_token_id)
+            if decoder_attention_mask is None:
+                decoder_attention_mask = (decoder_input_ids != self.config.pad_token_id).long()
+        memory = self.encode(input_ids, attention_mask)
+        logits = self.decode(decoder_input_ids, self.memory_kv(memory), padding_mask(attention_mask),
+                             decoder_attention_mask)
+        loss = None
+        if labels is not None:
+            loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100)
+        return Seq2SeqOutput(logits=logits, loss=loss)

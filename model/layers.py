@@ -1,0 +1,139 @@
+"""BERT building blocks: embeddings, attention (self and cross, SDPA, KV cache), feed-forward, block, LM head.
+
+Shapes: B articles, N = B * G decoder rows (G beams per article, rows grouped by article),
+T new tokens, S keys, H heads, D head dim, C hidden size.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import BertConfig
+
+
+def activation(name: str):
+    if name == "gelu":
+        return F.gelu
+    if name in ("gelu_new", "gelu_pytorch_tanh"):
+        return lambda x: F.gelu(x, approximate="tanh")
+    return F.relu
+
+
+class Embeddings(nn.Module):
+    def __init__(self, cfg: BertConfig):
+        super().__init__()
+        self.tok = nn.Embedding(cfg.vocab_size, cfg.hidden_size, padding_idx=cfg.pad_token_id)
+        self.pos = nn.Embedding(cfg.max_position_embeddings, cfg.hidden_size)
+        self.type = nn.Embedding(cfg.type_vocab_size, cfg.hidden_size) if cfg.has_token_types else None
+        self.norm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+        self.drop = nn.Dropout(cfg.hidden_dropout_prob)
+
+    def forward(self, ids: torch.Tensor, start: int = 0) -> torch.Tensor:
+        positions = torch.arange(start, start + ids.shape[1], device=ids.device)
+        x = self.tok(ids) + self.pos(positions)
+        if self.type is not None:
+            x = x + self.type.weight[0]  # token type 0 everywhere, as transformers does without token_type_ids
+        return self.drop(self.norm(x))
+
+
+class KVCache:
+    """Preallocated self-attention keys/values of every decoder layer: [L, N, H, S, D], written by position."""
+
+    def __init__(self, layers: int, rows: int, heads: int, max_len: int, head_dim: int, dtype, device):
+        shape = (layers, rows, heads, max_len, head_dim)
+        self.k = torch.zeros(shape, dtype=dtype, device=device)
+        self.v = torch.zeros(shape, dtype=dtype, device=device)
+
+    def update(self, layer: int, pos: int, k: torch.Tensor, v: torch.Tensor):
+        end = pos + k.shape[2]
+        self.k[layer, :, :, pos:end] = k
+        self.v[layer, :, :, pos:end] = v
+        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+
+
+class Attention(nn.Module):
+    """Multi-head attention with BERT's post-LN output: LayerNorm(x + dropout(o(attn)))."""
+
+    def __init__(self, cfg: BertConfig):
+        super().__init__()
+        c = cfg.hidden_size
+        self.heads = cfg.num_attention_heads
+        self.q, self.k, self.v, self.o = (nn.Linear(c, c) for _ in range(4))
+        self.norm = nn.LayerNorm(c, eps=cfg.layer_norm_eps)
+        self.attn_drop = cfg.attention_probs_dropout_prob
+        self.drop = nn.Dropout(cfg.hidden_dropout_prob)
+
+    def split_heads(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, c = x.shape
+        return x.view(b, t, self.heads, c // self.heads).transpose(1, 2)  # [B, H, T, D]
+
+    def project_kv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.split_heads(self.k(x)), self.split_heads(self.v(x))
+
+    def forward(self, x, k, v, mask=None, is_causal: bool = False, group: int = 1) -> torch.Tensor:
+        """x [N, T, C]; k, v [N / group, H, S, D]; mask broadcastable to [N / group, H, group * T, S], True = attend.
+
+        With group > 1 the G rows of one article share one k/v: their queries are stacked along the
+        query axis instead of copying k/v per row.
+        """
+        n, t, c = x.shape
+        q = self.q(x).view(n // group, group * t, c)
+        q = self.split_heads(q)  # [B, H, G*T, D]
+        p = self.attn_drop if self.training else 0.0
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, is_causal=is_causal)
+        out = out.transpose(1, 2).reshape(n, t, c)
+        return self.norm(x + self.drop(self.o(out)))
+
+
+class Block(nn.Module):
+    """One BERT layer: self-attention, optional cross-attention, feed-forward; each post-LN."""
+
+    def __init__(self, cfg: BertConfig):
+        super().__init__()
+        self.attn = Attention(cfg)
+        self.cross = Attention(cfg) if cfg.add_cross_attention else None
+        self.ffn_up = nn.Linear(cfg.hidden_size, cfg.intermediate_size)
+        self.ffn_down = nn.Linear(cfg.intermediate_size, cfg.hidden_size)
+        self.ffn_norm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+        self.act = activation(cfg.hidden_act)
+        self.drop = nn.Dropout(cfg.hidden_dropout_prob)
+
+    def forward(self, x, mask=None, is_causal=False, cache=None, layer=0, pos=0, memory_kv=None,
+                memory_mask=None, group=1) -> torch.Tensor:
+        k, v = self.attn.project_kv(x)
+        if cache is not None:
+            k, v = cache.update(layer, pos, k, v)
+        x = self.attn(x, k, v, mask, is_causal=is_causal)
+        if self.cross is not None:
+            x = self.cross(x, *memory_kv, memory_mask, group=group)
+        return self.ffn_norm(x + self.drop(self.ffn_down(self.act(self.ffn_up(x)))))
+
+
+class Stack(nn.Module):
+    """Embeddings and layers of one BERT: the encoder (with its pooler) or the decoder."""
+
+    def __init__(self, cfg: BertConfig, pooler: bool):
+        super().__init__()
+        self.embed = Embeddings(cfg)
+        self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.num_hidden_layers))
+        self.pooler = nn.Linear(cfg.hidden_size, cfg.hidden_size) if pooler else None
+
+
+class LMHead(nn.Module):
+    """BERT: dense, activation, LayerNorm, then the tied projection plus bias. BertGeneration: projection plus bias."""
+
+    def __init__(self, cfg: BertConfig):
+        super().__init__()
+        transform = cfg.model_type == "bert"
+        self.dense = nn.Linear(cfg.hidden_size, cfg.hidden_size) if transform else None
+        self.norm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps) if transform else None
+        self.act = activation(cfg.hidden_act)
+        self.bias = nn.Parameter(torch.zeros(cfg.vocab_size))
+        self.weight = None if cfg.tie_word_embeddings else nn.Parameter(torch.zeros(cfg.vocab_size, cfg.hidden_size))
+
+    def forward(self, x: torch.Tensor, tied_weight: torch.Tensor) -> torch.Tensor:
+        if self.dense is not None:
+            x = self.norm(self.act(self.dense(x)))
+        return F.linear(x, tied_weight if self.weight is None else self.weight, self.bias)
