@@ -105,7 +105,9 @@ class EncoderDecoderConfig:
             raise ValueError("the encoder config has is_decoder=True; an encoder must be bidirectional")
 
     @classmethod
-    def from_encoder_decoder_configs(cls, encoder: BertConfig, decoder: BertConfig, **kwargs: Any) -> EncoderDecoderConfig:
+    def from_encoder_decoder_configs(
+        cls, encoder: BertConfig, decoder: BertConfig, **kwargs: Any
+    ) -> EncoderDecoderConfig:
         decoder = dataclasses.replace(decoder, is_decoder=True, add_cross_attention=True, extra=dict(decoder.extra))
         return cls(encoder=encoder, decoder=decoder, **kwargs)
 

@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import logging
+import os
+import re
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import EncoderDecoderConfig, GenerationConfig
+from . import checkpoint
+from .config import BertConfig, EncoderDecoderConfig, GenerationConfig
 from .layers import KVCache, LMHead, Stack
+from .tokenizer import special_token_ids
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -55,7 +62,8 @@ class EncoderDecoderModel(nn.Module):
         self.encoder = Stack(enc, pooler=enc.model_type == "bert")
         self.decoder = Stack(dec, pooler=False)
         self.lm_head = LMHead(dec)
-        self.enc_to_dec_proj = nn.Linear(enc.hidden_size, dec.hidden_size) if enc.hidden_size != dec.hidden_size else None
+        projection_needed = enc.hidden_size != dec.hidden_size
+        self.enc_to_dec_proj = nn.Linear(enc.hidden_size, dec.hidden_size) if projection_needed else None
         self.init_weights()
 
     @torch.no_grad()
@@ -143,3 +151,52 @@ class EncoderDecoderModel(nn.Module):
         if labels is not None:
             loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100)
         return Seq2SeqOutput(logits=logits, loss=loss)
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike, dtype: torch.dtype | None = None,
+                        device: torch.device | str | None = None, allow_pickle: bool = False) -> EncoderDecoderModel:
+        """Load an HF encoder-decoder folder (local path or fsspec URL such as s3://bucket/model)."""
+        path = str(path)
+        config, generation = checkpoint.read_configs(path)
+        with torch.device("meta"):
+            model = cls(config, generation)
+        expected = {k: v.shape for k, v in model.state_dict().items()}
+        state = checkpoint.load_hf_state(path, expected, untied_head=model.lm_head.weight is not None, dtype=dtype,
+                                         allow_pickle=allow_pickle)
+        model.load_state_dict(state, strict=True, assign=True)
+        return model.to(device).eval() if device is not None else model.eval()
+
+    def save_pretrained(self, path: str | os.PathLike) -> None:
+        """config.json, generation_config.json and model.safetensors with HF's key names (local path or URL)."""
+        checkpoint.save_hf(str(path), self.state_dict(), self.config, self.generation_config)
+
+    @classmethod
+    def from_encoder_decoder_pretrained(cls, encoder_path: str | os.PathLike, decoder_path: str | os.PathLike,
+                                        **config_kwargs) -> EncoderDecoderModel:
+        """Warm start from two BERT checkpoints. The decoder gets fresh cross-attention (and a fresh LM-head
+        transform when its checkpoint has none). decoder_start_token_id, pad_token_id and eos_token_id default
+        to the decoder checkpoint's [CLS], [PAD] and [SEP] ids when its vocabulary has them."""
+        enc_raw, enc_tensors = checkpoint.read_bert(str(encoder_path))
+        dec_raw, dec_tensors = checkpoint.read_bert(str(decoder_path))
+        enc_raw = {**enc_raw, "is_decoder": False, "add_cross_attention": False}
+        defaults = {k: v for k, v in special_token_ids(str(decoder_path)).items() if v is not None}
+        config = EncoderDecoderConfig.from_encoder_decoder_configs(
+            BertConfig.from_dict(enc_raw), BertConfig.from_dict(dec_raw), **{**defaults, **config_kwargs})
+        model = cls(config)
+        state, unused = {}, []
+        for part, tensors in (("encoder", enc_tensors), ("decoder", dec_tensors)):
+            part_state, part_unused = checkpoint.warm_start_state(tensors, part)
+            state.update(part_state)
+            unused += [f"{part}: {k}" for k in part_unused]
+        own = model.state_dict()
+        for key, tensor in state.items():
+            if own[key].shape != tensor.shape:
+                raise ValueError(f"{key}: checkpoint shape {list(tensor.shape)} != config shape {list(own[key].shape)}")
+        fresh = sorted(set(own) - set(state))
+        model.load_state_dict({**own, **state})
+        if fresh:
+            fresh = sorted({re.sub(r"\.\d+\.", ".{}.", k) for k in fresh})
+            log.info("newly initialised weights (train them before use): %s", ", ".join(fresh))
+        if unused:
+            log.info("checkpoint weights not used: %s", ", ".join(unused))
+        return model.eval()

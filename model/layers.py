@@ -26,15 +26,15 @@ class Embeddings(nn.Module):
         super().__init__()
         self.tok = nn.Embedding(cfg.vocab_size, cfg.hidden_size, padding_idx=cfg.pad_token_id)
         self.pos = nn.Embedding(cfg.max_position_embeddings, cfg.hidden_size)
-        self.type = nn.Embedding(cfg.type_vocab_size, cfg.hidden_size) if cfg.has_token_types else None
+        self.tok_type = nn.Embedding(cfg.type_vocab_size, cfg.hidden_size) if cfg.has_token_types else None
         self.norm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
         self.drop = nn.Dropout(cfg.hidden_dropout_prob)
 
     def forward(self, ids: torch.Tensor, start: int = 0) -> torch.Tensor:
         positions = torch.arange(start, start + ids.shape[1], device=ids.device)
         x = self.tok(ids) + self.pos(positions)
-        if self.type is not None:
-            x = x + self.type.weight[0]  # token type 0 everywhere, as transformers does without token_type_ids
+        if self.tok_type is not None:
+            x = x + self.tok_type.weight[0]  # token type 0 everywhere, as transformers does without token_type_ids
         return self.drop(self.norm(x))
 
 

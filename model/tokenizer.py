@@ -1,0 +1,131 @@
+"""BERT WordPiece tokenizer on the `tokenizers` library, with transformers' BertTokenizerFast behaviour."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+
+import fsspec
+import torch
+from tokenizers import Tokenizer as Backend
+from tokenizers import decoders, normalizers, pre_tokenizers, processors
+from tokenizers.models import WordPiece
+
+SPECIAL = {"cls_token": "[CLS]", "sep_token": "[SEP]", "pad_token": "[PAD]", "unk_token": "[UNK]",
+           "mask_token": "[MASK]"}
+
+
+def _read_text(path: str) -> str | None:
+    fs, p = fsspec.core.url_to_fs(path)
+    if not fs.exists(p):
+        return None
+    with fs.open(p, "r", encoding="utf-8") as f:
+        return f.read()
+
+
+def _from_vocab(vocab_text: str, cfg: dict) -> Backend:
+    vocab = {tok: i for i, tok in enumerate(vocab_text.splitlines())}
+    special = {name: cfg.get(name, default) for name, default in SPECIAL.items()}
+    backend = Backend(WordPiece(vocab, unk_token=special["unk_token"], max_input_chars_per_word=100))
+    backend.normalizer = normalizers.BertNormalizer(
+        clean_text=True,
+        handle_chinese_chars=cfg.get("tokenize_chinese_chars", True),
+        strip_accents=cfg.get("strip_accents"),
+        lowercase=cfg.get("do_lower_case", True),
+    )
+    backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    cls, sep = special["cls_token"], special["sep_token"]
+    backend.post_processor = processors.BertProcessing((sep, vocab[sep]), (cls, vocab[cls]))
+    backend.decoder = decoders.WordPiece(prefix="##")
+    backend.add_special_tokens([t for t in special.values() if t in vocab])
+    return backend
+
+
+def special_token_ids(path: str) -> dict[str, int | None]:
+    """decoder_start/pad/eos ids a BERT2BERT uses ([CLS], [PAD], [SEP]) from a checkpoint's vocabulary, if any."""
+    try:
+        tok = Tokenizer.from_pretrained(path)
+    except FileNotFoundError:
+        return {"decoder_start_token_id": None, "pad_token_id": None, "eos_token_id": None}
+    return {"decoder_start_token_id": tok.cls_token_id, "pad_token_id": tok.pad_token_id,
+            "eos_token_id": tok.sep_token_id}
+
+
+class Tokenizer:
+    """`tok(texts)` and `tok.batch_decode(ids)` as transformers' BertTokenizerFast with its defaults."""
+
+    def __init__(self, backend: Backend, config: dict | None = None):
+        self.backend = backend
+        self.config = dict(config or {})
+        self.model_max_length = int(self.config.get("model_max_length", 512))
+        ids = {name: backend.token_to_id(self.config.get(name, tok)) for name, tok in SPECIAL.items()}
+        self.cls_token_id, self.sep_token_id = ids["cls_token"], ids["sep_token"]
+        self.pad_token_id, self.unk_token_id, self.mask_token_id = ids["pad_token"], ids["unk_token"], ids["mask_token"]
+        self.pad_token = self.config.get("pad_token", SPECIAL["pad_token"])
+        self.all_special_ids = sorted({i for i in ids.values() if i is not None})
+
+    @property
+    def vocab_size(self) -> int:
+        return self.backend.get_vocab_size(with_added_tokens=False)
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike) -> Tokenizer:
+        """tokenizer.json if the folder has one, else WordPiece from vocab.txt and tokenizer_config.json."""
+        path = str(path).rstrip("/")
+        config = json.loads(_read_text(f"{path}/tokenizer_config.json") or "{}")
+        tokenizer_json = _read_text(f"{path}/tokenizer.json")
+        if tokenizer_json is not None:
+            return cls(Backend.from_str(tokenizer_json), config)
+        vocab = _read_text(f"{path}/vocab.txt")
+        if vocab is None:
+            raise FileNotFoundError(f"{path}: no tokenizer.json or vocab.txt found")
+        return cls(_from_vocab(vocab, config), config)
+
+    def save_pretrained(self, path: str | os.PathLike) -> None:
+        path = str(path).rstrip("/")
+        fs, root = fsspec.core.url_to_fs(path)
+        fs.makedirs(root, exist_ok=True)
+        vocab = sorted(self.backend.get_vocab(with_added_tokens=False).items(), key=lambda kv: kv[1])
+        config = {**self.config, "model_max_length": self.model_max_length}
+        config.setdefault("tokenizer_class", "BertTokenizer")
+        files = {
+            "tokenizer.json": self.backend.to_str(),
+            "tokenizer_config.json": json.dumps(config, indent=2),
+            "special_tokens_map.json": json.dumps({k: config.get(k, v) for k, v in SPECIAL.items()}, indent=2),
+            "vocab.txt": "".join(tok + "\n" for tok, _ in vocab),
+        }
+        for name, text in files.items():
+            with fs.open(f"{root}/{name}", "w", encoding="utf-8") as f:
+                f.write(text)
+
+    def encode_batch(self, texts: Sequence[str], max_length: int | None = None,
+                     truncation: bool = True) -> list[list[int]]:
+        """Token ids with [CLS] ... [SEP], unpadded; truncated to max_length (default model_max_length)."""
+        if truncation:
+            self.backend.enable_truncation(max_length or self.model_max_length)
+        else:
+            self.backend.no_truncation()
+        self.backend.no_padding()
+        return [e.ids for e in self.backend.encode_batch(list(texts))]
+
+    def __call__(self, texts: str | Sequence[str], max_length: int | None = None, truncation: bool = True,
+                 padding: bool = True) -> dict[str, torch.Tensor | list[list[int]]]:
+        """input_ids and attention_mask; torch tensors padded to the longest text (lists when padding=False)."""
+        ids = self.encode_batch([texts] if isinstance(texts, str) else texts, max_length, truncation)
+        if not padding:
+            return {"input_ids": ids, "attention_mask": [[1] * len(row) for row in ids]}
+        width = max((len(row) for row in ids), default=0)
+        input_ids = torch.full((len(ids), width), self.pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(ids), width), dtype=torch.long)
+        for i, row in enumerate(ids):
+            input_ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+            attention_mask[i, : len(row)] = 1
+        return {"input_ids": input_ids, "attention_mask": attention_mask}
+
+    def decode(self, ids: Sequence[int] | torch.Tensor, skip_special_tokens: bool = True) -> str:
+        return self.batch_decode([ids], skip_special_tokens)[0]
+
+    def batch_decode(self, ids: Sequence[Sequence[int]] | torch.Tensor, skip_special_tokens: bool = True) -> list[str]:
+        rows = ids.tolist() if isinstance(ids, torch.Tensor) else [list(map(int, row)) for row in ids]
+        return self.backend.decode_batch(rows, skip_special_tokens=skip_special_tokens)
