@@ -86,9 +86,9 @@ def map_stack_key(key: str) -> str | None:
 
 def hf_to_ours(key: str, untied_head: bool = False) -> str | None:
     """Our name for an HF EncoderDecoderModel key; None for a known benign key; KeyError if unknown."""
-    if IGNORED.match(key) or key in {f"decoder.{k}" for k in TIED_BIAS_COPIES}:
+    if IGNORED.match(key) or key.removeprefix("decoder.") in TIED_BIAS_COPIES:
         return None
-    if key.startswith("decoder.") and key[len("decoder."):] in TIED_COPIES:
+    if key.removeprefix("decoder.") in TIED_COPIES:
         return "lm_head.weight" if untied_head else None
     for prefix, ours in (("encoder.", "encoder."), ("decoder.bert.", "decoder.")):
         if key.startswith(prefix) and (mapped := map_stack_key(key[len(prefix):])):
