@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import checkpoint
+from . import checkpoint, generation
 from .config import BertConfig, EncoderDecoderConfig, GenerationConfig
 from .layers import KVCache, LMHead, Stack
 from .tokenizer import special_token_ids
@@ -151,6 +151,10 @@ class EncoderDecoderModel(nn.Module):
         if labels is not None:
             loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100)
         return Seq2SeqOutput(logits=logits, loss=loss)
+
+    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs):
+        """Beam search, greedy or sampling with transformers' settings and tokens; see model.generation.generate."""
+        return generation.generate(self, input_ids, attention_mask, **kwargs)
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, dtype: torch.dtype | None = None,

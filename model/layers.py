@@ -39,18 +39,32 @@ class Embeddings(nn.Module):
 
 
 class KVCache:
-    """Preallocated self-attention keys/values of every decoder layer: [L, N, H, S, D], written by position."""
+    """Preallocated self-attention keys/values of every decoder layer: [L, N, H, S, D], written by position.
+
+    Writes go to the first rows (as many as the new keys have). `reorder` gathers beams (dropping finished
+    ones) into a spare buffer of the same shape and swaps the two, so beam search never allocates per step.
+    """
 
     def __init__(self, layers: int, rows: int, heads: int, max_len: int, head_dim: int, dtype, device):
         shape = (layers, rows, heads, max_len, head_dim)
         self.k = torch.zeros(shape, dtype=dtype, device=device)
         self.v = torch.zeros(shape, dtype=dtype, device=device)
+        self.spare: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def update(self, layer: int, pos: int, k: torch.Tensor, v: torch.Tensor):
-        end = pos + k.shape[2]
-        self.k[layer, :, :, pos:end] = k
-        self.v[layer, :, :, pos:end] = v
-        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+        n, end = k.shape[0], pos + k.shape[2]
+        self.k[layer, :n, :, pos:end] = k
+        self.v[layer, :n, :, pos:end] = v
+        return self.k[layer, :n, :, :end], self.v[layer, :n, :, :end]
+
+    def reorder(self, rows: torch.Tensor, length: int) -> None:
+        """New row i takes old row rows[i] (positions < length); rows may be fewer than before."""
+        if self.spare is None:
+            self.spare = (torch.empty_like(self.k), torch.empty_like(self.v))
+        n = rows.shape[0]
+        for src, dst in zip((self.k, self.v), self.spare, strict=True):
+            torch.index_select(src[:, :, :, :length], 1, rows, out=dst[:, :n, :, :length])
+        self.spare, (self.k, self.v) = (self.k, self.v), self.spare
 
 
 class Attention(nn.Module):
