@@ -1,0 +1,99 @@
+"""Typed configs for the jobs, validated before any cluster work starts.
+
+`SummarizeConfig` is the batch-summarization job; the nightly job builds one per partition, so it holds
+no command-line notions, only what the dataflow needs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+DTYPES = ("float32", "float16", "bfloat16")
+
+
+@dataclass(frozen=True)
+class GenerationOverrides:
+    """Generation settings that replace the checkpoint's generation_config.json; None keeps the checkpoint's."""
+
+    num_beams: int | None = None
+    max_length: int | None = None
+    min_length: int | None = None
+    length_penalty: float | None = None
+    no_repeat_ngram_size: int | None = None
+    early_stopping: bool | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("num_beams", "max_length"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
+        for name in ("min_length", "no_repeat_ngram_size"):
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise ValueError(f"{name} must be >= 0, got {value}")
+        if self.max_length is not None and self.min_length is not None and self.min_length > self.max_length:
+            raise ValueError(f"min_length {self.min_length} is larger than max_length {self.max_length}")
+
+    def as_kwargs(self) -> dict[str, Any]:
+        """The set settings only, as keyword arguments of `EncoderDecoderModel.generate`."""
+        return {f.name: v for f in dataclasses.fields(self) if (v := getattr(self, f.name)) is not None}
+
+
+@dataclass(frozen=True)
+class Replicas:
+    """How many model replicas (actors) run, and what each one reserves."""
+
+    min: int = 1
+    max: int = 1
+    gpus: float = 0.0
+    cpus: float = 1.0
+    batch_size: int = 16
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.min <= self.max:
+            raise ValueError(f"replicas must satisfy 1 <= min <= max, got min={self.min} max={self.max}")
+        if self.gpus < 0 or self.cpus < 0 or (self.gpus == 0 and self.cpus == 0):
+            raise ValueError(f"a replica needs some CPU or GPU, got cpus={self.cpus} gpus={self.gpus}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+
+    @classmethod
+    def parse(cls, text: str, **kwargs: Any) -> Replicas:
+        """'N' or 'MIN-MAX' (an autoscaling pool)."""
+        match = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", text)
+        if not match:
+            raise ValueError(f"replicas must be N or MIN-MAX, got {text!r}")
+        low = int(match.group(1))
+        high = int(match.group(2)) if match.group(2) else low
+        return cls(min=low, max=high, **kwargs)
+
+
+@dataclass(frozen=True)
+class SummarizeConfig:
+    """One batch-summarization run: Parquet shards in, Parquet summaries out."""
+
+    input: str  # a Parquet file, a folder of shards or a glob, at any fsspec URL
+    output: str  # a folder URL; data files, then the _SUCCESS.json marker
+    model: str  # an HF-layout encoder-decoder folder (local or fsspec URL) with its tokenizer files
+    text_column: str = "article"
+    id_column: str | None = None  # None: use "id" if the input has it, else derive one from path + row
+    passthrough_columns: tuple[str, ...] = ()
+    max_input_tokens: int | None = None  # None: the encoder's max_position_embeddings
+    dtype: str = "float32"
+    generation: GenerationOverrides = field(default_factory=GenerationOverrides)
+    replicas: Replicas = field(default_factory=Replicas)
+    storage_options: dict[str, Any] = field(default_factory=dict)  # fsspec options for input and output
+    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
+        if self.max_input_tokens is not None and self.max_input_tokens < 3:
+            raise ValueError(f"max_input_tokens must be >= 3 ([CLS], a token, [SEP]), got {self.max_input_tokens}")
+        if not self.text_column:
+            raise ValueError("text_column is empty")
+        if self.input.rstrip("/") == self.output.rstrip("/"):
+            raise ValueError(f"input and output are the same URL: {self.input}")
