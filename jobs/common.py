@@ -1,0 +1,99 @@
+"""Flags shared by the jobs (generation, scaling, storage), Ray start-up and the end-of-job report."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any
+
+import ray
+
+from pipeline.config import GenerationOverrides, Replicas
+from pipeline.summarize import CPU_HEADROOM, SummarizeResult
+
+
+def _early_stopping(text: str) -> bool | str:
+    value = text.lower()
+    if value not in ("true", "false", "never"):
+        raise argparse.ArgumentTypeError(f"expected true, false or never, got {text!r}")
+    return {"true": True, "false": False}.get(value, value)
+
+
+def add_generation_flags(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("generation (unset: the checkpoint's generation_config.json)")
+    g.add_argument("--num-beams", type=int, help="beam width (1: greedy)")
+    g.add_argument("--max-length", type=int, help="longest summary in tokens, [CLS] included")
+    g.add_argument("--min-length", type=int, help="shortest summary in tokens before [SEP] is allowed")
+    g.add_argument("--length-penalty", type=float, help="exponent on length when ranking finished beams")
+    g.add_argument("--no-repeat-ngram-size", type=int, help="forbid repeating n-grams of this size (0: off)")
+    g.add_argument("--early-stopping", type=_early_stopping, help="beam search stop rule: true, false or never")
+
+
+def add_scaling_flags(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("scaling")
+    g.add_argument("--replicas", default="1", help="model replicas: N, or MIN-MAX for an autoscaling actor pool")
+    g.add_argument("--gpus-per-replica", type=float, default=None,
+                   help="GPUs per replica, fractional allowed (default: 1 if the cluster has GPUs, else 0)")
+    g.add_argument("--cpus-per-replica", type=float, default=1.0,
+                   help="CPUs per replica; also the replica's torch thread count on CPU")
+    g.add_argument("--batch-size", type=int, default=16, help="articles per generate call")
+
+
+def add_storage_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--storage-options", type=json.loads, default={},
+                        help='fsspec options for input and output as JSON, e.g. \'{"endpoint_url": "http://..."}\' '
+                             "(default: the standard AWS environment)")
+
+
+def generation_from_args(args: argparse.Namespace) -> GenerationOverrides:
+    return GenerationOverrides(num_beams=args.num_beams, max_length=args.max_length, min_length=args.min_length,
+                               length_penalty=args.length_penalty, no_repeat_ngram_size=args.no_repeat_ngram_size,
+                               early_stopping=args.early_stopping)
+
+
+def init_ray(replicas_flag: str, cpus_per_replica: float) -> None:
+    """Connect to the cluster this runs on (`ray job submit` sets RAY_ADDRESS), else start a local Ray sized
+    for the job: logical CPUs for every replica plus the pipeline's headroom."""
+    if ray.is_initialized():
+        return
+    address = os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=False)
+        return
+    most = Replicas.parse(replicas_flag, cpus=cpus_per_replica).max
+    num_cpus = max(os.cpu_count() or 1, int(most * cpus_per_replica + 0.999) + CPU_HEADROOM)
+    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+
+
+def replicas_from_args(args: argparse.Namespace) -> Replicas:
+    gpus = args.gpus_per_replica
+    if gpus is None:
+        gpus = 1.0 if ray.cluster_resources().get("GPU", 0) else 0.0
+    return Replicas.parse(args.replicas, gpus=gpus, cpus=args.cpus_per_replica, batch_size=args.batch_size)
+
+
+def log_config(name: str, config: Any) -> None:
+    print(f"{name}: {config}", flush=True)
+
+
+def print_report(result: SummarizeResult, out=sys.stdout) -> None:
+    p = lambda *a: print(*a, file=out)  # noqa: E731
+    p(f"== summarize {result.status}: {result.output} ==")
+    for note in result.notes:
+        p(f"note: {note}")
+    failed = sum(result.failed_by_reason.values())
+    p(f"rows in: {result.rows_in}  rows out: {result.rows_out}  written by this run: {result.rows_written}")
+    p(f"failed rows: {failed}" + "".join(f"\n  {n}  {reason}" for reason, n in sorted(result.failed_by_reason.items())))
+    p(f"truncated inputs: {result.truncated}")
+    if result.status == "already-complete":
+        return
+    wall = max(result.wall_s, 1e-9)
+    p(f"wall time: {result.wall_s:.1f} s  rows/s: {result.rows_written / wall:.2f}")
+    p(f"replicas: {result.replicas}  generation: {result.generation}")
+    for replica in sorted(result.rows_by_replica):
+        rows, tokens = result.rows_by_replica[replica], result.tokens_by_replica[replica]
+        p(f"  replica {replica}: {rows} rows, {rows / wall:.2f} rows/s, {tokens / wall:.1f} tokens/s (in + out)")
+    p("Ray Data per-operator stats:")
+    p(result.stats)
