@@ -1,0 +1,113 @@
+"""Distributed fine-tuning on Ray Train: the driver (checks, datasets, TorchTrainer, export of the best checkpoint).
+
+The per-worker loop lives in train_loop.py. Checkpoints are HF model folders plus plain-tensor training state,
+kept under `run_dir` (default `<output>.checkpoints`); re-running with the same output resumes from there.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import posixpath
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import fsspec
+import ray.data
+import ray.train
+from ray.data import ExecutionOptions
+from ray.train.torch import TorchTrainer
+
+from .train_config import FinetuneConfig
+from .train_data import SplitStats, inspect_split, tokenized_dataset
+from .train_loop import is_state_file, train_loop
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class FinetuneResult:
+    output_url: str
+    best_step: int
+    best_metrics: dict
+    steps: int
+    train: SplitStats
+    eval: SplitStats
+
+
+def plan_steps(cfg: FinetuneConfig, train: SplitStats) -> tuple[int, int]:
+    """(optimizer steps per epoch, total steps); an error when the usable rows cannot fill one step."""
+    per_step = cfg.batch_size * cfg.grad_accum * cfg.num_workers
+    # Ray's equal split gives every worker floor(usable / workers) rows; the last partial batch is dropped
+    steps_per_epoch = (train.usable // cfg.num_workers // cfg.batch_size) // cfg.grad_accum
+    if steps_per_epoch == 0:
+        raise ValueError(
+            f"{train.url}: {train.usable} usable rows ({train.empty} with an empty article or summary skipped), "
+            f"fewer than one optimizer step needs (batch_size {cfg.batch_size} x grad_accum {cfg.grad_accum} "
+            f"x num_workers {cfg.num_workers} = {per_step})")
+    return steps_per_epoch, cfg.max_steps or cfg.epochs * steps_per_epoch
+
+
+def run_finetune(cfg: FinetuneConfig) -> FinetuneResult:
+    """Check the inputs, train with DDP on cfg.num_workers Ray Train workers, export the best checkpoint."""
+    train_stats = inspect_split(cfg.train_url, cfg.text_column, cfg.summary_column)
+    eval_stats = inspect_split(cfg.eval_url, cfg.text_column, cfg.summary_column)
+    for stats in (train_stats, eval_stats):
+        if stats.empty:
+            log.warning("%s: skipping %d of %d rows with an empty article or summary", stats.url, stats.empty,
+                        stats.rows)
+    if eval_stats.usable == 0:
+        raise ValueError(f"{cfg.eval_url}: no usable rows ({eval_stats.empty} empty of {eval_stats.rows})")
+    steps_per_epoch, total_steps = plan_steps(cfg, train_stats)
+    log.info("training %d steps (%d per epoch) on %d workers", total_steps, steps_per_epoch, cfg.num_workers)
+
+    columns = dict(tokenizer_path=cfg.tokenizer_url, text_column=cfg.text_column,
+                   summary_column=cfg.summary_column, max_source_tokens=cfg.max_source_tokens,
+                   max_target_tokens=cfg.max_target_tokens)
+    train_ds = tokenized_dataset(cfg.train_url, **columns)
+    eval_rows = tokenized_dataset(cfg.eval_url, keep_reference=True, **columns).limit(cfg.eval_rows).take_all()
+
+    loop_config = {"cfg": cfg, "total_steps": total_steps, "eval_rows": eval_rows}
+    result = make_trainer(cfg, train_loop, loop_config, train_ds).fit()
+    if not result.best_checkpoints:
+        raise RuntimeError(f"{cfg.run_dir}: training finished without a checkpoint")
+    sign = 1 if cfg.best_metric == "rouge2" else -1
+    # ties (say ROUGE-2 still 0 early on) go to the lower eval loss
+    best, metrics = max(result.best_checkpoints,
+                        key=lambda cm: (sign * cm[1][cfg.score_attribute], -cm[1]["eval_loss"]))
+    export_checkpoint(best, cfg.output_url)
+    return FinetuneResult(cfg.output_url, int(metrics["step"]), metrics, total_steps, train_stats, eval_stats)
+
+
+def make_trainer(cfg: FinetuneConfig, loop: Callable[[dict], None], loop_config: dict,
+                 train_ds: ray.data.Dataset) -> TorchTrainer:
+    """TorchTrainer with cfg's scaling, storage, failure and checkpoint policy and a deterministic data split."""
+    storage_path, name = posixpath.split(cfg.run_dir)
+    return TorchTrainer(
+        loop,
+        train_loop_config=loop_config,
+        scaling_config=ray.train.ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
+                                               resources_per_worker={"CPU": cfg.cpus_per_worker}),
+        run_config=ray.train.RunConfig(
+            name=name, storage_path=storage_path,
+            failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(
+                num_to_keep=cfg.keep_checkpoints, checkpoint_score_attribute=cfg.score_attribute,
+                checkpoint_score_order="max" if cfg.best_metric == "rouge2" else "min"),
+        ),
+        datasets={"train": train_ds},
+        # preserve_order makes the split deterministic: the same rows reach the same worker in the same order
+        dataset_config=ray.train.DataConfig(execution_options=ExecutionOptions(preserve_order=True)),
+    )
+
+
+def export_checkpoint(checkpoint: ray.train.Checkpoint, output_url: str) -> None:
+    """Copy the HF model folder of a checkpoint (not its training state) to output_url, config.json last."""
+    fs, root = fsspec.core.url_to_fs(output_url)
+    fs.makedirs(root, exist_ok=True)
+    with checkpoint.as_directory() as local:
+        names = [n for n in os.listdir(local) if os.path.isfile(os.path.join(local, n)) and not is_state_file(n)]
+        for name in sorted(names, key=lambda n: n == "config.json"):
+            fs.put_file(os.path.join(local, name), posixpath.join(root, name))
+
+

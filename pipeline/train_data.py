@@ -1,0 +1,116 @@
+"""Fine-tuning data: checks on the Parquet input, the Ray Data tokenize stage, and per-batch padding."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow.compute as pc
+import pyarrow.dataset as pads
+import ray.data
+import torch
+
+from model import Tokenizer
+
+
+@dataclass(frozen=True)
+class SplitStats:
+    """Row counts of one Parquet split: all rows, and rows skipped for an empty article or summary."""
+
+    url: str
+    rows: int
+    empty: int
+
+    @property
+    def usable(self) -> int:
+        return self.rows - self.empty
+
+
+def _is_empty(column) -> np.ndarray:
+    """True where a string is null or only whitespace (numpy object array or pyarrow array in)."""
+    return np.array([s is None or not str(s).strip() for s in column], dtype=bool)
+
+
+def inspect_split(url: str, text_column: str, summary_column: str) -> SplitStats:
+    """Count rows and empty pairs of a Parquet file or folder; a missing column is an error naming those present."""
+    dataset = pads.dataset(url, format="parquet")
+    present = dataset.schema.names
+    missing = [c for c in (text_column, summary_column) if c not in present]
+    if missing:
+        raise ValueError(f"{url}: missing column(s) {', '.join(missing)}; columns present: {', '.join(present)}")
+    rows = empty = 0
+    for batch in dataset.to_batches(columns=[text_column, summary_column]):
+        rows += batch.num_rows
+        blank = pc.or_kleene(_blank(batch.column(0)), _blank(batch.column(1)))
+        empty += pc.sum(blank.cast("int64")).as_py() or 0
+    return SplitStats(url, rows, empty)
+
+
+def _blank(column):
+    return pc.fill_null(pc.equal(pc.utf8_trim_whitespace(column.cast("string")), ""), True)
+
+
+class TokenizePairs:
+    """Ray Data stage: (article, summary) strings -> unpadded `input_ids` and `labels`, empty pairs dropped.
+
+    input_ids are `[CLS] article [SEP]`; labels are `summary [SEP]`: the decoder starts from [CLS]
+    (decoder_start_token_id) and learns to emit the summary and stop.
+    """
+
+    def __init__(self, tokenizer_path: str, text_column: str, summary_column: str, max_source_tokens: int,
+                 max_target_tokens: int, keep_reference: bool = False):
+        self.tok = Tokenizer.from_pretrained(tokenizer_path)
+        self.text_column, self.summary_column = text_column, summary_column
+        self.max_source_tokens, self.max_target_tokens = max_source_tokens, max_target_tokens
+        self.keep_reference = keep_reference
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        texts, summaries = batch[self.text_column], batch[self.summary_column]
+        keep = ~(_is_empty(texts) | _is_empty(summaries))
+        texts, summaries = [str(t) for t in texts[keep]], [str(s) for s in summaries[keep]]
+        sources = self.tok.encode_batch(texts, self.max_source_tokens)
+        # one more token than the limit: the leading [CLS] is dropped from labels
+        targets = self.tok.encode_batch(summaries, self.max_target_tokens + 1)
+        out = {
+            "input_ids": _ragged([np.asarray(ids, dtype=np.int32) for ids in sources]),
+            "labels": _ragged([np.asarray(ids[1:], dtype=np.int32) for ids in targets]),
+        }
+        if self.keep_reference:
+            out["reference"] = np.asarray(summaries, dtype=object)
+        return out
+
+
+def _ragged(rows: list[np.ndarray]) -> np.ndarray:
+    out = np.empty(len(rows), dtype=object)
+    out[:] = rows
+    return out
+
+
+def tokenized_dataset(url: str, tokenizer_path: str, text_column: str, summary_column: str,
+                      max_source_tokens: int, max_target_tokens: int, keep_reference: bool = False,
+                      concurrency: int = 1) -> ray.data.Dataset:
+    """Parquet -> tokenized pairs, lazily; each epoch re-reads and re-tokenizes in a streaming fashion."""
+    ds = ray.data.read_parquet(url, columns=[text_column, summary_column])
+    return ds.map_batches(
+        TokenizePairs,
+        fn_constructor_kwargs=dict(tokenizer_path=tokenizer_path, text_column=text_column,
+                                   summary_column=summary_column, max_source_tokens=max_source_tokens,
+                                   max_target_tokens=max_target_tokens, keep_reference=keep_reference),
+        batch_format="numpy",
+        concurrency=concurrency,
+    )
+
+
+def collate(batch: dict[str, np.ndarray], pad_id: int) -> dict[str, torch.Tensor]:
+    """Pad to the longest row of this batch: input_ids with pad_id (and a 0 mask), labels with -100."""
+    input_ids = _pad(batch["input_ids"], pad_id)
+    labels = _pad(batch["labels"], -100)
+    return {"input_ids": input_ids, "attention_mask": (input_ids != pad_id).long(), "labels": labels}
+
+
+def _pad(rows, value: int) -> torch.Tensor:
+    rows = [np.asarray(r) for r in rows]
+    out = torch.full((len(rows), max(len(r) for r in rows)), value, dtype=torch.long)
+    for i, r in enumerate(rows):
+        out[i, : len(r)] = torch.from_numpy(r.astype(np.int64))
+    return out

@@ -1,0 +1,220 @@
+"""The Ray Train loop each worker runs: DDP, accumulation, mixed precision, evaluation, checkpoint and resume.
+
+A checkpoint directory is an HF model folder (loadable as it is) plus the training state, all plain tensors
+and numbers written with torch.save and read back with weights_only=True:
+  train_state.pt   optimizer, scheduler, step, epoch, micro-batches consumed in that epoch (rank 0)
+  rank_<r>.pt      that worker's RNG state
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import tempfile
+import time
+from functools import partial
+
+import fsspec
+import ray.train
+import ray.train.torch
+import torch
+
+from model import EncoderDecoderModel, Tokenizer
+
+from .train_config import FinetuneConfig
+from .train_data import collate
+from .train_eval import evaluate
+
+METRICS_FILE = "metrics.jsonl"
+TRAIN_STATE = "train_state.pt"
+
+
+def is_state_file(name: str) -> bool:
+    """Files of a checkpoint that are training state, not part of the exported model."""
+    return name == TRAIN_STATE or (name.startswith("rank_") and name.endswith(".pt"))
+
+
+def linear_schedule(warmup_steps: int, total_steps: int):
+    """LR factor: 0 -> 1 over warmup_steps, then 1 -> 0 at total_steps (transformers' linear schedule)."""
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return step / max(1, warmup_steps)
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
+    return factor
+
+
+def build_model(cfg: FinetuneConfig, checkpoint_dir: str | None) -> EncoderDecoderModel:
+    if checkpoint_dir is not None:
+        return EncoderDecoderModel.from_pretrained(checkpoint_dir)
+    if cfg.init_url is not None:
+        return EncoderDecoderModel.from_pretrained(cfg.init_url)
+    torch.manual_seed(cfg.seed)  # the fresh cross-attention weights
+    model = EncoderDecoderModel.from_encoder_decoder_pretrained(cfg.encoder_url, cfg.decoder_url)
+    model.generation_config = model.generation_config.updated(
+        num_beams=cfg.eval_beams, max_length=cfg.max_target_tokens + 1, no_repeat_ngram_size=3, early_stopping=True)
+    return model
+
+
+def make_optimizer(model: torch.nn.Module, cfg: FinetuneConfig) -> torch.optim.AdamW:
+    """AdamW; biases and LayerNorm weights get no weight decay."""
+    decay, no_decay = [], []
+    for p in filter(lambda p: p.requires_grad, model.parameters()):
+        (no_decay if p.ndim < 2 else decay).append(p)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.lr)
+
+
+def train_loop(loop_config: dict) -> None:
+    cfg: FinetuneConfig = loop_config["cfg"]
+    total_steps: int = loop_config["total_steps"]
+    rank = ray.train.get_context().get_world_rank()
+    device = ray.train.torch.get_device()
+    tok = Tokenizer.from_pretrained(cfg.tokenizer_url)
+
+    checkpoint = ray.train.get_checkpoint()
+    with checkpoint.as_directory() if checkpoint else contextlib.nullcontext() as ckpt_dir:
+        model = build_model(cfg, ckpt_dir)
+        if model.config.encoder.vocab_size != model.config.decoder.vocab_size:
+            raise ValueError("encoder and decoder vocabularies differ; one tokenizer cannot serve both")
+        if model.encoder.pooler is not None:
+            # kept for checkpoint compatibility, unused by the loss: DDP wants a gradient for every trainable weight
+            model.encoder.pooler.requires_grad_(False)
+        model.train()
+        unwrapped = model
+        model = ray.train.torch.prepare_model(model)
+        optimizer = make_optimizer(unwrapped, cfg)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, linear_schedule(cfg.warmup_steps, total_steps))
+        state = {"step": 0, "epoch": 0, "position": 0}
+        torch.manual_seed(cfg.seed + rank)
+        if ckpt_dir is not None:
+            saved = torch.load(os.path.join(ckpt_dir, TRAIN_STATE), weights_only=True)
+            optimizer.load_state_dict(saved["optimizer"])
+            scheduler.load_state_dict(saved["scheduler"])
+            state = {k: int(saved[k]) for k in state}
+            rng_file = os.path.join(ckpt_dir, f"rank_{rank}.pt")
+            if os.path.exists(rng_file):
+                _set_rng(torch.load(rng_file, weights_only=True))
+    resumed = ckpt_dir is not None
+    metrics_log = MetricsLog(cfg.run_dir, state["step"]) if rank == 0 else None
+    if metrics_log is not None and resumed:
+        metrics_log.append({**state, "event": "resumed"})
+
+    dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.precision]
+    scaler = torch.amp.GradScaler("cuda") if cfg.precision == "fp16" else None
+    shard = ray.train.get_dataset_shard("train")
+    step, epoch = state["step"], state["epoch"]
+    skip = state["position"]
+    window_loss, window_tokens, window_start = 0.0, 0, time.perf_counter()
+    while step < total_steps:
+        optimizer.zero_grad(set_to_none=True)
+        batches = shard.iter_torch_batches(
+            batch_size=cfg.batch_size, collate_fn=partial(collate, pad_id=tok.pad_token_id), drop_last=True,
+            local_shuffle_buffer_size=cfg.shuffle_buffer, local_shuffle_seed=cfg.seed * 100_003 + epoch,
+            device=device)
+        for i, batch in enumerate(batches):
+            if i < skip:  # resuming: these micro-batches were trained on before the checkpoint
+                continue
+            sync = (i + 1) % cfg.grad_accum == 0
+            with (contextlib.nullcontext() if sync else model.no_sync()), _autocast(device, dtype):
+                loss = model(**batch).loss
+            ((scaler.scale(loss) if scaler else loss) / cfg.grad_accum).backward()
+            window_loss += float(loss.detach()) / cfg.grad_accum
+            window_tokens += int(batch["attention_mask"].sum() + (batch["labels"] != -100).sum())
+            if not sync:
+                continue
+            if scaler:
+                scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+            if scaler:
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            if cfg.fault_injection_step == step and rank == 1 and not resumed:
+                os._exit(1)
+            done = step >= total_steps
+            record = {"step": step, "epoch": epoch, "position": i + 1}
+            if step % cfg.log_every == 0 or done:
+                elapsed = time.perf_counter() - window_start
+                n = cfg.log_every if step % cfg.log_every == 0 else step % cfg.log_every
+                record.update(loss=window_loss / n, lr=scheduler.get_last_lr()[0],
+                              tokens_per_s=window_tokens * ray.train.get_context().get_world_size() / elapsed)
+                window_loss, window_tokens, window_start = 0.0, 0, time.perf_counter()
+            if step % cfg.eval_every == 0 or done:
+                if rank == 0:
+                    record.update(evaluate(unwrapped, tok, loop_config["eval_rows"], cfg.batch_size,
+                                           cfg.rouge_samples, cfg.eval_beams, cfg.max_target_tokens + 1, device))
+                    window_start = time.perf_counter()
+            if metrics_log is not None and len(record) > len(state):
+                metrics_log.append(record)
+            if step % cfg.checkpoint_every == 0 or done:
+                _report_checkpoint(record, unwrapped, tok, optimizer, scheduler, rank)
+            elif step % cfg.eval_every == 0:
+                ray.train.report(record)
+            if done:
+                break
+        else:
+            epoch, skip = epoch + 1, 0
+            continue
+        break
+
+
+def _report_checkpoint(record: dict, model: EncoderDecoderModel, tok: Tokenizer, optimizer, scheduler,
+                       rank: int) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        if rank == 0:
+            model.save_pretrained(tmp)
+            tok.save_pretrained(tmp)
+            torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                        **{k: torch.tensor(record[k]) for k in ("step", "epoch", "position")}},
+                       os.path.join(tmp, TRAIN_STATE))
+        torch.save(_get_rng(), os.path.join(tmp, f"rank_{rank}.pt"))
+        ray.train.report(record, checkpoint=ray.train.Checkpoint.from_directory(tmp),
+                         checkpoint_dir_name=f"checkpoint_{record['step']:07d}")
+
+
+def _autocast(device: torch.device, dtype: torch.dtype | None):
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def _get_rng() -> dict[str, torch.Tensor]:
+    state = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def _set_rng(state: dict[str, torch.Tensor]) -> None:
+    torch.set_rng_state(state["cpu"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+class MetricsLog:
+    """metrics.jsonl beside the checkpoints, rewritten whole on each append; on resume, records after the
+    checkpoint's step are dropped (they are trained again)."""
+
+    def __init__(self, run_dir: str, resume_step: int):
+        self.fs, root = fsspec.core.url_to_fs(run_dir)
+        self.path = f"{root}/{METRICS_FILE}"
+        self.records: list[dict] = []
+        if self.fs.exists(self.path):
+            lines = self.fs.cat_file(self.path).decode().splitlines()
+            self.records = [r for r in map(json.loads, lines) if r["step"] <= resume_step]
+
+    def append(self, record: dict) -> None:
+        print(" ".join(f"{k}={_fmt(v)}" for k, v in record.items()), flush=True)
+        self.records.append(record)
+        self.fs.makedirs(self.path.rsplit("/", 1)[0], exist_ok=True)
+        self.fs.pipe_file(self.path, "".join(json.dumps(r) + "\n" for r in self.records).encode())
+
+
+def _fmt(value) -> str:
+    return f"{value:.4g}" if isinstance(value, float) and math.isfinite(value) else str(value)
