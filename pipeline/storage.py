@@ -41,6 +41,11 @@ def arrow_fs(url: str, storage_options: dict[str, Any] | None = None) -> tuple[p
     return pafs.PyFileSystem(pafs.FSSpecHandler(fs)), path
 
 
+def to_url(fs: fsspec.AbstractFileSystem, path: str) -> str:
+    """A protocol-less path back as the user would write it: plain for local files, with scheme otherwise."""
+    return path if isinstance(fs, LocalFileSystem) else fs.unstrip_protocol(path)
+
+
 def is_hidden(path: str) -> bool:
     """Files and folders starting with '_' or '.' (markers, checkpoints, temporary files) are not data."""
     return any(part.startswith(("_", ".")) for part in path.split("/") if part)
@@ -103,7 +108,8 @@ def check_writable(url: str, storage_options: dict[str, Any] | None = None) -> N
     probe = join(url, f".write-probe-{uuid.uuid4().hex}")
     try:
         fs, path = url_to_fs(probe, storage_options)
-        fs.makedirs(posixpath.dirname(path), exist_ok=True)
+        if isinstance(fs, LocalFileSystem):  # object stores have no folders; makedirs there would create buckets
+            fs.makedirs(posixpath.dirname(path), exist_ok=True)
         fs.pipe_file(path, b"")
         fs.rm(path)
     except Exception as e:  # any failure here means the job could not write its output

@@ -96,7 +96,7 @@ def _shard_schema(fs: Any, path: str) -> tuple[pa.Schema, int]:
             meta = pq.ParquetFile(f).metadata
             return meta.schema.to_arrow_schema(), meta.num_rows
     except Exception as e:  # pyarrow raises several types for a damaged file; all mean the same here
-        raise ValueError(f"corrupt Parquet shard {fs.unstrip_protocol(path)}: {e}") from e
+        raise ValueError(f"corrupt Parquet shard {storage.to_url(fs, path)}: {e}") from e
 
 
 def inspect_input(config: SummarizeConfig) -> InputPlan:
@@ -112,7 +112,7 @@ def inspect_input(config: SummarizeConfig) -> InputPlan:
     for (schema, _), shard in zip(schemas, shards, strict=True):
         missing = [c for c in needed if c not in schema.names]
         if missing:
-            raise ValueError(f"input shard {fs.unstrip_protocol(shard)} has no column(s) {', '.join(missing)}; "
+            raise ValueError(f"input shard {storage.to_url(fs, shard)} has no column(s) {', '.join(missing)}; "
                              f"its columns are: {', '.join(schema.names)}")
     rows = sum(n for _, n in schemas)
     id_column = config.id_column or (DEFAULT_ID_COLUMN if all(DEFAULT_ID_COLUMN in s.names for s, _ in schemas)

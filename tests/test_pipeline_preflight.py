@@ -1,0 +1,116 @@
+"""Bad inputs fail before Ray is even touched, with a message that names the problem."""
+
+from __future__ import annotations
+
+import shutil
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import ray
+
+from pipeline.config import Replicas, SummarizeConfig
+from pipeline.summarize import fit_replicas, inspect_input, run
+
+
+@pytest.fixture
+def shards(tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for i in range(2):
+        pq.write_table(pa.table({"id": [f"{i}-a", f"{i}-b"], "article": ["x y z", "a b c"], "n": [1, 2]}),
+                       folder / f"part-{i}.parquet")
+    return folder
+
+
+def fails(config: SummarizeConfig, exc: type, *fragments: str) -> None:
+    with pytest.raises(exc) as info:
+        run(config)
+    for fragment in fragments:
+        assert fragment in str(info.value)
+    assert not ray.is_initialized()
+
+
+def test_missing_text_column_lists_existing_columns(shards, tmp_path, bert2bert_dir):
+    config = SummarizeConfig(input=str(shards), output=str(tmp_path / "out"), model=str(bert2bert_dir),
+                             text_column="body")
+    fails(config, ValueError, "has no column(s) body", "its columns are: id, article, n")
+
+
+def test_missing_explicit_id_column(shards, tmp_path, bert2bert_dir):
+    config = SummarizeConfig(input=str(shards), output=str(tmp_path / "out"), model=str(bert2bert_dir),
+                             id_column="doc_id")
+    fails(config, ValueError, "has no column(s) doc_id", "its columns are: id, article, n")
+
+
+def test_no_shards(tmp_path, bert2bert_dir):
+    (tmp_path / "empty").mkdir()
+    for url in (tmp_path / "empty", tmp_path / "nowhere", f"{tmp_path}/empty/*.parquet"):
+        fails(SummarizeConfig(input=str(url), output=str(tmp_path / "out"), model=str(bert2bert_dir)),
+              FileNotFoundError, f"no Parquet shards at {url}")
+
+
+def test_corrupt_shard_is_named(shards, tmp_path, bert2bert_dir):
+    bad = shards / "part-9.parquet"
+    bad.write_bytes(b"PAR1 this is not parquet")
+    fails(SummarizeConfig(input=str(shards), output=str(tmp_path / "out"), model=str(bert2bert_dir)),
+          ValueError, f"corrupt Parquet shard {bad}")
+
+
+def test_duplicate_ids(shards, tmp_path, bert2bert_dir):
+    pq.write_table(pa.table({"id": ["0-a", "z"], "article": ["dup", "new"], "n": [3, 4]}), shards / "part-2.parquet")
+    fails(SummarizeConfig(input=str(shards), output=str(tmp_path / "out"), model=str(bert2bert_dir)),
+          ValueError, "1 duplicate id(s) in column 'id'", "'0-a'")
+
+
+def test_derived_id_when_no_id_column(tmp_path):
+    pq.write_table(pa.table({"article": ["a", "b", "c"]}), tmp_path / "one.parquet")
+    plan = inspect_input(SummarizeConfig(input=str(tmp_path / "one.parquet"), output=str(tmp_path / "o"), model="m"))
+    assert (plan.id_column, plan.derived_id, plan.rows) == ("row_hash", True, 3)
+
+
+def test_unreadable_model(shards, tmp_path, bert2bert_dir):
+    fails(SummarizeConfig(input=str(shards), output=str(tmp_path / "out"), model=str(tmp_path / "no_model")),
+          ValueError, f"model {tmp_path / 'no_model'} is not readable", "no config.json")
+    partial = tmp_path / "partial"
+    partial.mkdir()
+    shutil.copy(bert2bert_dir / "config.json", partial / "config.json")
+    fails(SummarizeConfig(input=str(shards), output=str(tmp_path / "out"), model=str(partial)),
+          ValueError, f"model {partial} is not readable", "no model.safetensors")
+
+
+def test_unwritable_output(shards, tmp_path, bert2bert_dir, s3_endpoint):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    fails(SummarizeConfig(input=str(shards), output=str(blocker / "out"), model=str(bert2bert_dir)),
+          PermissionError, f"output {blocker / 'out'} is not writable")
+    fails(SummarizeConfig(input=str(shards), output="s3://no-such-bucket/out", model=str(bert2bert_dir)),
+          PermissionError, "output s3://no-such-bucket/out is not writable")
+
+
+def test_output_of_another_job_is_not_mixed_into(shards, tmp_path, bert2bert_dir):
+    out = tmp_path / "out"
+    out.mkdir()
+    pq.write_table(pa.table({"id": ["old"]}), out / "old.parquet")
+    with pytest.raises(RuntimeError, match="holds Parquet files from another job"):
+        run(SummarizeConfig(input=str(shards), output=str(out), model=str(bert2bert_dir)))
+
+
+def test_fit_replicas():
+    assert fit_replicas(Replicas(min=2, max=2, cpus=1), {"CPU": 4}) == (Replicas(min=2, max=2, cpus=1), [])
+    capped, notes = fit_replicas(Replicas(min=1, max=8, cpus=2), {"CPU": 8})
+    assert capped.max == 3 and "replicas capped at 3" in notes[0]
+    with pytest.raises(RuntimeError, match=r"do not fit the cluster \(2 CPU, 0 GPU\)"):
+        fit_replicas(Replicas(min=1, max=1, cpus=1), {"CPU": 2})
+    with pytest.raises(RuntimeError, match=r"do not fit the cluster \(16 CPU, 1 GPU\)"):
+        fit_replicas(Replicas(min=2, max=2, cpus=1, gpus=1), {"CPU": 16, "GPU": 1})
+    assert fit_replicas(Replicas(min=1, max=4, cpus=1, gpus=0.5), {"CPU": 16, "GPU": 1})[0].max == 2
+
+
+def test_replicas_flag():
+    assert Replicas.parse("3") == Replicas(min=3, max=3)
+    assert Replicas.parse("1-4", gpus=0.5) == Replicas(min=1, max=4, gpus=0.5)
+    with pytest.raises(ValueError, match="N or MIN-MAX"):
+        Replicas.parse("two")
+    with pytest.raises(ValueError, match="1 <= min <= max"):
+        Replicas.parse("4-2")
