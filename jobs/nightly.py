@@ -1,0 +1,84 @@
+"""Nightly corpus processing: summarize the dated partitions that are new, changed or incomplete, exactly once.
+
+    ray job submit --working-dir . -- python -m jobs.nightly \\
+        --corpus s3://bucket/corpus/ --output s3://bucket/summaries/ --model s3://bucket/models/bert2bert_cnn/
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from jobs import common
+from pipeline.config import Replicas, SummarizeConfig
+from pipeline.nightly import NightlyConfig, NightlyReport, run_nightly
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m jobs.nightly", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--corpus", required=True, help="root of the corpus, partitioned as date=YYYY-MM-DD/")
+    parser.add_argument("--output", required=True, help="root of the output; mirrors the corpus partitions")
+    parser.add_argument("--model", required=True, help="HF-layout encoder-decoder folder with tokenizer files")
+    when = parser.add_mutually_exclusive_group()
+    when.add_argument("--date", help="process only this date (YYYY-MM-DD)")
+    when.add_argument("--since", help="process this date and later (YYYY-MM-DD)")
+    parser.add_argument("--max-partitions", type=int, help="process at most this many partitions, oldest first")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="list what would be processed and why, touching nothing (no Ray needed)")
+    parser.add_argument("--lease-ttl", type=float, default=600.0,
+                        help="seconds a partition lease lasts unless renewed; a crashed run's partitions wait "
+                             "this long before another run takes them")
+    parser.add_argument("--text-column", default="article", help="column holding the text to summarize")
+    parser.add_argument("--id-column", default=None,
+                        help="unique id column (default: 'id' if present, else a derived row_hash of path + row)")
+    common.add_generation_flags(parser)
+    common.add_scaling_flags(parser)
+    common.add_storage_flags(parser)
+    return parser.parse_args(argv)
+
+
+def print_report(report: NightlyReport) -> None:
+    title = "dry run" if report.dry_run else "run"
+    print(f"== nightly {title} {report.run}: {report.corpus} -> {report.output} ==")
+    for o in report.partitions:
+        rows = f"  rows {o.rows_in} in, {o.rows_out} out, {o.rows_written} written now" if o.rows_in else ""
+        failed = f", failed rows {o.failed_rows}" if o.failed_rows else ""
+        seconds = f"  {o.seconds:.1f} s" if o.seconds else ""
+        print(f"{o.action:>13}  {o.partition}  [{o.reason}] {o.detail}{rows}{failed}{seconds}")
+    if report.ignored_files:
+        print(f"ignored {len(report.ignored_files)} Parquet file(s) outside date=YYYY-MM-DD partitions, e.g. "
+              f"{report.ignored_files[0]}")
+    totals = report.to_dict()["totals"]
+    print("totals: " + json.dumps(totals) + f"  wall {report.wall_s:.1f} s")
+    if report.report_url:
+        print(f"report: {report.report_url}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        if args.dry_run:
+            replicas = Replicas.parse(args.replicas, gpus=args.gpus_per_replica or 0.0, cpus=args.cpus_per_replica,
+                                      batch_size=args.batch_size)
+        else:
+            common.init_ray(args.replicas, args.cpus_per_replica)
+            replicas = common.replicas_from_args(args)
+        template = SummarizeConfig(
+            input=args.corpus, output=args.output, model=args.model, text_column=args.text_column,
+            id_column=args.id_column, generation=common.generation_from_args(args), replicas=replicas,
+            storage_options=args.storage_options)
+        config = NightlyConfig(corpus=args.corpus, output=args.output, summarize=template, date=args.date,
+                               since=args.since, max_partitions=args.max_partitions, lease_ttl_s=args.lease_ttl)
+        common.log_config("nightly config", config)
+        report = run_nightly(config, dry_run=args.dry_run)
+    except Exception as e:  # the job's contract: one clear line and a non-zero exit code
+        print(f"nightly failed: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+        return 1
+    print_report(report)
+    return 0 if report.ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

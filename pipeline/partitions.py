@@ -1,0 +1,193 @@
+"""Hive partitions of a growing corpus and the state of their output: discovery, input manifests, markers.
+
+A partition is a folder of Parquet shards whose path under the corpus root is made of `key=value` parts, one
+of them `date=YYYY-MM-DD` (`date=2026-11-24/` or `region=eu/date=2026-11-24/`). Its output lives at the same
+relative path under the output root. The completion marker `_SUCCESS.json` there is written last and names the
+data files of the current run; everything else about the partition is derived from listings and that marker.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import hashlib
+import posixpath
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import storage
+
+STAGING = "_staging"  # in-progress runs: <output>/_staging/<partition>/run-<id>/ (hidden from Parquet readers)
+LEASES = "_leases"  # <output>/_leases/<partition>/<generation>.json
+
+
+@dataclass(frozen=True)
+class InputFile:
+    """One input shard as the storage reports it; `version` is the S3 ETag, else the modification time."""
+
+    name: str  # relative to the partition folder
+    size: int
+    version: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "size": self.size, "version": self.version}
+
+
+@dataclass(frozen=True)
+class Partition:
+    """One leaf partition: `path` is relative to both roots, e.g. 'date=2026-11-24' or 'date=.../region=eu'."""
+
+    path: str
+    keys: tuple[tuple[str, str], ...]
+    inputs: tuple[InputFile, ...]
+
+    @property
+    def date(self) -> str:
+        return dict(self.keys)["date"]
+
+    @property
+    def sort_key(self) -> tuple[str, str]:
+        return self.date, self.path
+
+    def manifest(self) -> list[dict[str, Any]]:
+        return [f.as_dict() for f in self.inputs]
+
+
+@dataclass
+class Discovery:
+    partitions: list[Partition]  # oldest first
+    ignored: list[str] = field(default_factory=list)  # Parquet files outside any dated partition
+
+
+def _version(info: dict[str, Any]) -> str:
+    etag = info.get("ETag") or info.get("etag")
+    if etag:
+        return str(etag).strip('"')
+    mtime = info.get("mtime") or info.get("LastModified") or info.get("last_modified")
+    return mtime.isoformat() if isinstance(mtime, dt.datetime) else str(mtime)
+
+
+def _keys(folder: str) -> tuple[tuple[str, str], ...] | None:
+    """('date', '2026-11-24'), ... for a relative folder made only of key=value parts with a valid date."""
+    keys = []
+    for part in folder.split("/"):
+        key, sep, value = part.partition("=")
+        if not sep or not key or not value:
+            return None
+        keys.append((key, value))
+    date = dict(keys).get("date")
+    try:
+        dt.date.fromisoformat(date or "")
+    except ValueError:
+        return None
+    return tuple(keys) if date and len(date) == 10 else None
+
+
+def discover(corpus: str, storage_options: dict[str, Any] | None = None) -> Discovery:
+    """Every dated leaf partition under `corpus` with its shards (sizes and versions), oldest first."""
+    fs, root = storage.url_to_fs(corpus, storage_options)
+    root = root.rstrip("/")
+    if not fs.isdir(root):
+        raise FileNotFoundError(f"corpus {corpus} does not exist or is not a folder")
+    by_folder: dict[str, list[InputFile]] = {}
+    ignored = []
+    for path, info in sorted(fs.find(root, detail=True).items()):
+        rel = path[len(root) + 1:]
+        if info.get("type") != "file" or not rel.endswith(".parquet") or storage.is_hidden(rel):
+            continue
+        folder, name = posixpath.split(rel)
+        if not folder or _keys(folder) is None:
+            ignored.append(rel)
+            continue
+        by_folder.setdefault(folder, []).append(InputFile(name, int(info["size"]), _version(info)))
+    partitions = [Partition(folder, _keys(folder), tuple(files)) for folder, files in by_folder.items()]
+    return Discovery(sorted(partitions, key=lambda p: p.sort_key), ignored)
+
+
+def rescan(corpus: str, partition: Partition, storage_options: dict[str, Any] | None = None) -> Partition | None:
+    """The partition's shards as they are now (None when it has none left): one listing of its folder."""
+    fs, root = storage.url_to_fs(storage.join(corpus, partition.path), storage_options)
+    try:
+        infos = fs.ls(root, detail=True)
+    except FileNotFoundError:
+        return None
+    files = sorted((InputFile(posixpath.basename(i["name"].rstrip("/")), int(i["size"]), _version(i)) for i in infos
+                    if i.get("type") == "file" and i["name"].endswith(".parquet")
+                    and not storage.is_hidden(posixpath.basename(i["name"]))), key=lambda f: f.name)
+    return dataclasses.replace(partition, inputs=tuple(files)) if files else None
+
+
+@dataclass(frozen=True)
+class PartitionState:
+    """What the output holds for one partition, and what a run must do about it."""
+
+    partition: Partition
+    reason: str  # "new", "changed", "incomplete" (a run died before its marker) or "done"
+    detail: str = ""
+    marker: dict[str, Any] | None = None
+    stray_files: tuple[str, ...] = ()  # data files not named by the marker (an interrupted switch)
+    staging: bool = False  # leftovers of an earlier run under _staging/
+
+    @property
+    def todo(self) -> bool:
+        return self.reason != "done"
+
+
+def _diff(old: list[dict[str, Any]], new: list[dict[str, Any]]) -> str:
+    before = {f["name"]: f for f in old}
+    after = {f["name"]: f for f in new}
+    added = sorted(after.keys() - before.keys())
+    removed = sorted(before.keys() - after.keys())
+    modified = sorted(n for n in after.keys() & before.keys() if after[n] != before[n])
+    parts = [f"{label}: {', '.join(names)}" for label, names in
+             (("added", added), ("removed", removed), ("modified", modified)) if names]
+    return "; ".join(parts)
+
+
+def state_of(partition: Partition, output: str, storage_options: dict[str, Any] | None = None) -> PartitionState:
+    """Compare the partition's inputs with its marker; reads only (listings and the marker)."""
+    out = storage.join(output, partition.path)
+    marker = storage.read_json(storage.join(out, storage.MARKER_NAME), storage_options)
+    staging = storage.exists(storage.join(output, STAGING, partition.path), storage_options)
+    if marker is None:
+        if staging:
+            return PartitionState(partition, "incomplete", "an earlier run stopped before its marker", staging=True)
+        return PartitionState(partition, "new", f"{len(partition.inputs)} input file(s)")
+    if marker.get("inputs") != partition.manifest():
+        return PartitionState(partition, "changed", _diff(marker.get("inputs", []), partition.manifest()),
+                              marker, staging=staging)
+    stray = tuple(name for name in data_names(out, storage_options) if name not in marker["files"])
+    return PartitionState(partition, "done", marker.get("ended_at", ""), marker, stray, staging)
+
+
+def data_names(folder: str, storage_options: dict[str, Any] | None = None) -> list[str]:
+    """Visible Parquet files under a folder URL, relative to it."""
+    root = storage.url_to_fs(folder, storage_options)[1].rstrip("/")
+    return [p[len(root) + 1:] for p in storage.data_files(folder, storage_options)]
+
+
+def select(partitions: list[Partition], date: str | None = None, since: str | None = None) -> list[Partition]:
+    """Only `date`, or `since` and later (ISO dates compare as strings)."""
+    return [p for p in partitions if (date is None or p.date == date) and (since is None or p.date >= since)]
+
+
+def weights_fingerprint(model: str, storage_options: dict[str, Any] | None = None) -> str:
+    """sha256 over the weight files' names, sizes and content hashes (S3: ETags, so nothing is downloaded)."""
+    fs, root = storage.url_to_fs(model, storage_options)
+    infos = sorted((i for i in fs.ls(root, detail=True)
+                    if i["name"].endswith((".safetensors", ".safetensors.index.json", ".bin"))),
+                   key=lambda i: i["name"])
+    if not infos:
+        raise FileNotFoundError(f"no weight files (*.safetensors, *.bin) in model {model}")
+    total = hashlib.sha256()
+    for info in infos:
+        tag = info.get("ETag")
+        if not tag:
+            content = hashlib.sha256()
+            with fs.open(info["name"], "rb") as f:
+                while chunk := f.read(1 << 24):
+                    content.update(chunk)
+            tag = content.hexdigest()
+        total.update(f"{posixpath.basename(info['name'])}\0{info['size']}\0{str(tag).strip(chr(34))}\n".encode())
+    return total.hexdigest()
+
