@@ -1,0 +1,189 @@
+"""generate against transformers (token for token up to EOS), against the slow reference, batch invariance, errors."""
+
+from __future__ import annotations
+
+import functools
+import tempfile
+
+import pytest
+import torch
+import transformers
+
+from model import EncoderDecoderModel
+from model.layers import KVCache
+from tests.generation_reference import reference_beam_search
+from tests.model_helpers import padded_batch
+
+VOCAB, EOS = 60, 2
+transformers.logging.set_verbosity_error()
+
+
+@functools.cache
+def twins(kind: str, seed: int, dec_hidden: int = 32):
+    """A seeded tiny transformers model and ours with the same weights.
+
+    initializer_range 0.5 makes the next-token distributions peaked, so float noise cannot reorder beams.
+    """
+    torch.manual_seed(seed)
+    cls = transformers.BertConfig if kind == "bert" else transformers.BertGenerationConfig
+    common = dict(vocab_size=VOCAB, num_hidden_layers=2, num_attention_heads=4, intermediate_size=48,
+                  max_position_embeddings=64, pad_token_id=0, initializer_range=0.5)
+    enc = cls(hidden_size=32, **common)
+    dec = cls(hidden_size=dec_hidden, is_decoder=True, add_cross_attention=True, **common)
+    config = transformers.EncoderDecoderConfig.from_encoder_decoder_configs(enc, dec)
+    config.decoder_start_token_id, config.pad_token_id, config.eos_token_id = 1, 0, EOS
+    hf = transformers.EncoderDecoderModel(config).eval()
+    with tempfile.TemporaryDirectory() as tmp:
+        hf.save_pretrained(tmp)
+        ours = EncoderDecoderModel.from_pretrained(tmp).eval()
+    return hf, ours
+
+
+def up_to_eos(rows: torch.Tensor) -> list[list[int]]:
+    return [row[: row.index(EOS) + 1] if EOS in row else row for row in rows.tolist()]
+
+
+def assert_same_as_transformers(kind: str, seed: int, lengths: list[int], dec_hidden: int = 32, **kwargs):
+    hf, ours = twins(kind, seed, dec_hidden)
+    ids, mask = padded_batch(VOCAB, lengths, seed)
+    ours_seq, ours_scores = ours.generate(ids, mask, return_scores=True, **kwargs)
+    with torch.no_grad():
+        out = hf.generate(input_ids=ids, attention_mask=mask, output_scores=True, return_dict_in_generate=True,
+                          **kwargs)
+    assert up_to_eos(ours_seq) == up_to_eos(out.sequences)
+    assert ours_seq.shape == out.sequences.shape
+    if getattr(out, "sequences_scores", None) is not None:
+        torch.testing.assert_close(ours_scores, out.sequences_scores, rtol=1e-4, atol=1e-4)
+    return ours_seq
+
+
+BEAM_CASES = [
+    dict(num_beams=2, max_length=20),
+    dict(num_beams=3, max_length=24, early_stopping=True, length_penalty=2.0),
+    dict(num_beams=4, max_length=20, early_stopping=False, length_penalty=0.6),
+    dict(num_beams=4, max_length=22, early_stopping="never", length_penalty=2.0),
+    dict(num_beams=5, max_length=18, early_stopping="never", length_penalty=0.6, num_return_sequences=3),
+    dict(num_beams=6, max_length=20, early_stopping=True, length_penalty=1.0, num_return_sequences=6),
+    dict(num_beams=4, max_length=30, min_length=12, no_repeat_ngram_size=2),
+    dict(num_beams=3, max_new_tokens=9, no_repeat_ngram_size=3, length_penalty=2.0, early_stopping=True),
+    dict(num_beams=4, max_length=26, min_new_tokens=10, repetition_penalty=1.5),
+    dict(num_beams=2, max_length=16, bad_words_ids=[[5], [7, 8], [EOS]], forced_bos_token_id=9),
+    dict(num_beams=3, max_length=12, forced_eos_token_id=EOS, early_stopping=True),
+]
+
+
+@pytest.mark.parametrize("case", range(len(BEAM_CASES)))
+@pytest.mark.parametrize("kind,seed", [("bert", 0), ("gen", 1), ("bert", 2)])
+def test_beam_search_matches_transformers(kind, seed, case):
+    assert_same_as_transformers(kind, seed, [7, 12, 3, 9], **BEAM_CASES[case])
+
+
+@pytest.mark.parametrize("kwargs", [
+    dict(num_beams=1, max_length=20),
+    dict(num_beams=1, max_new_tokens=15, min_length=8, no_repeat_ngram_size=2),
+    dict(num_beams=1, max_length=20, repetition_penalty=1.3, bad_words_ids=[[4, 5]]),
+])
+@pytest.mark.parametrize("kind,seed", [("bert", 3), ("gen", 4)])
+def test_greedy_matches_transformers(kind, seed, kwargs):
+    assert_same_as_transformers(kind, seed, [5, 11, 8], **kwargs)
+
+
+@pytest.mark.parametrize("seed", range(5, 13))
+def test_many_seeds_and_widths(seed):
+    kind = ("bert", "gen")[seed % 2]
+    assert_same_as_transformers(kind, seed, [4 + seed % 5, 13, 2], dec_hidden=(32, 48)[seed % 2],
+                                num_beams=1 + seed % 6, max_length=20, length_penalty=(0.6, 1.0, 2.0)[seed % 3],
+                                early_stopping=(True, False, "never")[seed % 3])
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("kwargs", [
+    dict(num_beams=3, max_length=16),
+    dict(num_beams=4, max_length=20, early_stopping=True, length_penalty=2.0, min_length=6),
+    dict(num_beams=2, max_length=18, early_stopping="never", length_penalty=0.6, no_repeat_ngram_size=2),
+    dict(num_beams=3, max_length=14, repetition_penalty=1.4),
+])
+def test_fast_matches_slow_reference(seed, kwargs):
+    _, ours = twins("bert", seed)
+    ids, mask = padded_batch(VOCAB, [6, 10, 3], seed)
+    fast = ours.generate(ids, mask, **kwargs)
+    slow = reference_beam_search(ours, ids, mask, **kwargs)
+    assert up_to_eos(fast) == [row[: row.index(EOS) + 1] if EOS in row else row for row in slow]
+
+
+@pytest.mark.parametrize("kwargs", [dict(num_beams=4, max_length=20, no_repeat_ngram_size=2), dict(num_beams=1)])
+def test_batch_invariance(kwargs):
+    _, ours = twins("bert", 0)
+    ids, mask = padded_batch(VOCAB, [9, 3, 14, 6, 11], 7)
+    together = ours.generate(ids, mask, **kwargs)
+    for bucket in (1, 2, 64):
+        assert up_to_eos(ours.generate(ids, mask, bucket_size=bucket, **kwargs)) == up_to_eos(together)
+    for i in range(ids.shape[0]):
+        n = int(mask[i].sum())
+        alone = ours.generate(ids[i:i + 1, :n], **kwargs)
+        assert up_to_eos(alone) == up_to_eos(together[i:i + 1])
+        extra_pad = torch.nn.functional.pad(ids[i:i + 1, :n], (0, 7))
+        padded = ours.generate(extra_pad, (extra_pad != 0).long(), **kwargs)
+        assert up_to_eos(padded) == up_to_eos(alone)
+
+
+def test_sampling_is_seeded_and_top_k_1_is_greedy():
+    _, ours = twins("gen", 1)
+    ids, mask = padded_batch(VOCAB, [6, 9], 3)
+    a = ours.generate(ids, mask, do_sample=True, seed=11, max_length=20, num_return_sequences=3, top_p=0.9)
+    b = ours.generate(ids, mask, do_sample=True, seed=11, max_length=20, num_return_sequences=3, top_p=0.9)
+    assert torch.equal(a, b) and a.shape[0] == 6
+    greedy = ours.generate(ids, mask, max_length=20)
+    sampled = ours.generate(ids, mask, do_sample=True, top_k=1, seed=0, max_length=20)
+    assert up_to_eos(sampled) == up_to_eos(greedy)
+    beam_sample = ours.generate(ids, mask, do_sample=True, num_beams=3, seed=5, max_length=20, temperature=0.7)
+    assert beam_sample.shape[0] == 2 and (beam_sample[:, 0] == 1).all()
+
+
+def test_bf16_runs_and_returns_start_tokens():
+    _, ours = twins("bert", 0)
+    model = EncoderDecoderModel(ours.config)
+    model.load_state_dict(ours.state_dict())
+    model = model.to(torch.bfloat16).eval()
+    ids, mask = padded_batch(VOCAB, [6, 9], 3)
+    out = model.generate(ids, mask, num_beams=3, max_length=12)
+    assert out.dtype == torch.long and (out[:, 0] == 1).all() and out.shape[1] <= 12
+
+
+def test_cache_reorder_gathers_and_drops_rows():
+    cache = KVCache(2, 4, 3, 8, 5, torch.float32, "cpu")
+    k, v = torch.randn(2, 4, 3, 6, 5), torch.randn(2, 4, 3, 6, 5)
+    for layer in range(2):
+        cache.update(layer, 0, k[layer], v[layer])
+    rows = torch.tensor([3, 3, 0])
+    cache.reorder(rows, 6)
+    for layer in range(2):
+        got_k, got_v = cache.update(layer, 6, torch.zeros(3, 3, 1, 5), torch.zeros(3, 3, 1, 5))
+        assert torch.equal(got_k[:, :, :6], k[layer, rows]) and torch.equal(got_v[:, :, :6], v[layer, rows])
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(num_beams=2, num_return_sequences=3), "num_return_sequences"),
+    (dict(num_return_sequences=2), "greedy"),
+    (dict(max_length=1), "max_length"),
+    (dict(max_new_tokens=-1), "max_new_tokens"),
+    (dict(min_length=-2), "min_length"),
+    (dict(num_beams=0), "num_beams"),
+    (dict(no_repeat_ngram_size=-1), "no_repeat_ngram_size"),
+    (dict(max_length=None, eos_token_id=None), "never stops"),
+    (dict(max_length=500), "max_position_embeddings"),
+    (dict(early_stopping="sometimes"), "early_stopping"),
+    (dict(do_sample=True, temperature=0.0), "temperature"),
+    (dict(decoder_start_token_id=None), "decoder_start_token_id"),
+])
+def test_bad_settings_are_value_errors(kwargs, message):
+    _, ours = twins("bert", 0)
+    ids, mask = padded_batch(VOCAB, [4, 6], 0)
+    with pytest.raises(ValueError, match=message):
+        ours.generate(ids, mask, **kwargs)
+
+
+def test_unknown_setting_is_a_type_error():
+    _, ours = twins("bert", 0)
+    with pytest.raises(TypeError, match="num_beam"):
+        ours.generate(torch.tensor([[5, 6]]), num_beam=3)
