@@ -24,6 +24,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from model import BertConfig, EncoderDecoderConfig, EncoderDecoderModel, Tokenizer  # noqa: E402
+from model.generation import decode_step  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 SHORT = dict(num_beams=4, max_length=64)
@@ -39,7 +40,8 @@ def minilm_path() -> pathlib.Path:
 
 def articles(tok: Tokenizer, n: int, max_tokens: int) -> dict[str, torch.Tensor]:
     with open(ROOT / "data" / "cnndm_200.jsonl") as f:
-        texts = [json.loads(line)["article"] for line in f][:n]
+        texts = [json.loads(line)["article"] for line in f]
+    texts = (texts * (n // len(texts) + 1))[:n]  # (c) may ask for more articles than the sample holds
     return tok(texts, max_length=max_tokens)
 
 
@@ -99,25 +101,27 @@ def compare(name: str, ours, hf, inputs, settings: dict, repeats: int, device: s
     run_hf = lambda: hf.generate(**inputs, **kwargs)  # noqa: E731
     with torch.inference_mode():
         a, b = run_ours(), run_hf()  # warm-up
-        ours_t, hf_t = [], []
+        ours_t, hf_t, ours_cpu, hf_cpu = [], [], [], []
         for _ in range(repeats):
-            ours_t.append(timed(run_ours, device)[1])
-            hf_t.append(timed(run_hf, device)[1])
+            for fn, wall, cpu in ((run_ours, ours_t, ours_cpu), (run_hf, hf_t, hf_cpu)):
+                c = time.process_time()
+                wall.append(timed(fn, device)[1])
+                cpu.append(time.process_time() - c)
     same = same_up_to_eos(a, b, kwargs["eos_token_id"])
     n = inputs["input_ids"].shape[0]
     to, th = statistics.median(ours_t), statistics.median(hf_t)
+    co, ch = statistics.median(ours_cpu), statistics.median(hf_cpu)
     print(f"({name}) {n} articles x {inputs['input_ids'].shape[1]} tokens {settings}")
     print(f"    ours {to:.3f}s ({n / to:.2f} summaries/s)  transformers {th:.3f}s ({n / th:.2f} summaries/s)  "
           f"speed-up {th / to:.2f}x  identical {sum(same)}/{len(same)} ({100 * sum(same) / len(same):.0f}%)")
+    print(f"    process CPU time: ours {co:.3f}s  transformers {ch:.3f}s  ratio {ch / co:.2f}x  "
+          f"(wall times per run: ours {[round(t, 2) for t in ours_t]}, transformers {[round(t, 2) for t in hf_t]})")
     if floor:
         steps = []
-        base = ours_step = None
 
         def counting(tokens, memory_kv, memory_mask, cache, pos, group):
             steps.append((tokens.shape[0], pos, memory_kv[0][0].shape[2]))
             return ours_step(tokens, memory_kv, memory_mask, cache, pos, group)
-
-        from model.generation import decode_step
 
         ours_step = decode_step(ours)
         with torch.inference_mode():
