@@ -87,6 +87,7 @@ class SummarizeConfig:
     replicas: Replicas = field(default_factory=Replicas)
     storage_options: dict[str, Any] = field(default_factory=dict)  # fsspec options for input and output
     overwrite: bool = False
+    actor_start_timeout_s: float = 600.0  # fail if the minimum replica pool is not up by then
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:

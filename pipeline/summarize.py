@@ -189,7 +189,8 @@ def build_dataset(config: SummarizeConfig, plan: InputPlan, info: ModelInfo, rep
         Summarizer,
         fn_constructor_kwargs={"model_url": config.model, "generation": generation, "dtype": config.dtype,
                                "threads": max(1, int(replicas.cpus))},
-        compute=ActorPoolStrategy(min_size=replicas.min, max_size=replicas.max),
+        # Two batches per actor: the next one is queued while the current one generates.
+        compute=ActorPoolStrategy(min_size=replicas.min, max_size=replicas.max, max_tasks_in_flight_per_actor=2),
         num_cpus=replicas.cpus,
         num_gpus=replicas.gpus,
         batch_size=replicas.batch_size,
@@ -197,18 +198,22 @@ def build_dataset(config: SummarizeConfig, plan: InputPlan, info: ModelInfo, rep
     )
 
 
-def _write(ds: ray.data.Dataset, target: str, id_column: str, storage_options: dict[str, Any]) -> str:
+def _write(ds: ray.data.Dataset, target: str, id_column: str, storage_options: dict[str, Any],
+           actor_start_timeout_s: float) -> str:
     """Stream the dataset into `target` with job-level checkpointing; returns Ray Data's per-operator stats."""
     ctx = DataContext.get_current()
-    previous = ctx.checkpoint_config
+    previous = ctx.checkpoint_config, ctx.wait_for_min_actors_s
     ckpt_fs, _ = storage.arrow_fs(checkpoint_url(target), storage_options)
     ctx.checkpoint_config = CheckpointConfig(id_column=id_column, checkpoint_path=checkpoint_url(target),
                                              delete_checkpoint_on_success=False, override_filesystem=ckpt_fs)
+    # Start work only once the minimum pool is up: every replica gets a share, and a pool the cluster cannot
+    # place fails with a timeout instead of waiting forever.
+    ctx.wait_for_min_actors_s = actor_start_timeout_s
     try:
         fs, path = storage.arrow_fs(target, storage_options)
         ds.write_parquet(path, filesystem=fs)
     finally:
-        ctx.checkpoint_config = previous
+        ctx.checkpoint_config, ctx.wait_for_min_actors_s = previous
     return ds.stats()
 
 
@@ -273,7 +278,7 @@ def run(config: SummarizeConfig) -> SummarizeResult:
     result.notes.extend(notes)
     before = set(storage.data_files(target, opts))
     ds = build_dataset(config, plan, info, replicas)
-    result.stats = _write(ds, target, plan.id_column, opts)
+    result.stats = _write(ds, target, plan.id_column, opts, config.actor_start_timeout_s)
     _tally(result, target, set(storage.data_files(target, opts)) - before, opts, plan.id_column)
     if result.rows_out != plan.rows:
         raise RuntimeError(f"output {target} has {result.rows_out} rows for {plan.rows} input rows")
