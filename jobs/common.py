@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -10,7 +11,7 @@ from typing import Any
 
 import ray
 
-from pipeline.config import GenerationOverrides, Replicas
+from pipeline.config import GenerationOverrides, Replicas, SummarizeConfig
 from pipeline.summarize import CPU_HEADROOM, SummarizeResult
 
 
@@ -68,10 +69,15 @@ def init_ray(replicas_flag: str, cpus_per_replica: float) -> None:
 
 
 def replicas_from_args(args: argparse.Namespace) -> Replicas:
-    gpus = args.gpus_per_replica
-    if gpus is None:
-        gpus = 1.0 if ray.cluster_resources().get("GPU", 0) else 0.0
-    return Replicas.parse(args.replicas, gpus=gpus, cpus=args.cpus_per_replica, batch_size=args.batch_size)
+    return Replicas.parse(args.replicas, gpus=args.gpus_per_replica or 0.0, cpus=args.cpus_per_replica,
+                          batch_size=args.batch_size)
+
+
+def with_cluster_gpus(config: SummarizeConfig, args: argparse.Namespace) -> SummarizeConfig:
+    """Without --gpus-per-replica, each replica takes one GPU when the cluster has any."""
+    if args.gpus_per_replica is not None or not ray.cluster_resources().get("GPU", 0):
+        return config
+    return dataclasses.replace(config, replicas=dataclasses.replace(config.replicas, gpus=1.0))
 
 
 def log_config(name: str, config: Any) -> None:

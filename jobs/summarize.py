@@ -11,7 +11,7 @@ import sys
 
 from jobs import common
 from pipeline.config import SummarizeConfig
-from pipeline.summarize import run
+from pipeline.summarize import preflight, run
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -39,7 +39,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        common.init_ray(args.replicas, args.cpus_per_replica)
         config = SummarizeConfig(
             input=args.input, output=args.output, model=args.model, text_column=args.text_column,
             id_column=args.id_column,
@@ -47,8 +46,11 @@ def main(argv: list[str] | None = None) -> int:
             max_input_tokens=args.max_input_tokens, dtype=args.dtype,
             generation=common.generation_from_args(args), replicas=common.replicas_from_args(args),
             storage_options=args.storage_options, overwrite=args.overwrite)
+        checked = preflight(config)  # before Ray: a meaningless job fails in seconds, with no cluster work
+        common.init_ray(args.replicas, args.cpus_per_replica)
+        config = common.with_cluster_gpus(config, args)
         common.log_config("summarize config", config)
-        result = run(config)
+        result = run(config, checked)
     except Exception as e:  # the job's contract: one clear line and a non-zero exit code
         print(f"summarize failed: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
         return 1

@@ -242,14 +242,32 @@ def _tally(result: SummarizeResult, target: str, new_files: set[str], storage_op
             result.tokens_by_replica[replica] = result.tokens_by_replica.get(replica, 0) + tok
 
 
-def run(config: SummarizeConfig) -> SummarizeResult:
-    """Summarize `config.input` into `config.output`, exactly once per id. Ray must be initialized."""
-    start = time.perf_counter()
+@dataclass(frozen=True)
+class Checked:
+    """A config whose input, model and output passed preflight (URLs made absolute)."""
+
+    config: SummarizeConfig
+    plan: InputPlan
+    info: ModelInfo
+
+
+def preflight(config: SummarizeConfig) -> Checked:
+    """Everything that can make the job meaningless, checked without Ray: shards, columns, ids, model, output."""
     config = dataclasses.replace(config, input=storage.absolute(config.input), output=storage.absolute(config.output),
                                  model=storage.absolute(config.model))
     plan = inspect_input(config)
     info = inspect_model(config)
     storage.check_writable(config.output, config.storage_options)
+    return Checked(config, plan, info)
+
+
+def run(config: SummarizeConfig, checked: Checked | None = None) -> SummarizeResult:
+    """Summarize `config.input` into `config.output`, exactly once per id. Ray must be initialized.
+    `checked` (from `preflight` of the same input, model and output) skips a second preflight."""
+    start = time.perf_counter()
+    checked = preflight(config) if checked is None else dataclasses.replace(checked, config=dataclasses.replace(
+        config, input=checked.config.input, output=checked.config.output, model=checked.config.model))
+    config, plan, info = checked.config, checked.plan, checked.info
     opts = config.storage_options
     result = SummarizeResult(status="complete", output=config.output, rows_in=plan.rows,
                              generation={k: getattr(info.generation, k) for k in (
