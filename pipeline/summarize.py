@@ -22,7 +22,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import ray
 import ray.data
-from ray.data import ActorPoolStrategy, DataContext
+from ray.data import ActorPoolStrategy
 from ray.data.checkpoint import CheckpointConfig
 
 from model import EncoderDecoderConfig, GenerationConfig, Tokenizer
@@ -201,19 +201,15 @@ def build_dataset(config: SummarizeConfig, plan: InputPlan, info: ModelInfo, rep
 def _write(ds: ray.data.Dataset, target: str, id_column: str, storage_options: dict[str, Any],
            actor_start_timeout_s: float) -> str:
     """Stream the dataset into `target` with job-level checkpointing; returns Ray Data's per-operator stats."""
-    ctx = DataContext.get_current()
-    previous = ctx.checkpoint_config, ctx.wait_for_min_actors_s
+    ctx = ds.context  # the dataset's own copy of the DataContext: no global state changes
     ckpt_fs, _ = storage.arrow_fs(checkpoint_url(target), storage_options)
     ctx.checkpoint_config = CheckpointConfig(id_column=id_column, checkpoint_path=checkpoint_url(target),
                                              delete_checkpoint_on_success=False, override_filesystem=ckpt_fs)
     # Start work only once the minimum pool is up: every replica gets a share, and a pool the cluster cannot
     # place fails with a timeout instead of waiting forever.
     ctx.wait_for_min_actors_s = actor_start_timeout_s
-    try:
-        fs, path = storage.arrow_fs(target, storage_options)
-        ds.write_parquet(path, filesystem=fs)
-    finally:
-        ctx.checkpoint_config, ctx.wait_for_min_actors_s = previous
+    fs, path = storage.arrow_fs(target, storage_options)
+    ds.write_parquet(path, filesystem=fs)
     return ds.stats()
 
 
