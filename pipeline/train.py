@@ -12,12 +12,12 @@ import posixpath
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import fsspec
 import ray.data
 import ray.train
 from ray.data import ExecutionOptions
 from ray.train.torch import TorchTrainer
 
+from .storage import arrow_fs, url_to_fs
 from .train_config import FinetuneConfig
 from .train_data import SplitStats, inspect_split, tokenized_dataset
 from .train_loop import is_state_file, train_loop
@@ -50,8 +50,8 @@ def plan_steps(cfg: FinetuneConfig, train: SplitStats) -> tuple[int, int]:
 
 def run_finetune(cfg: FinetuneConfig) -> FinetuneResult:
     """Check the inputs, train with DDP on cfg.num_workers Ray Train workers, export the best checkpoint."""
-    train_stats = inspect_split(cfg.train_url, cfg.text_column, cfg.summary_column)
-    eval_stats = inspect_split(cfg.eval_url, cfg.text_column, cfg.summary_column)
+    train_stats = inspect_split(cfg.train_url, cfg.text_column, cfg.summary_column, cfg.storage_options)
+    eval_stats = inspect_split(cfg.eval_url, cfg.text_column, cfg.summary_column, cfg.storage_options)
     for stats in (train_stats, eval_stats):
         if stats.empty:
             log.warning("%s: skipping %d of %d rows with an empty article or summary", stats.url, stats.empty,
@@ -63,7 +63,7 @@ def run_finetune(cfg: FinetuneConfig) -> FinetuneResult:
 
     columns = dict(tokenizer_path=cfg.tokenizer_url, text_column=cfg.text_column,
                    summary_column=cfg.summary_column, max_source_tokens=cfg.max_source_tokens,
-                   max_target_tokens=cfg.max_target_tokens)
+                   max_target_tokens=cfg.max_target_tokens, storage_options=cfg.storage_options)
     train_ds = tokenized_dataset(cfg.train_url, **columns)
     eval_rows = tokenized_dataset(cfg.eval_url, keep_reference=True, **columns).limit(cfg.eval_rows).take_all()
 
@@ -75,21 +75,22 @@ def run_finetune(cfg: FinetuneConfig) -> FinetuneResult:
     # ties (say ROUGE-2 still 0 early on) go to the lower eval loss
     best, metrics = max(result.best_checkpoints,
                         key=lambda cm: (sign * cm[1][cfg.score_attribute], -cm[1]["eval_loss"]))
-    export_checkpoint(best, cfg.output_url)
+    export_checkpoint(best, cfg.output_url, cfg.storage_options)
     return FinetuneResult(cfg.output_url, int(metrics["step"]), metrics, total_steps, train_stats, eval_stats)
 
 
 def make_trainer(cfg: FinetuneConfig, loop: Callable[[dict], None], loop_config: dict,
                  train_ds: ray.data.Dataset) -> TorchTrainer:
     """TorchTrainer with cfg's scaling, storage, failure and checkpoint policy and a deterministic data split."""
-    storage_path, name = posixpath.split(cfg.run_dir)
+    filesystem, run_path = arrow_fs(cfg.run_dir, cfg.storage_options)
+    storage_path, name = posixpath.split(run_path)
     return TorchTrainer(
         loop,
         train_loop_config=loop_config,
         scaling_config=ray.train.ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
                                                resources_per_worker={"CPU": cfg.cpus_per_worker}),
         run_config=ray.train.RunConfig(
-            name=name, storage_path=storage_path,
+            name=name, storage_path=storage_path, storage_filesystem=filesystem,
             failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(
                 num_to_keep=cfg.keep_checkpoints, checkpoint_score_attribute=cfg.score_attribute,
@@ -101,9 +102,9 @@ def make_trainer(cfg: FinetuneConfig, loop: Callable[[dict], None], loop_config:
     )
 
 
-def export_checkpoint(checkpoint: ray.train.Checkpoint, output_url: str) -> None:
+def export_checkpoint(checkpoint: ray.train.Checkpoint, output_url: str, storage_options: dict | None = None) -> None:
     """Copy the HF model folder of a checkpoint (not its training state) to output_url, config.json last."""
-    fs, root = fsspec.core.url_to_fs(output_url)
+    fs, root = url_to_fs(output_url, storage_options)
     fs.makedirs(root, exist_ok=True)
     with checkpoint.as_directory() as local:
         names = [n for n in os.listdir(local) if os.path.isfile(os.path.join(local, n)) and not is_state_file(n)]

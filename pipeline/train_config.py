@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from .storage import absolute
 
 
 @dataclass
@@ -43,6 +45,7 @@ class FinetuneConfig:
     log_every: int = 10
     max_failures: int = 3  # worker-group restarts from the last checkpoint before the run fails
     seed: int = 0
+    storage_options: dict = field(default_factory=dict)  # fsspec options for data, run dir and output
     fault_injection_step: int | None = None  # test hook: rank 1 exits at this step once (in a run not resumed)
 
     def __post_init__(self) -> None:
@@ -70,8 +73,10 @@ class FinetuneConfig:
             raise ValueError(f"best_metric must be rouge2 or loss, got {self.best_metric!r}")
         if self.best_metric == "rouge2" and self.rouge_samples < 1:
             raise ValueError("best_metric rouge2 needs rouge_samples >= 1")
-        self.output_url = self.output_url.rstrip("/")
-        self.run_dir = (self.run_dir or self.output_url + ".checkpoints").rstrip("/")
+        for name in ("train_url", "eval_url", "output_url", "encoder_url", "decoder_url", "init_url", "run_dir"):
+            if getattr(self, name) is not None:
+                setattr(self, name, absolute(getattr(self, name)).rstrip("/"))
+        self.run_dir = self.run_dir or self.output_url + ".checkpoints"
 
     @property
     def tokenizer_url(self) -> str:

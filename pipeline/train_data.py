@@ -12,6 +12,8 @@ import torch
 
 from model import Tokenizer
 
+from .storage import arrow_fs, list_parquet
+
 
 @dataclass(frozen=True)
 class SplitStats:
@@ -31,9 +33,11 @@ def _is_empty(column) -> np.ndarray:
     return np.array([s is None or not str(s).strip() for s in column], dtype=bool)
 
 
-def inspect_split(url: str, text_column: str, summary_column: str) -> SplitStats:
-    """Count rows and empty pairs of a Parquet file or folder; a missing column is an error naming those present."""
-    dataset = pads.dataset(url, format="parquet")
+def inspect_split(url: str, text_column: str, summary_column: str,
+                  storage_options: dict | None = None) -> SplitStats:
+    """Count rows and empty pairs of Parquet shards; a missing column is an error naming those present."""
+    filesystem, _ = arrow_fs(url, storage_options)
+    dataset = pads.dataset(list_parquet(url, storage_options), format="parquet", filesystem=filesystem)
     present = dataset.schema.names
     missing = [c for c in (text_column, summary_column) if c not in present]
     if missing:
@@ -88,9 +92,11 @@ def _ragged(rows: list[np.ndarray]) -> np.ndarray:
 
 def tokenized_dataset(url: str, tokenizer_path: str, text_column: str, summary_column: str,
                       max_source_tokens: int, max_target_tokens: int, keep_reference: bool = False,
-                      concurrency: int = 1) -> ray.data.Dataset:
+                      storage_options: dict | None = None, concurrency: int = 1) -> ray.data.Dataset:
     """Parquet -> tokenized pairs, lazily; each epoch re-reads and re-tokenizes in a streaming fashion."""
-    ds = ray.data.read_parquet(url, columns=[text_column, summary_column])
+    filesystem, _ = arrow_fs(url, storage_options)
+    ds = ray.data.read_parquet(list_parquet(url, storage_options), filesystem=filesystem)
+    ds = ds.select_columns([text_column, summary_column])
     return ds.map_batches(
         TokenizePairs,
         fn_constructor_kwargs=dict(tokenizer_path=tokenizer_path, text_column=text_column,

@@ -16,13 +16,13 @@ import tempfile
 import time
 from functools import partial
 
-import fsspec
 import ray.train
 import ray.train.torch
 import torch
 
 from model import EncoderDecoderModel, Tokenizer
 
+from .storage import url_to_fs
 from .train_config import FinetuneConfig
 from .train_data import collate
 from .train_eval import evaluate
@@ -57,6 +57,14 @@ def build_model(cfg: FinetuneConfig, checkpoint_dir: str | None) -> EncoderDecod
     return model
 
 
+def trainable(model: EncoderDecoderModel) -> EncoderDecoderModel:
+    """Training mode, with the encoder's pooler frozen: it is kept for checkpoint compatibility but the loss
+    does not use it, and DDP wants a gradient for every trainable weight."""
+    if model.encoder.pooler is not None:
+        model.encoder.pooler.requires_grad_(False)
+    return model.train()
+
+
 def make_optimizer(model: torch.nn.Module, cfg: FinetuneConfig) -> torch.optim.AdamW:
     """AdamW; biases and LayerNorm weights get no weight decay."""
     decay, no_decay = [], []
@@ -78,11 +86,7 @@ def train_loop(loop_config: dict) -> None:
         model = build_model(cfg, ckpt_dir)
         if model.config.encoder.vocab_size != model.config.decoder.vocab_size:
             raise ValueError("encoder and decoder vocabularies differ; one tokenizer cannot serve both")
-        if model.encoder.pooler is not None:
-            # kept for checkpoint compatibility, unused by the loss: DDP wants a gradient for every trainable weight
-            model.encoder.pooler.requires_grad_(False)
-        model.train()
-        unwrapped = model
+        unwrapped = trainable(model)
         model = ray.train.torch.prepare_model(model)
         optimizer = make_optimizer(unwrapped, cfg)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, linear_schedule(cfg.warmup_steps, total_steps))
@@ -97,7 +101,7 @@ def train_loop(loop_config: dict) -> None:
             if os.path.exists(rng_file):
                 _set_rng(torch.load(rng_file, weights_only=True))
     resumed = ckpt_dir is not None
-    metrics_log = MetricsLog(cfg.run_dir, state["step"]) if rank == 0 else None
+    metrics_log = MetricsLog(cfg.run_dir, state["step"], cfg.storage_options) if rank == 0 else None
     if metrics_log is not None and resumed:
         metrics_log.append({**state, "event": "resumed"})
 
@@ -201,8 +205,8 @@ class MetricsLog:
     """metrics.jsonl beside the checkpoints, rewritten whole on each append; on resume, records after the
     checkpoint's step are dropped (they are trained again)."""
 
-    def __init__(self, run_dir: str, resume_step: int):
-        self.fs, root = fsspec.core.url_to_fs(run_dir)
+    def __init__(self, run_dir: str, resume_step: int, storage_options: dict):
+        self.fs, root = url_to_fs(run_dir, storage_options)
         self.path = f"{root}/{METRICS_FILE}"
         self.records: list[dict] = []
         if self.fs.exists(self.path):
