@@ -1,0 +1,149 @@
+"""The job as users run it: `ray job submit` to a head on loopback against moto S3, and kill-and-resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import s3fs
+
+from tests.conftest import AWS_ENV, free_port
+from tests.test_pipeline_run import articles, direct_summaries
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RAY = os.path.join(os.path.dirname(sys.executable), "ray")
+GEN = ["--num-beams", "2", "--max-length", "12", "--max-input-tokens", "96"]
+
+
+def write_shards(folder, rows: list[dict], per_shard: int) -> None:
+    os.makedirs(folder, exist_ok=True)
+    for s in range(0, len(rows), per_shard):
+        pq.write_table(pa.Table.from_pylist(rows[s:s + per_shard]), os.path.join(folder, f"part-{s:03d}.parquet"))
+
+
+@pytest.fixture
+def ray_head(tmp_path):
+    """`ray start --head --block` on loopback with its own ports; torn down by killing only its process group."""
+    ports = {name: free_port() for name in ("port", "dashboard-port", "ray-client-server-port", "metrics-export-port",
+                                            "dashboard-agent-listen-port", "dashboard-agent-grpc-port",
+                                            "runtime-env-agent-port", "node-manager-port", "object-manager-port")}
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    temp_dir = tempfile.mkdtemp(prefix="rayh", dir="/tmp")
+    cmd = [RAY, "start", "--head", "--block", "--node-ip-address", "127.0.0.1", "--dashboard-host", "127.0.0.1",
+           "--num-cpus", "6", "--num-gpus", "1", "--include-dashboard", "true", "--temp-dir", temp_dir,
+           *[f"--{k}={v}" for k, v in ports.items()]]
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    address = f"http://127.0.0.1:{ports['dashboard-port']}"
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            urllib.request.urlopen(f"{address}/api/version", timeout=2)
+            break
+        except OSError:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                raise RuntimeError("ray head did not start") from None
+            time.sleep(0.5)
+    try:
+        yield address, env
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def test_job_submit_end_to_end_on_s3(s3_endpoint, ray_head, bert2bert_dir, tmp_path):
+    address, env = ray_head
+    rows = [{"id": f"doc-{i}", "article": r["article"][:500]} for i, r in enumerate(articles(8))]
+    write_shards(tmp_path / "in", rows, per_shard=3)
+    fs = s3fs.S3FileSystem()
+    fs.mkdir("e2e")
+    fs.put(str(tmp_path / "in"), "e2e/articles", recursive=True)
+    fs.put(str(bert2bert_dir), "e2e/models/b2b", recursive=True)
+    runtime_env = {"env_vars": {**AWS_ENV, "AWS_ENDPOINT_URL": s3_endpoint}}
+    cmd = [RAY, "job", "submit", "--address", address, "--runtime-env-json", json.dumps(runtime_env), "--",
+           sys.executable, "-m", "jobs.summarize", "--input", "s3://e2e/articles/", "--output", "s3://e2e/summaries/",
+           "--model", "s3://e2e/models/b2b", "--replicas", "2", "--gpus-per-replica", "0.5", "--batch-size", "2", *GEN]
+    done = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=400)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "rows in: 8  rows out: 8  written by this run: 8" in done.stdout
+    # GPU plan: tokenize stays a CPU task stage, apart from the GPU actors.
+    assert re.search(r"Operator \d+ MapBatches\(tokenize\):", done.stdout)
+    assert re.search(r"Operator \d+ MapBatches\(Summarizer\):", done.stdout)
+    fs.invalidate_cache()
+    table = pq.read_table("e2e/summaries/", filesystem=fs)
+    assert sorted(table.column("id").to_pylist()) == sorted(r["id"] for r in rows)
+    got = dict(zip(table.column("id").to_pylist(), table.column("summary").to_pylist(), strict=True))
+    expected = direct_summaries(bert2bert_dir, [r["article"] for r in rows], num_beams=2, max_length=12)
+    assert [got[r["id"]] for r in rows] == expected
+    assert json.loads(fs.cat("e2e/summaries/_SUCCESS.json"))["rows_out"] == 8
+
+
+def job(args: list[str], **kwargs) -> subprocess.Popen:
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    env.pop("RAY_ADDRESS", None)
+    return subprocess.Popen([sys.executable, "-m", "jobs.summarize", *args], cwd=ROOT, env=env, text=True,
+                            start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, **kwargs)
+
+
+def test_killed_job_resumes_without_redoing_rows(bert2bert_dir, tmp_path):
+    rows = [{"id": i, "article": r["article"][:500]} for i, r in enumerate(articles(16))]
+    write_shards(tmp_path / "in", rows, per_shard=4)
+    out, ckpt = tmp_path / "out", tmp_path / "_checkpoints" / "out"
+    args = ["--input", str(tmp_path / "in"), "--output", str(out), "--model", str(bert2bert_dir),
+            "--batch-size", "1", "--replicas", "1", "--num-beams", "2", "--max-length", "24",
+            "--max-input-tokens", "96"]
+    first = job(args)
+    deadline = time.monotonic() + 300
+    committed: list[str] = []
+    while not committed:
+        assert first.poll() is None, first.stdout.read()[-3000:]
+        assert time.monotonic() < deadline, "no checkpoint committed in time"
+        time.sleep(0.2)
+        committed = [f for f in os.listdir(ckpt) if not f.endswith(".pending.parquet")] if ckpt.exists() else []
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait()
+    done_ids = {i for f in os.listdir(ckpt) if not f.endswith(".pending.parquet")
+                for i in pq.read_table(ckpt / f).column("id").to_pylist()}
+    assert 0 < len(done_ids) < 16
+
+    second = job(args)
+    report = second.communicate(timeout=300)[0]
+    assert second.returncode == 0, report[-3000:]
+    assert "resuming from checkpoint" in report
+    written = int(re.search(r"written by this run: (\d+)", report).group(1))
+    table = pq.read_table(out)
+    ids = table.column("id").to_pylist()
+    assert sorted(ids) == list(range(16)) and written == 16 - len(done_ids)
+    assert table.column("summary").null_count == 0
+
+
+def test_bad_input_fails_fast_with_exit_code(tmp_path, bert2bert_dir):
+    pq.write_table(pa.table({"id": [1], "body": ["text"]}), tmp_path / "one.parquet")
+    proc = job(["--input", str(tmp_path / "one.parquet"), "--output", str(tmp_path / "out"),
+                "--model", str(bert2bert_dir)])
+    text = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 1
+    assert "summarize failed: ValueError: input shard" in text and "its columns are: id, body" in text
+
+
+def test_help_documents_every_flag():
+    text = subprocess.run([sys.executable, "-m", "jobs.summarize", "--help"], capture_output=True, text=True,
+                          cwd=ROOT, check=True).stdout
+    for flag in ("--input", "--output", "--model", "--text-column", "--id-column", "--num-beams", "--max-length",
+                 "--min-length", "--length-penalty", "--no-repeat-ngram-size", "--early-stopping",
+                 "--max-input-tokens", "--batch-size", "--replicas", "--gpus-per-replica", "--cpus-per-replica",
+                 "--dtype", "--storage-options", "--overwrite"):
+        assert flag in text
