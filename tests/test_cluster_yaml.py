@@ -1,0 +1,23 @@
+"""cluster.yaml passes Ray's own launcher schema offline and pins the Ray version of pyproject.toml."""
+
+from __future__ import annotations
+
+import pathlib
+import re
+
+import yaml
+from ray.autoscaler._private.util import prepare_config, validate_config
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+def test_cluster_yaml_is_valid_and_pinned():
+    config = yaml.safe_load((ROOT / "cluster.yaml").read_text())
+    validate_config(prepare_config(config))
+    head = config["available_node_types"][config["head_node_type"]]
+    assert head["resources"] == {"CPU": 0}
+    workers = config["available_node_types"]["gpu_worker"]
+    assert workers["min_workers"] == 0 and workers["node_config"]["InstanceType"].startswith(("g5.", "g6."))
+    assert workers["node_config"]["IamInstanceProfile"]["Name"]
+    pinned = re.search(r'"ray\[[^]]*\]==([\d.]+)"', (ROOT / "pyproject.toml").read_text()).group(1)
+    assert f"=={pinned}" in " ".join(config["setup_commands"])
