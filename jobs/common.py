@@ -40,6 +40,8 @@ def add_scaling_flags(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--cpus-per-replica", type=float, default=1.0,
                    help="CPUs per replica; also the replica's torch thread count on CPU")
     g.add_argument("--batch-size", type=int, default=16, help="articles per generate call")
+    g.add_argument("--wait-for-workers-s", type=float, default=0.0,
+                   help="on an autoscaling cluster: request nodes for the replicas and wait up to this long")
 
 
 def add_storage_flags(parser: argparse.ArgumentParser) -> None:

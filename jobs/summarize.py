@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
             passthrough_columns=tuple(c for c in args.passthrough_columns.split(",") if c),
             max_input_tokens=args.max_input_tokens, dtype=args.dtype,
             generation=common.generation_from_args(args), replicas=common.replicas_from_args(args),
-            storage_options=args.storage_options, overwrite=args.overwrite)
+            storage_options=args.storage_options, overwrite=args.overwrite, worker_wait_s=args.wait_for_workers_s)
         checked = preflight(config)  # before Ray: a meaningless job fails in seconds, with no cluster work
         common.init_ray(args.replicas, args.cpus_per_replica)
         config = common.with_cluster_gpus(config, args)

@@ -88,6 +88,7 @@ class SummarizeConfig:
     storage_options: dict[str, Any] = field(default_factory=dict)  # fsspec options for input and output
     overwrite: bool = False
     actor_start_timeout_s: float = 600.0  # fail if the minimum replica pool is not up by then
+    worker_wait_s: float = 0.0  # > 0: ask the autoscaler for the replicas' nodes and wait this long for them
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:

@@ -173,6 +173,27 @@ def fit_replicas(replicas: Replicas, resources: dict[str, float]) -> tuple[Repli
                                                     f"{gpus:g} GPU)"]
 
 
+def cluster_resources(replicas: Replicas, wait_s: float) -> dict[str, float]:
+    """The cluster's resources; with wait_s > 0, first ask the autoscaler for the minimum pool (a cluster that
+    scales GPU workers from zero has none at submit time) and wait up to wait_s for it to appear."""
+    resources = ray.cluster_resources()
+    if wait_s <= 0:
+        return resources
+    from ray.autoscaler.sdk import request_resources
+
+    bundle = {k: v for k, v in {"CPU": replicas.cpus, "GPU": replicas.gpus}.items() if v}
+    request_resources(bundles=[bundle] * replicas.min + [{"CPU": 1}] * CPU_HEADROOM)
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        try:
+            fit_replicas(replicas, resources)
+            break
+        except RuntimeError:
+            time.sleep(5)
+            resources = ray.cluster_resources()
+    return resources
+
+
 def build_dataset(config: SummarizeConfig, plan: InputPlan, info: ModelInfo, replicas: Replicas) -> ray.data.Dataset:
     """read -> blocks of one batch each -> tokenize (tasks) -> summarize (actor pool)."""
     fs, _ = storage.arrow_fs(config.input, config.storage_options)
@@ -287,7 +308,7 @@ def run(config: SummarizeConfig, checked: Checked | None = None) -> SummarizeRes
                            f"{checkpoint_url(target)}); pass --overwrite to replace them")
     elif storage.exists(checkpoint_url(target), opts):
         result.notes.append(f"resuming from checkpoint {checkpoint_url(target)}")
-    replicas, notes = fit_replicas(config.replicas, ray.cluster_resources())
+    replicas, notes = fit_replicas(config.replicas, cluster_resources(config.replicas, config.worker_wait_s))
     result.replicas = replicas
     result.notes.extend(notes)
     before = set(storage.data_files(target, opts))
