@@ -10,6 +10,7 @@ files and the staging. Every step is idempotent, so a run killed at any point is
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import importlib.metadata
@@ -19,8 +20,12 @@ import posixpath
 import re
 import subprocess
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
+
+from ray.data import DataContext
+from ray.data.checkpoint import CheckpointConfig
 
 from . import storage
 from .config import SummarizeConfig
@@ -37,6 +42,7 @@ from .partitions import (
     state_of,
     weights_fingerprint,
 )
+from .summarize import checkpoint_url, inspect_input
 from .summarize import run as summarize
 
 RUNS = "_runs"
@@ -175,21 +181,41 @@ def _switch(output: str, partition: Partition, staged: str, marker: dict[str, An
     storage.remove_tree(storage.join(output, STAGING, partition.path), opts)
 
 
+@contextlib.contextmanager
+def _checkpointing(job: SummarizeConfig) -> Iterator[None]:
+    """Workaround, to drop once `summarize.run` sets `DataContext.checkpoint_config` before it builds its
+    dataset: a Dataset copies the context when it is created, so run() currently streams without checkpoints
+    and a killed run cannot resume. Same id column and checkpoint location as run() uses."""
+    ctx = DataContext.get_current()
+    previous = ctx.checkpoint_config
+    url = checkpoint_url(job.output)
+    ctx.checkpoint_config = CheckpointConfig(
+        id_column=inspect_input(job).id_column, checkpoint_path=url, delete_checkpoint_on_success=False,
+        override_filesystem=storage.arrow_fs(url, job.storage_options)[0])
+    try:
+        yield
+    finally:
+        ctx.checkpoint_config = previous
+
+
 def _summarize(config: NightlyConfig, partition: Partition, fingerprint: str, outcome: PartitionOutcome,
                lease: Lease) -> None:
     """Summarize one partition into its staging and switch it into place; raises on any failure."""
     opts, template = config.summarize.storage_options, config.summarize
     run_id = _run_id(partition, fingerprint, template)
     staging_root = storage.join(config.output, STAGING, partition.path)
-    fs, root = storage.url_to_fs(staging_root, opts)
-    if fs.isdir(root):
-        for old in fs.ls(root, detail=False):
-            if not old.rstrip("/").endswith(f"run-{run_id}"):  # stale: other inputs, weights or settings
-                fs.rm(old, recursive=True)
     staged = storage.join(staging_root, f"run-{run_id}")
+    for folder in (staging_root, posixpath.dirname(checkpoint_url(staged))):  # run-<id>/ folders in both
+        fs, root = storage.url_to_fs(folder, opts)
+        for old in (fs.ls(root, detail=False) if fs.isdir(root) else []):
+            name = old.rstrip("/").rsplit("/", 1)[-1]
+            if name.startswith("run-") and name != f"run-{run_id}":  # stale: other inputs, weights or settings
+                fs.rm(old, recursive=True)
     started = time.time()
-    result = summarize(dataclasses.replace(template, input=storage.join(config.corpus, partition.path, "*.parquet"),
-                                           output=staged, overwrite=False))
+    job = dataclasses.replace(template, input=storage.join(config.corpus, partition.path, "*.parquet"), output=staged,
+                              overwrite=False)
+    with _checkpointing(job):
+        result = summarize(job)
     now = rescan(config.corpus, partition, opts)
     if now is None or now.inputs != partition.inputs:
         raise RuntimeError(f"the inputs of {partition.path} changed during the run; the next run processes them")

@@ -1,0 +1,176 @@
+"""The nightly job end to end on a moto S3 server and a real local Ray: a growing corpus, a killed run, two
+concurrent runs, a dry run."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+import uuid
+
+import boto3
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import ray.data
+import s3fs
+
+from pipeline import storage
+from pipeline.config import GenerationOverrides, Replicas, SummarizeConfig
+from pipeline.nightly import NightlyConfig, committed_files, run_nightly
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+DATA = ROOT / "data" / "cnndm_200.jsonl"
+SCHEMA = pa.schema([("id", pa.int64()), ("article", pa.string())])
+FLAGS = ["--num-beams", "1", "--max-length", "12", "--batch-size", "2", "--replicas", "1"]
+DAY1, DAY2 = "date=2026-11-01", "date=2026-11-02"
+
+
+def articles(first: int, n: int) -> list[dict]:
+    with open(DATA, encoding="utf-8") as f:
+        lines = f.readlines()[first:first + n]
+    return [{"id": first + i, "article": json.loads(line)["article"][:300]} for i, line in enumerate(lines)]
+
+
+@pytest.fixture()
+def bucket(s3_endpoint) -> str:
+    name = f"nightly-{uuid.uuid4().hex[:8]}"
+    s3fs.S3FileSystem().mkdir(name)
+    return f"s3://{name}"
+
+
+def put_shard(url: str, rows: list[dict]) -> None:
+    buf = io.BytesIO()
+    pq.write_table(pa.Table.from_pylist(rows, schema=SCHEMA), buf)
+    fs, path = storage.url_to_fs(url)
+    fs.pipe_file(path, buf.getvalue())
+
+
+def listing(bucket: str) -> list[tuple]:
+    """Every object in the bucket with its size, ETag and modification time."""
+    pages = boto3.client("s3").get_paginator("list_objects_v2").paginate(Bucket=bucket[len("s3://"):])
+    return sorted((o["Key"], o["Size"], o["ETag"], o["LastModified"])
+                  for page in pages for o in page.get("Contents", []))
+
+
+def nightly(corpus: str, output: str, model: pathlib.Path, dry_run: bool = False) -> dict:
+    template = SummarizeConfig(input=corpus, output=output, model=str(model),
+                               generation=GenerationOverrides(num_beams=1, max_length=12),
+                               replicas=Replicas(1, 1, batch_size=2))
+    return run_nightly(NightlyConfig(corpus=corpus, output=output, summarize=template), dry_run=dry_run).to_dict()
+
+
+def actions(report: dict) -> dict[str, tuple[str, str]]:
+    return {p["partition"]: (p["action"], p["reason"]) for p in report["partitions"]}
+
+
+def read_output(output: str) -> list[dict]:
+    """The output as a plain Hive-partitioned Parquet reader sees it, sorted by id, without the replica name."""
+    fs, path = storage.url_to_fs(output)
+    table = pq.read_table(path, filesystem=fs, partitioning="hive")
+    return sorted(({k: v for k, v in r.items() if k != "replica"} for r in table.to_pylist()), key=lambda r: r["id"])
+
+
+def nightly_process(corpus: str, output: str, model: pathlib.Path, *extra: str) -> subprocess.Popen:
+    """`python -m jobs.nightly` as its own driver on the test's Ray cluster."""
+    env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
+    return subprocess.Popen([sys.executable, "-m", "jobs.nightly", "--corpus", corpus, "--output", output,
+                             "--model", str(model), *FLAGS, *extra], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def test_growing_corpus_processes_only_what_changed(local_ray, bucket, bert2bert_dir):
+    corpus, output = f"{bucket}/corpus", f"{bucket}/summaries"
+    put_shard(f"{corpus}/{DAY1}/part-0.parquet", articles(0, 3))
+    put_shard(f"{corpus}/{DAY1}/part-1.parquet", articles(3, 2))
+    first = nightly(corpus, output, bert2bert_dir)
+    assert actions(first) == {DAY1: ("processed", "new")}
+    assert (first["totals"]["rows_in"], first["totals"]["rows_out"]) == (5, 5)
+
+    put_shard(f"{corpus}/{DAY2}/part-0.parquet", articles(5, 3))
+    second = nightly(corpus, output, bert2bert_dir)
+    assert actions(second) == {DAY1: ("skipped", "done"), DAY2: ("processed", "new")}
+
+    put_shard(f"{corpus}/{DAY1}/part-late.parquet", articles(8, 2))
+    before = listing(bucket)
+    dry = nightly(corpus, output, bert2bert_dir, dry_run=True)
+    assert listing(bucket) == before
+    assert actions(dry) == {DAY1: ("would-process", "changed"), DAY2: ("skipped", "done")}
+    assert dry["partitions"][0]["detail"] == "added: part-late.parquet"
+
+    third = nightly(corpus, output, bert2bert_dir)
+    assert actions(third) == {DAY1: ("processed", "changed"), DAY2: ("skipped", "done")}
+    assert third["partitions"][0]["rows_in"] == 7
+
+    marker = storage.read_json(f"{output}/{DAY1}/_SUCCESS.json")
+    assert (marker["rows_in"], marker["rows_out"], marker["failed_rows"]) == (7, 7, {})
+    assert [f["name"] for f in marker["inputs"]] == ["part-0.parquet", "part-1.parquet", "part-late.parquet"]
+    assert all(f["size"] > 0 and f["version"] for f in marker["inputs"])
+    assert len(marker["model"]["weights_sha256"]) == 64 and marker["generation"]["max_length"] == 12
+    assert marker["started_at"] <= marker["ended_at"] and marker["code_version"]
+    # the old day-1 files are gone: the folder holds exactly what the marker names
+    assert sorted(os.path.basename(p) for p in storage.data_files(f"{output}/{DAY1}")) == sorted(marker["files"])
+    assert not storage.exists(f"{output}/_staging/{DAY1}")
+    assert len(s3fs.S3FileSystem().ls(f"{output}/_runs")) == 3
+
+    clean_output = f"{bucket}/clean"
+    clean = nightly(corpus, clean_output, bert2bert_dir)
+    assert actions(clean) == {DAY1: ("processed", "new"), DAY2: ("processed", "new")}
+    incremental = read_output(output)
+    assert incremental == read_output(clean_output)
+    assert [r["id"] for r in incremental] == list(range(10))
+    assert {r["date"] for r in incremental} == {"2026-11-01", "2026-11-02"}
+
+    fs, _ = storage.arrow_fs(output)
+    plain = ray.data.read_parquet(storage.url_to_fs(output)[1], filesystem=fs)
+    following = ray.data.read_parquet([storage.url_to_fs(f)[1] for f in committed_files(output)], filesystem=fs)
+    assert sorted(plain.to_pandas()["id"]) == sorted(following.to_pandas()["id"]) == list(range(10))
+
+
+def test_killed_run_resumes_rows_and_never_marks_early(local_ray, bucket, bert2bert_dir):
+    corpus, output = f"{bucket}/corpus", f"{bucket}/summaries"
+    for s in range(4):
+        put_shard(f"{corpus}/{DAY1}/part-{s}.parquet", articles(20 + s * 4, 4))
+    proc = nightly_process(corpus, output, bert2bert_dir, "--lease-ttl", "3")
+    staging = f"{output}/_staging/{DAY1}"
+    deadline = time.monotonic() + 120
+    while not storage.data_files(staging) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGKILL)
+    log = proc.communicate()[0]
+    staged = sum(pq.read_metadata(f, filesystem=storage.arrow_fs(output)[0]).num_rows
+                 for f in storage.data_files(staging))
+    assert 0 < staged < 16, log
+    assert not storage.exists(f"{output}/{DAY1}/_SUCCESS.json")
+    assert storage.data_files(f"{output}/{DAY1}") == []
+
+    time.sleep(3.5)  # the killed run's lease expires
+    dry = nightly(corpus, output, bert2bert_dir, dry_run=True)
+    assert actions(dry) == {DAY1: ("would-process", "incomplete")}
+    again = nightly(corpus, output, bert2bert_dir)
+    assert actions(again) == {DAY1: ("processed", "incomplete")}, again["partitions"]
+    part = again["partitions"][0]
+    assert (part["rows_in"], part["rows_out"], part["rows_written"]) == (16, 16, 16 - staged)
+    assert [r["id"] for r in read_output(output)] == list(range(20, 36))
+
+
+def test_concurrent_runs_process_each_partition_once(local_ray, bucket, bert2bert_dir):
+    corpus, output = f"{bucket}/corpus", f"{bucket}/summaries"
+    put_shard(f"{corpus}/{DAY1}/part-0.parquet", articles(40, 3))
+    put_shard(f"{corpus}/{DAY2}/part-0.parquet", articles(43, 3))
+    procs = [nightly_process(corpus, output, bert2bert_dir) for _ in range(2)]
+    logs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], logs
+    fs = s3fs.S3FileSystem()
+    reports = [json.loads(fs.cat(p)) for p in fs.ls(f"{output}/_runs")]
+    assert len(reports) == 2
+    processed = sorted(p["partition"] for r in reports for p in r["partitions"] if p["action"] == "processed")
+    assert processed == [DAY1, DAY2], logs
+    others = [(p["action"], p["reason"]) for r in reports for p in r["partitions"] if p["action"] != "processed"]
+    assert len(others) == 2 and all(o in (("skipped", "leased"), ("skipped", "done")) for o in others)
+    assert [r["id"] for r in read_output(output)] == list(range(40, 46))
