@@ -96,7 +96,10 @@ class Attention(nn.Module):
         q = self.q(x).view(n // group, group * t, c)
         q = self.split_heads(q)  # [B, H, G*T, D]
         p = self.attn_drop if self.training else 0.0
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, is_causal=is_causal)
+        if q.shape[2] == 1 and mask is None and q.device.type == "cpu":  # one decode query: SDPA's CPU kernel is slow
+            out = (q @ k.transpose(-1, -2) * q.shape[-1] ** -0.5).softmax(-1) @ v
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, is_causal=is_causal)
         out = out.transpose(1, 2).reshape(n, t, c)
         return self.norm(x + self.drop(self.o(out)))
 
