@@ -103,7 +103,7 @@ def tokenized_dataset(url: str, tokenizer_path: str, text_column: str, summary_c
                                    summary_column=summary_column, max_source_tokens=max_source_tokens,
                                    max_target_tokens=max_target_tokens, keep_reference=keep_reference),
         batch_format="numpy",
-        concurrency=concurrency,
+        compute=ray.data.ActorPoolStrategy(size=concurrency),
     )
 
 

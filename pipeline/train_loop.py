@@ -12,6 +12,7 @@ import contextlib
 import json
 import math
 import os
+import posixpath
 import tempfile
 import time
 from functools import partial
@@ -22,7 +23,7 @@ import torch
 
 from model import EncoderDecoderModel, Tokenizer
 
-from .storage import url_to_fs
+from .storage import arrow_fs, url_to_fs
 from .train_config import FinetuneConfig
 from .train_data import collate
 from .train_eval import evaluate
@@ -81,7 +82,7 @@ def train_loop(loop_config: dict) -> None:
     device = ray.train.torch.get_device()
     tok = Tokenizer.from_pretrained(cfg.tokenizer_url)
 
-    checkpoint = ray.train.get_checkpoint()
+    checkpoint = latest_checkpoint(cfg)
     with checkpoint.as_directory() if checkpoint else contextlib.nullcontext() as ckpt_dir:
         model = build_model(cfg, ckpt_dir)
         if model.config.encoder.vocab_size != model.config.decoder.vocab_size:
@@ -166,6 +167,22 @@ def train_loop(loop_config: dict) -> None:
             epoch, skip = epoch + 1, 0
             continue
         break
+
+
+def latest_checkpoint(cfg: FinetuneConfig) -> ray.train.Checkpoint | None:
+    """The newest complete checkpoint: Ray's, or a newer one in the run dir that Ray had not registered yet.
+
+    Ray Train's controller learns of a reported checkpoint when it next polls the workers (every 2 s); a worker
+    dying in between loses it from Ray's list although it is safely stored, so the run dir is scanned as well.
+    """
+    fs, root = url_to_fs(cfg.run_dir, cfg.storage_options)
+    stored = sorted(p for p in fs.glob(f"{root}/checkpoint_*") if fs.exists(f"{p}/{TRAIN_STATE}")
+                    and fs.exists(f"{p}/config.json") and fs.exists(f"{p}/model.safetensors"))
+    registered = ray.train.get_checkpoint()
+    if not stored or (registered and posixpath.basename(registered.path) >= posixpath.basename(stored[-1])):
+        return registered
+    filesystem, _ = arrow_fs(cfg.run_dir, cfg.storage_options)
+    return ray.train.Checkpoint(stored[-1], filesystem=filesystem)
 
 
 def _report_checkpoint(record: dict, model: EncoderDecoderModel, tok: Tokenizer, optimizer, scheduler,

@@ -166,3 +166,60 @@ def test_ddp_workers_see_disjoint_rows_and_hold_identical_weights(local_ray, pai
     before = hashlib.sha1(b"".join(p.detach().numpy().tobytes() for p in EncoderDecoderModel.from_pretrained(
         tiny).parameters())).hexdigest()
     assert ranks[0]["digest"] != before
+
+
+@pytest.fixture(scope="module")
+def finished_run(local_ray, pairs, tiny, tmp_path_factory):
+    cfg = small_config(pairs, tiny, str(tmp_path_factory.mktemp("plain") / "model"))
+    return cfg, run_finetune(cfg)
+
+
+def losses(records: list[dict]) -> dict[int, float]:
+    return {r["step"]: r["loss"] for r in records if "loss" in r}
+
+
+def test_training_lowers_the_loss_and_exports_the_best_checkpoint(finished_run):
+    import transformers
+
+    cfg, result = finished_run
+    records = read_metrics(cfg)
+    train = losses(records)
+    assert sorted(train) == [2, 4, 6, 8, 10, 12]
+    assert train[12] < train[2] - 0.5, train
+    evals = {r["step"]: r["eval_loss"] for r in records if "eval_loss" in r}
+    assert sorted(evals) == [4, 8, 12] and all(0 <= r["eval_rouge2"] <= 100 for r in records if "eval_loss" in r)
+    assert result.best_step == min(evals, key=evals.get) and result.best_metrics["eval_loss"] == evals[result.best_step]
+
+    out = pathlib.Path(cfg.output_url)
+    assert sorted(p.name for p in out.iterdir()) == [
+        "config.json", "generation_config.json", "model.safetensors", "special_tokens_map.json", "tokenizer.json",
+        "tokenizer_config.json", "vocab.txt"]
+    theirs, info = transformers.EncoderDecoderModel.from_pretrained(out, output_loading_info=True)
+    assert all(not keys for keys in info.values()), info
+    ours = EncoderDecoderModel.from_pretrained(out)
+    tok = Tokenizer.from_pretrained(out)
+    batch = tok(["The cat sat on the mat.", "A longer sentence about the weather today."])
+    labels = tok(["a cat.", "rain"])["input_ids"][:, 1:].contiguous()
+    with torch.no_grad():
+        expected = theirs.eval()(**batch, labels=labels)
+        got = ours(**batch, labels=labels)
+    torch.testing.assert_close(got.logits, expected.logits, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(got.loss, expected.loss, atol=1e-5, rtol=1e-5)
+
+
+def test_a_dead_worker_resumes_from_the_last_checkpoint_and_a_rerun_resumes_too(finished_run, pairs, tiny, tmp_path):
+    plain_cfg, plain = finished_run
+    cfg = small_config(pairs, tiny, str(tmp_path / "model"), fault_injection_step=6)
+    result = run_finetune(cfg)
+    records = read_metrics(cfg)
+    # rank 1 died after step 6: the group restarted from checkpoint 4, at the same epoch and batch position
+    assert [r for r in records if "event" in r] == [{"step": 4, "epoch": 0, "position": 4, "event": "resumed"}]
+    # and went on exactly as the uninterrupted run (same seed, same workers): same losses, same evaluations
+    assert losses(records) == pytest.approx(losses(read_metrics(plain_cfg)), abs=1e-5)
+    assert result.best_step == plain.best_step
+    assert result.best_metrics["eval_loss"] == pytest.approx(plain.best_metrics["eval_loss"], abs=1e-5)
+
+    again = run_finetune(cfg)  # the same command again: nothing left to train, the same export
+    assert [r["step"] for r in read_metrics(cfg) if "event" in r] == [4, 12]
+    assert losses(read_metrics(cfg)) == losses(records)
+    assert again.best_step == result.best_step
