@@ -1,5 +1,6 @@
 """A BERT2BERT encoder-decoder in plain PyTorch, compatible with Hugging Face checkpoints."""
 
+from .checkpoint import read_configs
 from .config import BertConfig, EncoderDecoderConfig, GenerationConfig
 from .encoder_decoder import EncoderDecoderModel, Seq2SeqOutput
 from .tokenizer import Tokenizer
@@ -11,4 +12,5 @@ __all__ = [
     "GenerationConfig",
     "Seq2SeqOutput",
     "Tokenizer",
+    "read_configs",
 ]

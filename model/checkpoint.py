@@ -6,12 +6,14 @@ Unknown keys raise, naming the key and the file; shapes are checked against the 
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
 import re
 import tempfile
 from collections.abc import Iterable
+from typing import Any
 
 import fsspec
 import torch
@@ -130,100 +132,105 @@ def ours_to_hf(key: str, decoder_type: str) -> str:
 
 # ---- files and URLs -------------------------------------------------------------------------------------------
 
-def join(path: str, name: str) -> str:
-    return path.rstrip("/") + "/" + name
+class Folder:
+    """A checkpoint folder on any fsspec filesystem; messages name files by their URL."""
+
+    def __init__(self, url: str | os.PathLike, storage_options: dict[str, Any] | None = None):
+        self.url = str(url).rstrip("/")
+        self.fs, self.root = fsspec.core.url_to_fs(self.url, **(storage_options or {}))
+        self.root = self.root.rstrip("/")
+
+    def name(self, file: str) -> str:
+        return f"{self.url}/{file}"
+
+    def exists(self, file: str) -> bool:
+        return self.fs.exists(f"{self.root}/{file}")
+
+    def read_bytes(self, file: str) -> bytes:
+        try:
+            return self.fs.cat_file(f"{self.root}/{file}")
+        except FileNotFoundError as e:
+            raise FileNotFoundError(f"{self.name(file)}: file not found") from e
+
+    def read_json(self, file: str) -> dict:
+        try:
+            return json.loads(self.read_bytes(file))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ValueError(f"{self.name(file)}: not valid JSON ({e})") from e
+
+    def write_atomic(self, file: str, data: bytes) -> None:
+        """Readers see the old content or the new, never a partial file."""
+        path = f"{self.root}/{file}"
+        if isinstance(self.fs, LocalFileSystem):
+            os.makedirs(self.root, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=self.root, prefix=".tmp-")
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            os.replace(tmp, path)
+        else:
+            self.fs.pipe_file(path, data)  # one object PUT: atomic on object stores
+
+    def read_safetensors(self, file: str) -> dict[str, torch.Tensor]:
+        try:
+            if isinstance(self.fs, LocalFileSystem):
+                with safe_open(f"{self.root}/{file}", framework="pt") as f:  # memory-mapped
+                    return {k: f.get_tensor(k) for k in f.keys()}
+            return load_safetensors_bytes(self.read_bytes(file))
+        except FileNotFoundError as e:
+            raise FileNotFoundError(f"{self.name(file)}: file not found") from e
+        except (SafetensorError, OSError, ValueError) as e:
+            raise ValueError(f"{self.name(file)}: not a readable safetensors file ({e})") from e
 
 
-def exists(path: str) -> bool:
-    fs, p = fsspec.core.url_to_fs(path)
-    return fs.exists(p)
-
-
-def read_json(path: str) -> dict:
-    try:
-        with fsspec.open(path, "r") as f:
-            return json.load(f)
-    except FileNotFoundError as e:
-        raise FileNotFoundError(f"{path}: file not found") from e
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON ({e})") from e
-
-
-def write_atomic(path: str, data: bytes) -> None:
-    """Write a whole file so that readers see the old content or the new, never a partial one."""
-    fs, p = fsspec.core.url_to_fs(path)
-    if isinstance(fs, LocalFileSystem):
-        os.makedirs(os.path.dirname(p) or ".", exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(p) or ".", prefix=".tmp-")
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, p)
-    else:
-        fs.pipe_file(p, data)  # one object PUT: atomic on object stores
-
-
-def read_configs(path: str) -> tuple[EncoderDecoderConfig, GenerationConfig]:
-    raw = read_json(join(path, CONFIG_NAME))
+def read_configs(url: str | os.PathLike, storage_options: dict[str, Any] | None = None
+                 ) -> tuple[EncoderDecoderConfig, GenerationConfig]:
+    """The model config and generation settings of a checkpoint folder, without reading its weights."""
+    folder = Folder(url, storage_options)
+    raw = folder.read_json(CONFIG_NAME)
     try:
         config = EncoderDecoderConfig.from_dict(raw)
     except (TypeError, ValueError) as e:
-        raise ValueError(f"{join(path, CONFIG_NAME)}: {e}") from e
-    gen_path = join(path, GENERATION_CONFIG_NAME)
-    generation = GenerationConfig.from_dict(read_json(gen_path)) if exists(gen_path) else None
-    if generation is None:
-        generation = GenerationConfig.from_model_config(raw)
-    return config, generation
+        raise ValueError(f"{folder.name(CONFIG_NAME)}: {e}") from e
+    if folder.exists(GENERATION_CONFIG_NAME):
+        return config, GenerationConfig.from_dict(folder.read_json(GENERATION_CONFIG_NAME))
+    return config, GenerationConfig.from_model_config(raw)
 
 
-def _read_safetensors(path: str) -> dict[str, torch.Tensor]:
-    try:
-        if "://" not in path or path.startswith("file://"):
-            local = path.removeprefix("file://")
-            with safe_open(local, framework="pt") as f:
-                return {k: f.get_tensor(k) for k in f.keys()}
-        with fsspec.open(path, "rb") as f:
-            return load_safetensors_bytes(f.read())
-    except FileNotFoundError as e:
-        raise FileNotFoundError(f"{path}: file not found") from e
-    except (SafetensorError, OSError, ValueError) as e:
-        raise ValueError(f"{path}: not a readable safetensors file ({e})") from e
-
-
-def read_weights(path: str, allow_pickle: bool = False) -> Iterable[tuple[str, str, torch.Tensor]]:
-    """Yield (file, HF key, tensor) for every tensor of the checkpoint at `path`."""
-    single, index = join(path, WEIGHTS_NAME), join(path, WEIGHTS_INDEX_NAME)
-    if exists(single):
-        files = [single]
-    elif exists(index):
-        weight_map = read_json(index).get("weight_map")
+def read_weights(folder: Folder, allow_pickle: bool = False) -> Iterable[tuple[str, str, torch.Tensor]]:
+    """Yield (file URL, HF key, tensor) for every tensor of the checkpoint in `folder`."""
+    if folder.exists(WEIGHTS_NAME):
+        files = [WEIGHTS_NAME]
+    elif folder.exists(WEIGHTS_INDEX_NAME):
+        weight_map = folder.read_json(WEIGHTS_INDEX_NAME).get("weight_map")
         if not isinstance(weight_map, dict):
-            raise ValueError(f"{index}: no 'weight_map'")
-        files = [join(path, name) for name in sorted(set(weight_map.values()))]
-    elif exists(join(path, PICKLE_NAME)):
-        pickle_path = join(path, PICKLE_NAME)
+            raise ValueError(f"{folder.name(WEIGHTS_INDEX_NAME)}: no 'weight_map'")
+        files = sorted(set(weight_map.values()))
+    elif folder.exists(PICKLE_NAME):
         if not allow_pickle:
             raise ValueError(
-                f"{pickle_path}: pickle checkpoints can run arbitrary code and are not loaded by default. Convert "
-                "it once with `EncoderDecoderModel.from_pretrained(path, allow_pickle=True).save_pretrained(new)` "
+                f"{folder.name(PICKLE_NAME)}: pickle checkpoints can run arbitrary code and are not loaded by "
+                "default. Convert it once with "
+                "`EncoderDecoderModel.from_pretrained(path, allow_pickle=True).save_pretrained(new)` "
                 "(read with torch.load(weights_only=True)), or pass allow_pickle=True."
             )
-        with fsspec.open(pickle_path, "rb") as f:
-            state = torch.load(f, map_location="cpu", weights_only=True)
-        yield from ((pickle_path, k, v) for k, v in state.items())
+        state = torch.load(io.BytesIO(folder.read_bytes(PICKLE_NAME)), map_location="cpu", weights_only=True)
+        yield from ((folder.name(PICKLE_NAME), k, v) for k, v in state.items())
         return
     else:
-        raise FileNotFoundError(f"{path}: no {WEIGHTS_NAME}, {WEIGHTS_INDEX_NAME} or {PICKLE_NAME} found")
+        raise FileNotFoundError(f"{folder.url}: no {WEIGHTS_NAME}, {WEIGHTS_INDEX_NAME} or {PICKLE_NAME} found")
     for file in files:
-        for key, tensor in _read_safetensors(file).items():
-            yield file, key, tensor
+        for key, tensor in folder.read_safetensors(file).items():
+            yield folder.name(file), key, tensor
 
 
-def load_hf_state(path: str, expected: dict[str, torch.Size], untied_head: bool, dtype: torch.dtype | None,
-                  allow_pickle: bool = False) -> dict[str, torch.Tensor]:
+def load_hf_state(url: str, config: EncoderDecoderConfig, expected: dict[str, torch.Size], untied_head: bool,
+                  dtype: torch.dtype | None, allow_pickle: bool = False,
+                  storage_options: dict[str, Any] | None = None) -> dict[str, torch.Tensor]:
     """Our state dict from an HF encoder-decoder checkpoint, checked key by key and shape by shape."""
+    folder = Folder(url, storage_options)
     state: dict[str, torch.Tensor] = {}
     unexpected = []
-    for file, key, tensor in read_weights(path, allow_pickle):
+    for file, key, tensor in read_weights(folder, allow_pickle):
         try:
             ours = hf_to_ours(key, untied_head)
         except KeyError:
@@ -241,39 +248,33 @@ def load_hf_state(path: str, expected: dict[str, torch.Size], untied_head: bool,
         state[ours] = tensor.to(dtype) if dtype is not None and tensor.is_floating_point() else tensor
     missing = sorted(set(expected) - set(state))
     if unexpected or missing:
-        lines = [f"checkpoint at {path} does not match its config.json:"]
+        lines = [f"checkpoint at {folder.url} does not match its config.json:"]
         if missing:
-            lines.append("missing keys: " + ", ".join(ours_to_hf_names(missing, path)))
+            lines.append("missing keys: " + ", ".join(ours_to_hf(k, config.decoder.model_type) for k in missing))
         if unexpected:
             lines.append("unexpected keys: " + ", ".join(unexpected))
         raise ValueError("\n".join(lines))
     return state
 
 
-def ours_to_hf_names(keys: list[str], path: str) -> list[str]:
-    decoder_type = read_json(join(path, CONFIG_NAME))["decoder"].get("model_type", "bert")
-    return [ours_to_hf(k, decoder_type) for k in keys]
-
-
-def save_hf(path: str, state: dict[str, torch.Tensor], config: EncoderDecoderConfig,
-            generation: GenerationConfig) -> None:
+def save_hf(url: str, state: dict[str, torch.Tensor], config: EncoderDecoderConfig,
+            generation: GenerationConfig, storage_options: dict[str, Any] | None = None) -> None:
     """Weights first, then generation_config.json, then config.json: a reader that finds the new config
     finds the new weights. Tied weights are stored once, under HF's names."""
+    folder = Folder(url, storage_options)
     decoder_type = config.decoder.model_type
     tensors = {ours_to_hf(k, decoder_type): v.detach().contiguous().cpu() for k, v in state.items()}
-    write_atomic(join(path, WEIGHTS_NAME), save_safetensors_bytes(tensors, metadata={"format": "pt"}))
-    write_atomic(join(path, GENERATION_CONFIG_NAME), generation.to_json().encode())
-    write_atomic(join(path, CONFIG_NAME), config.to_json().encode())
+    folder.write_atomic(WEIGHTS_NAME, save_safetensors_bytes(tensors, metadata={"format": "pt"}))
+    folder.write_atomic(GENERATION_CONFIG_NAME, generation.to_json().encode())
+    folder.write_atomic(CONFIG_NAME, config.to_json().encode())
 
 
-def read_bert(path: str) -> tuple[dict, dict[str, torch.Tensor]]:
+def read_bert(url: str, storage_options: dict[str, Any] | None = None) -> tuple[dict, dict[str, torch.Tensor]]:
     """config.json and weights of a single BERT checkpoint (BertModel, BertForMaskedLM, BertLMHeadModel,
     BertGeneration...), with the `bert.` prefix of headed models removed."""
-    raw = read_json(join(path, CONFIG_NAME))
-    tensors = {}
-    for _, key, tensor in read_weights(path):
-        tensors[key.removeprefix("bert.")] = tensor
-    return raw, tensors
+    folder = Folder(url, storage_options)
+    tensors = {key.removeprefix("bert."): tensor for _, key, tensor in read_weights(folder)}
+    return folder.read_json(CONFIG_NAME), tensors
 
 
 def warm_start_state(tensors: dict[str, torch.Tensor], part: str) -> tuple[dict[str, torch.Tensor], list[str]]:

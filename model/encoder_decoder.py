@@ -6,6 +6,7 @@ import logging
 import os
 import re
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -158,32 +159,34 @@ class EncoderDecoderModel(nn.Module):
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, dtype: torch.dtype | None = None,
-                        device: torch.device | str | None = None, allow_pickle: bool = False) -> EncoderDecoderModel:
-        """Load an HF encoder-decoder folder (local path or fsspec URL such as s3://bucket/model)."""
-        path = str(path)
-        config, generation = checkpoint.read_configs(path)
+                        device: torch.device | str | None = None, allow_pickle: bool = False,
+                        storage_options: dict[str, Any] | None = None) -> EncoderDecoderModel:
+        """Load an HF encoder-decoder folder: a local path or an fsspec URL such as s3://bucket/model
+        (storage_options go to fsspec, e.g. {"endpoint_url": ...}; by default the AWS environment applies)."""
+        config, generation = checkpoint.read_configs(path, storage_options)
         with torch.device("meta"):
             model = cls(config, generation)
         expected = {k: v.shape for k, v in model.state_dict().items()}
-        state = checkpoint.load_hf_state(path, expected, untied_head=model.lm_head.weight is not None, dtype=dtype,
-                                         allow_pickle=allow_pickle)
+        state = checkpoint.load_hf_state(str(path), config, expected, untied_head=model.lm_head.weight is not None,
+                                         dtype=dtype, allow_pickle=allow_pickle, storage_options=storage_options)
         model.load_state_dict(state, strict=True, assign=True)
         return model.to(device).eval() if device is not None else model.eval()
 
-    def save_pretrained(self, path: str | os.PathLike) -> None:
+    def save_pretrained(self, path: str | os.PathLike, storage_options: dict[str, Any] | None = None) -> None:
         """config.json, generation_config.json and model.safetensors with HF's key names (local path or URL)."""
-        checkpoint.save_hf(str(path), self.state_dict(), self.config, self.generation_config)
+        checkpoint.save_hf(str(path), self.state_dict(), self.config, self.generation_config, storage_options)
 
     @classmethod
     def from_encoder_decoder_pretrained(cls, encoder_path: str | os.PathLike, decoder_path: str | os.PathLike,
+                                        storage_options: dict[str, Any] | None = None,
                                         **config_kwargs) -> EncoderDecoderModel:
         """Warm start from two BERT checkpoints. The decoder gets fresh cross-attention (and a fresh LM-head
         transform when its checkpoint has none). decoder_start_token_id, pad_token_id and eos_token_id default
         to the decoder checkpoint's [CLS], [PAD] and [SEP] ids when its vocabulary has them."""
-        enc_raw, enc_tensors = checkpoint.read_bert(str(encoder_path))
-        dec_raw, dec_tensors = checkpoint.read_bert(str(decoder_path))
+        enc_raw, enc_tensors = checkpoint.read_bert(str(encoder_path), storage_options)
+        dec_raw, dec_tensors = checkpoint.read_bert(str(decoder_path), storage_options)
         enc_raw = {**enc_raw, "is_decoder": False, "add_cross_attention": False}
-        defaults = {k: v for k, v in special_token_ids(str(decoder_path)).items() if v is not None}
+        defaults = {k: v for k, v in special_token_ids(str(decoder_path), storage_options).items() if v is not None}
         config = EncoderDecoderConfig.from_encoder_decoder_configs(
             BertConfig.from_dict(enc_raw), BertConfig.from_dict(dec_raw), **{**defaults, **config_kwargs})
         model = cls(config)

@@ -5,23 +5,21 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Sequence
+from typing import Any
 
-import fsspec
 import torch
 from tokenizers import Tokenizer as Backend
 from tokenizers import decoders, normalizers, pre_tokenizers, processors
 from tokenizers.models import WordPiece
 
+from .checkpoint import Folder
+
 SPECIAL = {"cls_token": "[CLS]", "sep_token": "[SEP]", "pad_token": "[PAD]", "unk_token": "[UNK]",
            "mask_token": "[MASK]"}
 
 
-def _read_text(path: str) -> str | None:
-    fs, p = fsspec.core.url_to_fs(path)
-    if not fs.exists(p):
-        return None
-    with fs.open(p, "r", encoding="utf-8") as f:
-        return f.read()
+def _read_text(folder: Folder, name: str) -> str | None:
+    return folder.read_bytes(name).decode("utf-8") if folder.exists(name) else None
 
 
 def _from_vocab(vocab_text: str, cfg: dict) -> Backend:
@@ -42,10 +40,10 @@ def _from_vocab(vocab_text: str, cfg: dict) -> Backend:
     return backend
 
 
-def special_token_ids(path: str) -> dict[str, int | None]:
+def special_token_ids(path: str, storage_options: dict[str, Any] | None = None) -> dict[str, int | None]:
     """decoder_start/pad/eos ids a BERT2BERT uses ([CLS], [PAD], [SEP]) from a checkpoint's vocabulary, if any."""
     try:
-        tok = Tokenizer.from_pretrained(path)
+        tok = Tokenizer.from_pretrained(path, storage_options)
     except FileNotFoundError:
         return {"decoder_start_token_id": None, "pad_token_id": None, "eos_token_id": None}
     return {"decoder_start_token_id": tok.cls_token_id, "pad_token_id": tok.pad_token_id,
@@ -70,22 +68,21 @@ class Tokenizer:
         return self.backend.get_vocab_size(with_added_tokens=False)
 
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike) -> Tokenizer:
-        """tokenizer.json if the folder has one, else WordPiece from vocab.txt and tokenizer_config.json."""
-        path = str(path).rstrip("/")
-        config = json.loads(_read_text(f"{path}/tokenizer_config.json") or "{}")
-        tokenizer_json = _read_text(f"{path}/tokenizer.json")
+    def from_pretrained(cls, path: str | os.PathLike, storage_options: dict[str, Any] | None = None) -> Tokenizer:
+        """tokenizer.json if the folder (local or fsspec URL) has one, else WordPiece from vocab.txt and
+        tokenizer_config.json."""
+        folder = Folder(path, storage_options)
+        config = json.loads(_read_text(folder, "tokenizer_config.json") or "{}")
+        tokenizer_json = _read_text(folder, "tokenizer.json")
         if tokenizer_json is not None:
             return cls(Backend.from_str(tokenizer_json), config)
-        vocab = _read_text(f"{path}/vocab.txt")
+        vocab = _read_text(folder, "vocab.txt")
         if vocab is None:
-            raise FileNotFoundError(f"{path}: no tokenizer.json or vocab.txt found")
+            raise FileNotFoundError(f"{folder.url}: no tokenizer.json or vocab.txt found")
         return cls(_from_vocab(vocab, config), config)
 
-    def save_pretrained(self, path: str | os.PathLike) -> None:
-        path = str(path).rstrip("/")
-        fs, root = fsspec.core.url_to_fs(path)
-        fs.makedirs(root, exist_ok=True)
+    def save_pretrained(self, path: str | os.PathLike, storage_options: dict[str, Any] | None = None) -> None:
+        folder = Folder(path, storage_options)
         vocab = sorted(self.backend.get_vocab(with_added_tokens=False).items(), key=lambda kv: kv[1])
         config = {**self.config, "model_max_length": self.model_max_length}
         config.setdefault("tokenizer_class", "BertTokenizer")
@@ -96,8 +93,7 @@ class Tokenizer:
             "vocab.txt": "".join(tok + "\n" for tok, _ in vocab),
         }
         for name, text in files.items():
-            with fs.open(f"{root}/{name}", "w", encoding="utf-8") as f:
-                f.write(text)
+            folder.write_atomic(name, text.encode("utf-8"))
 
     def encode_batch(self, texts: Sequence[str], max_length: int | None = None,
                      truncation: bool = True) -> list[list[int]]:
