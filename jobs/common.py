@@ -46,8 +46,8 @@ def add_scaling_flags(parser: argparse.ArgumentParser) -> None:
 
 def add_storage_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--storage-options", type=json.loads, default={},
-                        help='fsspec options for input and output as JSON, e.g. \'{"endpoint_url": "http://..."}\' '
-                             "(default: the standard AWS environment)")
+                        help="fsspec options for input, output and model as JSON, e.g. "
+                             '\'{"endpoint_url": "http://..."}\' (default: the standard AWS environment)')
 
 
 def generation_from_args(args: argparse.Namespace) -> GenerationOverrides:

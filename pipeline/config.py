@@ -85,7 +85,7 @@ class SummarizeConfig:
     dtype: str = "float32"
     generation: GenerationOverrides = field(default_factory=GenerationOverrides)
     replicas: Replicas = field(default_factory=Replicas)
-    storage_options: dict[str, Any] = field(default_factory=dict)  # fsspec options for input and output
+    storage_options: dict[str, Any] = field(default_factory=dict)  # fsspec options for input, output and model
     overwrite: bool = False
     actor_start_timeout_s: float = 600.0  # fail if the minimum replica pool is not up by then
     worker_wait_s: float = 0.0  # > 0: ask the autoscaler for the replicas' nodes and wait this long for them

@@ -102,12 +102,14 @@ def tokenize(batch: pa.Table, tokenizer: Tokenizer, text_column: str, max_input_
 class Summarizer:
     """One model replica: loaded once per actor, then `__call__(tokenized batch) -> output batch`."""
 
-    def __init__(self, model_url: str, generation: dict, dtype: str = "float32", threads: int | None = None):
+    def __init__(self, model_url: str, generation: dict, dtype: str = "float32", threads: int | None = None,
+                 storage_options: dict | None = None):
         if threads:
             torch.set_num_threads(threads)
         device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.model = EncoderDecoderModel.from_pretrained(model_url, dtype=getattr(torch, dtype), device=device)
-        self.tokenizer = Tokenizer.from_pretrained(model_url)
+        self.model = EncoderDecoderModel.from_pretrained(model_url, dtype=getattr(torch, dtype), device=device,
+                                                         storage_options=storage_options)
+        self.tokenizer = Tokenizer.from_pretrained(model_url, storage_options)
         self.generation = dict(generation)
         self.special = torch.tensor(sorted(self.tokenizer.all_special_ids), device=device)
         self.replica = f"{socket.gethostname()}:{os.getpid()}"

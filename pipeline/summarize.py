@@ -25,7 +25,7 @@ import ray.data
 from ray.data import ActorPoolStrategy
 from ray.data.checkpoint import CheckpointConfig
 
-from model import EncoderDecoderConfig, GenerationConfig, Tokenizer
+from model import EncoderDecoderConfig, GenerationConfig, Tokenizer, read_configs
 
 from . import storage
 from .config import Replicas, SummarizeConfig
@@ -135,17 +135,13 @@ def inspect_input(config: SummarizeConfig) -> InputPlan:
 
 def inspect_model(config: SummarizeConfig) -> ModelInfo:
     """Config, generation settings and tokenizer of the checkpoint; ValueError naming the URL if unreadable."""
-    url = config.model
+    url, opts = config.model, config.storage_options
     try:
-        raw = storage.read_json(storage.join(url, "config.json"))
-        if raw is None:
-            raise FileNotFoundError("no config.json")
-        model_config = EncoderDecoderConfig.from_dict(raw)
-        if not any(storage.exists(storage.join(url, n)) for n in ("model.safetensors", "model.safetensors.index.json")):
+        model_config, generation = read_configs(url, opts)
+        if not any(storage.exists(storage.join(url, n), opts)
+                   for n in ("model.safetensors", "model.safetensors.index.json")):
             raise FileNotFoundError("no model.safetensors or model.safetensors.index.json")
-        gen_raw = storage.read_json(storage.join(url, "generation_config.json"))
-        generation = GenerationConfig.from_dict(gen_raw) if gen_raw else GenerationConfig.from_model_config(raw)
-        tokenizer = Tokenizer.from_pretrained(url)
+        tokenizer = Tokenizer.from_pretrained(url, opts)
     except Exception as e:  # whatever the cause, the job cannot start without the model
         raise ValueError(f"model {url} is not readable: {type(e).__name__}: {e}") from e
     limit = model_config.encoder.max_position_embeddings
@@ -209,7 +205,7 @@ def build_dataset(config: SummarizeConfig, plan: InputPlan, info: ModelInfo, rep
     return ds.map_batches(
         Summarizer,
         fn_constructor_kwargs={"model_url": config.model, "generation": generation, "dtype": config.dtype,
-                               "threads": max(1, int(replicas.cpus))},
+                               "threads": max(1, int(replicas.cpus)), "storage_options": config.storage_options},
         # Two batches per actor: the next one is queued while the current one generates.
         compute=ActorPoolStrategy(min_size=replicas.min, max_size=replicas.max, max_tasks_in_flight_per_actor=2),
         num_cpus=replicas.cpus,
