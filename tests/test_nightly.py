@@ -22,6 +22,7 @@ import s3fs
 
 from pipeline import storage
 from pipeline.config import GenerationOverrides, Replicas, SummarizeConfig
+from pipeline.lease import Lease
 from pipeline.nightly import NightlyConfig, committed_files, run_nightly
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -84,6 +85,22 @@ def nightly_process(corpus: str, output: str, model: pathlib.Path, *extra: str) 
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
+def quiet(url: str, seconds: float) -> bool:
+    """Nothing under `url` changed for `seconds`."""
+    fs, path = storage.url_to_fs(url)
+    before = fs.find(path, detail=True)
+    time.sleep(seconds)
+    fs.invalidate_cache()
+    return fs.find(path, detail=True) == before
+
+
+def committed_rows(output: str) -> int:
+    """Rows that Ray Data's checkpoint of the day-1 staging records as written (committed, not pending)."""
+    fs, path = storage.url_to_fs(f"{output}/_staging/{DAY1}/_checkpoints")
+    files = [f for f in fs.find(path) if f.endswith(".parquet") and not f.endswith(".pending.parquet")]
+    return sum(pq.read_metadata(f, filesystem=storage.arrow_fs(output)[0]).num_rows for f in files)
+
+
 def test_growing_corpus_processes_only_what_changed(local_ray, bucket, bert2bert_dir):
     corpus, output = f"{bucket}/corpus", f"{bucket}/summaries"
     put_shard(f"{corpus}/{DAY1}/part-0.parquet", articles(0, 3))
@@ -136,26 +153,28 @@ def test_killed_run_resumes_rows_and_never_marks_early(local_ray, bucket, bert2b
     corpus, output = f"{bucket}/corpus", f"{bucket}/summaries"
     for s in range(4):
         put_shard(f"{corpus}/{DAY1}/part-{s}.parquet", articles(20 + s * 4, 4))
-    proc = nightly_process(corpus, output, bert2bert_dir, "--lease-ttl", "3")
-    staging = f"{output}/_staging/{DAY1}"
-    deadline = time.monotonic() + 120
-    while not storage.data_files(staging) and proc.poll() is None and time.monotonic() < deadline:
+    proc = nightly_process(corpus, output, bert2bert_dir, "--lease-ttl", "6")
+    deadline = time.monotonic() + 180
+    while not committed_rows(output) and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.1)
     proc.send_signal(signal.SIGKILL)
     log = proc.communicate()[0]
-    staged = sum(pq.read_metadata(f, filesystem=storage.arrow_fs(output)[0]).num_rows
-                 for f in storage.data_files(staging))
-    assert 0 < staged < 16, log
-    assert not storage.exists(f"{output}/{DAY1}/_SUCCESS.json")
+    assert not storage.exists(f"{output}/{DAY1}/_SUCCESS.json"), log
     assert storage.data_files(f"{output}/{DAY1}") == []
 
-    time.sleep(3.5)  # the killed run's lease expires
+    # The lease expires, and Ray has stopped the dead driver's workers (in flight, they would still write).
+    lease = Lease(f"{output}/_leases/{DAY1}", "test", ttl_s=1)
+    while lease.current()[1]["expires_at"] > time.time() or not quiet(f"{output}/_staging", 2.0):
+        time.sleep(0.5)
+    done = committed_rows(output)
+    assert 0 < done < 16, log
+    assert not storage.exists(f"{output}/{DAY1}/_SUCCESS.json")
     dry = nightly(corpus, output, bert2bert_dir, dry_run=True)
     assert actions(dry) == {DAY1: ("would-process", "incomplete")}
     again = nightly(corpus, output, bert2bert_dir)
     assert actions(again) == {DAY1: ("processed", "incomplete")}, again["partitions"]
     part = again["partitions"][0]
-    assert (part["rows_in"], part["rows_out"], part["rows_written"]) == (16, 16, 16 - staged)
+    assert (part["rows_in"], part["rows_out"], part["rows_written"]) == (16, 16, 16 - done)
     assert [r["id"] for r in read_output(output)] == list(range(20, 36))
 
 
