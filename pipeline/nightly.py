@@ -10,7 +10,6 @@ files and the staging. Every step is idempotent, so a run killed at any point is
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import importlib.metadata
@@ -20,12 +19,8 @@ import posixpath
 import re
 import subprocess
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
-
-from ray.data import DataContext
-from ray.data.checkpoint import CheckpointConfig
 
 from . import storage
 from .config import SummarizeConfig
@@ -42,7 +37,7 @@ from .partitions import (
     state_of,
     weights_fingerprint,
 )
-from .summarize import checkpoint_url, inspect_input
+from .summarize import checkpoint_url
 from .summarize import run as summarize
 
 RUNS = "_runs"
@@ -181,23 +176,6 @@ def _switch(output: str, partition: Partition, staged: str, marker: dict[str, An
     storage.remove_tree(storage.join(output, STAGING, partition.path), opts)
 
 
-@contextlib.contextmanager
-def _checkpointing(job: SummarizeConfig) -> Iterator[None]:
-    """Workaround, to drop once `summarize.run` sets `DataContext.checkpoint_config` before it builds its
-    dataset: a Dataset copies the context when it is created, so run() currently streams without checkpoints
-    and a killed run cannot resume. Same id column and checkpoint location as run() uses."""
-    ctx = DataContext.get_current()
-    previous = ctx.checkpoint_config
-    url = checkpoint_url(job.output)
-    ctx.checkpoint_config = CheckpointConfig(
-        id_column=inspect_input(job).id_column, checkpoint_path=url, delete_checkpoint_on_success=False,
-        override_filesystem=storage.arrow_fs(url, job.storage_options)[0])
-    try:
-        yield
-    finally:
-        ctx.checkpoint_config = previous
-
-
 def _summarize(config: NightlyConfig, partition: Partition, fingerprint: str, outcome: PartitionOutcome,
                lease: Lease) -> None:
     """Summarize one partition into its staging and switch it into place; raises on any failure."""
@@ -214,8 +192,7 @@ def _summarize(config: NightlyConfig, partition: Partition, fingerprint: str, ou
     started = time.time()
     job = dataclasses.replace(template, input=storage.join(config.corpus, partition.path, "*.parquet"), output=staged,
                               overwrite=False)
-    with _checkpointing(job):
-        result = summarize(job)
+    result = summarize(job)
     now = rescan(config.corpus, partition, opts)
     if now is None or now.inputs != partition.inputs:
         raise RuntimeError(f"the inputs of {partition.path} changed during the run; the next run processes them")
