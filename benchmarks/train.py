@@ -1,6 +1,6 @@
 """Fine-tuning throughput: Ray Train with 1 and 2 workers vs the same loop in plain PyTorch, no Ray.
 
-    .venv/bin/python benchmarks/train.py --steps 30 --batch-size 4
+    .venv/bin/python -m benchmarks.train --steps 30 --batch-size 4
 
 Model: MiniLM-L6 warm-started bert2bert (or --model DIR), pairs from data/cnndm_200.jsonl. Tokens/s counts
 source + target tokens of the optimizer steps after --warmup ones; Ray's numbers come from the training loop's
