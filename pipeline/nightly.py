@@ -22,6 +22,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from ray.data.checkpoint.checkpoint_writer import PENDING_CHECKPOINT_SUFFIX
+
 from . import storage
 from .config import SummarizeConfig
 from .lease import Lease, new_owner
@@ -176,6 +178,28 @@ def _switch(output: str, partition: Partition, staged: str, marker: dict[str, An
     storage.remove_tree(storage.join(output, STAGING, partition.path), opts)
 
 
+def _drop_other_runs(folder: str, keep: str, opts: dict[str, Any]) -> None:
+    """Delete run-* folders other than `keep`: staging of other inputs, weights or settings."""
+    fs, root = storage.url_to_fs(folder, opts)
+    for path in fs.ls(root, detail=False) if fs.isdir(root) else []:
+        name = posixpath.basename(path.rstrip("/"))
+        if name.startswith("run-") and name != keep:
+            fs.rm(path, recursive=True)
+
+
+def _finish_checkpoint_commits(checkpoint: str, opts: dict[str, Any]) -> None:
+    """Ray Data commits a block's checkpoint by renaming `X.pending.parquet` to `X.parquet` after writing the block,
+    which on object stores is a copy, then a delete. A run killed between the two leaves both files, and the
+    next run's recovery deletes the block's data (it has a pending checkpoint) while its ids count as written:
+    those rows would be lost. Finish such renames before resuming."""
+    fs, root = storage.url_to_fs(checkpoint, opts)
+    names = {posixpath.basename(p) for p in fs.ls(root, detail=False)} if fs.isdir(root) else set()
+    pending = f"{PENDING_CHECKPOINT_SUFFIX}.parquet"
+    for name in names:
+        if name.endswith(pending) and f"{name[:-len(pending)]}.parquet" in names:
+            fs.rm(f"{root.rstrip('/')}/{name}")
+
+
 def _summarize(config: NightlyConfig, partition: Partition, fingerprint: str, outcome: PartitionOutcome,
                lease: Lease) -> None:
     """Summarize one partition into its staging and switch it into place; raises on any failure."""
@@ -183,12 +207,9 @@ def _summarize(config: NightlyConfig, partition: Partition, fingerprint: str, ou
     run_id = _run_id(partition, fingerprint, template)
     staging_root = storage.join(config.output, STAGING, partition.path)
     staged = storage.join(staging_root, f"run-{run_id}")
-    for folder in (staging_root, posixpath.dirname(checkpoint_url(staged))):  # run-<id>/ folders in both
-        fs, root = storage.url_to_fs(folder, opts)
-        for old in (fs.ls(root, detail=False) if fs.isdir(root) else []):
-            name = old.rstrip("/").rsplit("/", 1)[-1]
-            if name.startswith("run-") and name != f"run-{run_id}":  # stale: other inputs, weights or settings
-                fs.rm(old, recursive=True)
+    _drop_other_runs(staging_root, f"run-{run_id}", opts)
+    _drop_other_runs(posixpath.dirname(checkpoint_url(staged)), f"run-{run_id}", opts)
+    _finish_checkpoint_commits(checkpoint_url(staged), opts)
     started = time.time()
     job = dataclasses.replace(template, input=storage.join(config.corpus, partition.path, "*.parquet"), output=staged,
                               overwrite=False)
@@ -196,10 +217,10 @@ def _summarize(config: NightlyConfig, partition: Partition, fingerprint: str, ou
     now = rescan(config.corpus, partition, opts)
     if now is None or now.inputs != partition.inputs:
         raise RuntimeError(f"the inputs of {partition.path} changed during the run; the next run processes them")
-    summary = storage.read_json(storage.join(staged, storage.MARKER_NAME), opts) or {}
-    if summary.get("rows_out") != summary.get("rows_in"):
-        raise RuntimeError(f"staged output of {partition.path} has {summary.get('rows_out')} rows for "
-                           f"{summary.get('rows_in')} input rows")
+    summary = storage.read_json(storage.join(staged, storage.MARKER_NAME), opts)
+    if summary is None or summary["rows_out"] != summary["rows_in"]:  # never mark a partial partition done
+        counts = f"{summary['rows_out']} rows for {summary['rows_in']} input rows" if summary else "no marker"
+        raise RuntimeError(f"staged output {staged} is incomplete: {counts}")
     lease.check()  # renews: the switch below runs with a full TTL ahead
     marker = {
         "partition": partition.path, "keys": dict(partition.keys), "run_id": run_id, "inputs": partition.manifest(),
