@@ -7,11 +7,12 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 
 from jobs import common
-from pipeline.config import Replicas, SummarizeConfig
+from pipeline.config import SummarizeConfig
 from pipeline.nightly import NightlyConfig, NightlyReport, run_nightly
 
 
@@ -59,18 +60,16 @@ def print_report(report: NightlyReport) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        if args.dry_run:
-            replicas = Replicas.parse(args.replicas, gpus=args.gpus_per_replica or 0.0, cpus=args.cpus_per_replica,
-                                      batch_size=args.batch_size)
-        else:
-            common.init_ray(args.replicas, args.cpus_per_replica)
-            replicas = common.replicas_from_args(args)
         template = SummarizeConfig(
             input=args.corpus, output=args.output, model=args.model, text_column=args.text_column,
-            id_column=args.id_column, generation=common.generation_from_args(args), replicas=replicas,
-            storage_options=args.storage_options)
+            id_column=args.id_column, generation=common.generation_from_args(args),
+            replicas=common.replicas_from_args(args), storage_options=args.storage_options,
+            worker_wait_s=args.wait_for_workers_s)
         config = NightlyConfig(corpus=args.corpus, output=args.output, summarize=template, date=args.date,
                                since=args.since, max_partitions=args.max_partitions, lease_ttl_s=args.lease_ttl)
+        if not args.dry_run:
+            common.init_ray(args.replicas, args.cpus_per_replica)
+            config = dataclasses.replace(config, summarize=common.with_cluster_gpus(template, args))
         common.log_config("nightly config", config)
         report = run_nightly(config, dry_run=args.dry_run)
     except Exception as e:  # the job's contract: one clear line and a non-zero exit code

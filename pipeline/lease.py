@@ -92,6 +92,13 @@ class Lease:
         except FileNotFoundError:  # superseded and deleted since the listing: the caller looks again
             return generations[-1], None
 
+    def holder(self) -> dict[str, Any] | None:
+        """The record of whoever holds the lease now, or None when it is free, released or expired."""
+        record = self.current()[1]
+        if record and record["state"] == "held" and record["expires_at"] > time.time():
+            return record
+        return None
+
     def _put(self, generation: int, state: str) -> bool:
         expires_at = time.time() + self.ttl_s if state == "held" else 0.0
         record = {"owner": self.owner, "state": state, "expires_at": expires_at,

@@ -297,9 +297,8 @@ def run_nightly(config: NightlyConfig, dry_run: bool = False) -> NightlyReport:
         if not state.todo and not (state.stray_files or state.staging):
             report.partitions.append(PartitionOutcome(name, "skipped", "done", state.detail))
         elif dry_run:
-            holder = Lease(storage.join(config.output, LEASES, name), owner, config.lease_ttl_s, opts).current()[1]
-            leased = f" (leased by {holder['owner']} until {holder['expires']})" if holder and \
-                holder["state"] == "held" and holder["expires_at"] > time.time() else ""
+            holder = Lease(storage.join(config.output, LEASES, name), owner, config.lease_ttl_s, opts).holder()
+            leased = f" (leased by {holder['owner']} until {holder['expires']})" if holder else ""
             action = "would-process" if state.todo else "skipped"
             reason = state.reason if state.todo else "done (would tidy)"
             report.partitions.append(PartitionOutcome(name, action, reason, state.detail + leased))
