@@ -147,7 +147,7 @@ class EncoderDecoderConfig:
 class GenerationConfig:
     """Generation settings as in generation_config.json (transformers' names, meanings and defaults)."""
 
-    max_length: int = 20
+    max_length: int | None = None  # unset: 20 new tokens, as transformers
     max_new_tokens: int | None = None
     min_length: int = 0
     min_new_tokens: int | None = None

@@ -21,7 +21,8 @@ from .logits import Rules, process
 if TYPE_CHECKING:
     from .encoder_decoder import EncoderDecoderModel
 
-NEG = -1.0e9  # transformers' "removed" score for beams and hypotheses
+NEG = -1.0e9
+DEFAULT_NEW_TOKENS = 20  # transformers' "removed" score for beams and hypotheses
 
 # (tokens [N, 1], memory_kv, memory_mask, cache, pos, group) -> float logits [N, V]
 DecodeStep = Callable[..., torch.Tensor]
@@ -61,8 +62,8 @@ def plan(model: EncoderDecoderModel, config: GenerationConfig) -> Plan:
     min_length = c.min_new_tokens + 1 if c.min_new_tokens is not None else c.min_length
     if max_length is None and not eos:
         raise ValueError("set max_length or max_new_tokens, or eos_token_id: otherwise generation never stops")
-    if max_length is None:
-        max_length = model.config.decoder.max_position_embeddings
+    if max_length is None:  # transformers' default: 20 new tokens after the start token
+        max_length = min(DEFAULT_NEW_TOKENS + 1, model.config.decoder.max_position_embeddings)
     if max_length < 2:
         raise ValueError(f"max_length {max_length} leaves no room after the decoder start token (it counts it)")
     if max_length > model.config.decoder.max_position_embeddings:

@@ -69,6 +69,7 @@ BEAM_CASES = [
     dict(num_beams=4, max_length=26, min_new_tokens=10, repetition_penalty=1.5),
     dict(num_beams=2, max_length=16, bad_words_ids=[[5], [7, 8], [EOS]], forced_bos_token_id=9),
     dict(num_beams=3, max_length=12, forced_eos_token_id=EOS, early_stopping=True),
+    dict(num_beams=3, length_penalty=2.0),  # no length set: transformers' default of 20 new tokens
 ]
 
 
@@ -79,7 +80,7 @@ def test_beam_search_matches_transformers(kind, seed, case):
 
 
 @pytest.mark.parametrize("kwargs", [
-    dict(num_beams=1, max_length=20),
+    dict(num_beams=1),
     dict(num_beams=1, max_new_tokens=15, min_length=8, no_repeat_ngram_size=2),
     dict(num_beams=1, max_length=20, repetition_penalty=1.3, bad_words_ids=[[4, 5]]),
 ])
