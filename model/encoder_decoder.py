@@ -66,6 +66,10 @@ class EncoderDecoderModel(nn.Module):
         projection_needed = enc.hidden_size != dec.hidden_size
         self.enc_to_dec_proj = nn.Linear(enc.hidden_size, dec.hidden_size) if projection_needed else None
         self.init_weights()
+        if self.encoder.pooler is not None:
+            # Loaded and saved for checkpoint compatibility, but no output depends on it: frozen, so that DDP
+            # does not wait for gradients that never come (transformers' training leaves it untouched too).
+            self.encoder.pooler.requires_grad_(False)
 
     @torch.no_grad()
     def init_weights(self) -> None:

@@ -62,8 +62,8 @@ class TokenizePairs:
     """
 
     def __init__(self, tokenizer_path: str, text_column: str, summary_column: str, max_source_tokens: int,
-                 max_target_tokens: int, keep_reference: bool = False):
-        self.tok = Tokenizer.from_pretrained(tokenizer_path)
+                 max_target_tokens: int, keep_reference: bool = False, storage_options: dict | None = None):
+        self.tok = Tokenizer.from_pretrained(tokenizer_path, storage_options)
         self.text_column, self.summary_column = text_column, summary_column
         self.max_source_tokens, self.max_target_tokens = max_source_tokens, max_target_tokens
         self.keep_reference = keep_reference
@@ -101,7 +101,8 @@ def tokenized_dataset(url: str, tokenizer_path: str, text_column: str, summary_c
         TokenizePairs,
         fn_constructor_kwargs=dict(tokenizer_path=tokenizer_path, text_column=text_column,
                                    summary_column=summary_column, max_source_tokens=max_source_tokens,
-                                   max_target_tokens=max_target_tokens, keep_reference=keep_reference),
+                                   max_target_tokens=max_target_tokens, keep_reference=keep_reference,
+                                   storage_options=storage_options),
         batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=concurrency),
     )

@@ -50,20 +50,13 @@ def build_model(cfg: FinetuneConfig, checkpoint_dir: str | None) -> EncoderDecod
     if checkpoint_dir is not None:
         return EncoderDecoderModel.from_pretrained(checkpoint_dir)
     if cfg.init_url is not None:
-        return EncoderDecoderModel.from_pretrained(cfg.init_url)
+        return EncoderDecoderModel.from_pretrained(cfg.init_url, storage_options=cfg.storage_options)
     torch.manual_seed(cfg.seed)  # the fresh cross-attention weights
-    model = EncoderDecoderModel.from_encoder_decoder_pretrained(cfg.encoder_url, cfg.decoder_url)
+    model = EncoderDecoderModel.from_encoder_decoder_pretrained(cfg.encoder_url, cfg.decoder_url,
+                                                                storage_options=cfg.storage_options)
     model.generation_config = model.generation_config.updated(
         num_beams=cfg.eval_beams, max_length=cfg.max_target_tokens + 1, no_repeat_ngram_size=3, early_stopping=True)
     return model
-
-
-def trainable(model: EncoderDecoderModel) -> EncoderDecoderModel:
-    """Training mode, with the encoder's pooler frozen: it is kept for checkpoint compatibility but the loss
-    does not use it, and DDP wants a gradient for every trainable weight."""
-    if model.encoder.pooler is not None:
-        model.encoder.pooler.requires_grad_(False)
-    return model.train()
 
 
 def make_optimizer(model: torch.nn.Module, cfg: FinetuneConfig) -> torch.optim.AdamW:
@@ -80,14 +73,14 @@ def train_loop(loop_config: dict) -> None:
     total_steps: int = loop_config["total_steps"]
     rank = ray.train.get_context().get_world_rank()
     device = ray.train.torch.get_device()
-    tok = Tokenizer.from_pretrained(cfg.tokenizer_url)
+    tok = Tokenizer.from_pretrained(cfg.tokenizer_url, cfg.storage_options)
 
     checkpoint = latest_checkpoint(cfg)
     with checkpoint.as_directory() if checkpoint else contextlib.nullcontext() as ckpt_dir:
         model = build_model(cfg, ckpt_dir)
         if model.config.encoder.vocab_size != model.config.decoder.vocab_size:
             raise ValueError("encoder and decoder vocabularies differ; one tokenizer cannot serve both")
-        unwrapped = trainable(model)
+        unwrapped = model.train()
         model = ray.train.torch.prepare_model(model)
         optimizer = make_optimizer(unwrapped, cfg)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, linear_schedule(cfg.warmup_steps, total_steps))

@@ -21,7 +21,7 @@ from model import BertConfig, EncoderDecoderConfig, EncoderDecoderModel, Tokeniz
 from pipeline.train import make_trainer, plan_steps, run_finetune
 from pipeline.train_config import FinetuneConfig
 from pipeline.train_data import TokenizePairs, collate, inspect_split, tokenized_dataset
-from pipeline.train_loop import METRICS_FILE, build_model, make_optimizer, trainable
+from pipeline.train_loop import METRICS_FILE, build_model, make_optimizer
 
 DATA = pathlib.Path(__file__).resolve().parents[1] / "data" / "cnndm_200.jsonl"
 
@@ -124,7 +124,7 @@ def _ddp_probe(loop_config: dict) -> None:
     """One optimizer step through the production pieces; each rank writes what it saw and its weights' digest."""
     cfg = loop_config["cfg"]
     rank = ray.train.get_context().get_world_rank()
-    model = trainable(build_model(cfg, None))
+    model = build_model(cfg, None).train()
     ddp = ray.train.torch.prepare_model(model)
     optimizer = make_optimizer(model, cfg)
     rows = []
