@@ -3,8 +3,8 @@
 Prints, per workload, the median seconds of each side, the throughput ratio, the identical-output rate
 (token for token up to each sequence's EOS) and, for (a), how close we come to the machine's floor.
 
-    .venv/bin/python benchmarks/generate.py --device cpu --dtype fp32 --workloads a,b
-    python benchmarks/generate.py --device cuda --dtype bf16 --workloads a,b,c
+    .venv/bin/python -m benchmarks.generate --device cpu --dtype fp32 --workloads a,b
+    python -m benchmarks.generate --device cuda --dtype bf16 --workloads a,b,c
 """
 
 from __future__ import annotations

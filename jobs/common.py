@@ -1,4 +1,5 @@
-"""Flags shared by the jobs (generation, scaling, storage), Ray start-up and the end-of-job report."""
+"""Flags shared by the jobs (model and input, generation, scaling, storage), Ray start-up and the end-of-job
+report."""
 
 from __future__ import annotations
 
@@ -20,6 +21,29 @@ def _early_stopping(text: str) -> bool | str:
     if value not in ("true", "false", "never"):
         raise argparse.ArgumentTypeError(f"expected true, false or never, got {text!r}")
     return {"true": True, "false": False}.get(value, value)
+
+
+def add_model_flags(parser: argparse.ArgumentParser) -> None:
+    """The model and how input rows reach it; used by jobs.summarize and jobs.nightly."""
+    parser.add_argument("--model", required=True, help="HF-layout encoder-decoder folder with tokenizer files")
+    parser.add_argument("--text-column", default="article", help="column holding the text to summarize")
+    parser.add_argument("--id-column", default=None,
+                        help="unique id column (default: 'id' if present, else a derived row_hash of path + row)")
+    parser.add_argument("--passthrough-columns", default="", help="comma-separated input columns to copy to output")
+    parser.add_argument("--max-input-tokens", type=int, default=None,
+                        help="truncate inputs to this many tokens (default: the encoder's max positions)")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"],
+                        help="model weights and compute dtype")
+
+
+def summarize_config(args: argparse.Namespace, input: str, output: str, **kwargs: Any) -> SummarizeConfig:
+    """A SummarizeConfig from the shared flags (add_model/generation/scaling/storage_flags)."""
+    return SummarizeConfig(
+        input=input, output=output, model=args.model, text_column=args.text_column, id_column=args.id_column,
+        passthrough_columns=tuple(c for c in args.passthrough_columns.split(",") if c),
+        max_input_tokens=args.max_input_tokens, dtype=args.dtype, generation=generation_from_args(args),
+        replicas=replicas_from_args(args), storage_options=args.storage_options,
+        worker_wait_s=args.wait_for_workers_s, **kwargs)
 
 
 def add_generation_flags(parser: argparse.ArgumentParser) -> None:

@@ -12,7 +12,6 @@ import json
 import sys
 
 from jobs import common
-from pipeline.config import SummarizeConfig
 from pipeline.nightly import NightlyConfig, NightlyReport, run_nightly
 
 
@@ -21,7 +20,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--corpus", required=True, help="root of the corpus, partitioned as date=YYYY-MM-DD/")
     parser.add_argument("--output", required=True, help="root of the output; mirrors the corpus partitions")
-    parser.add_argument("--model", required=True, help="HF-layout encoder-decoder folder with tokenizer files")
+    common.add_model_flags(parser)
     when = parser.add_mutually_exclusive_group()
     when.add_argument("--date", help="process only this date (YYYY-MM-DD)")
     when.add_argument("--since", help="process this date and later (YYYY-MM-DD)")
@@ -31,9 +30,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--lease-ttl", type=float, default=600.0,
                         help="seconds a partition lease lasts unless renewed; a crashed run's partitions wait "
                              "this long before another run takes them")
-    parser.add_argument("--text-column", default="article", help="column holding the text to summarize")
-    parser.add_argument("--id-column", default=None,
-                        help="unique id column (default: 'id' if present, else a derived row_hash of path + row)")
     common.add_generation_flags(parser)
     common.add_scaling_flags(parser)
     common.add_storage_flags(parser)
@@ -60,11 +56,7 @@ def print_report(report: NightlyReport) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        template = SummarizeConfig(
-            input=args.corpus, output=args.output, model=args.model, text_column=args.text_column,
-            id_column=args.id_column, generation=common.generation_from_args(args),
-            replicas=common.replicas_from_args(args), storage_options=args.storage_options,
-            worker_wait_s=args.wait_for_workers_s)
+        template = common.summarize_config(args, args.corpus, args.output)
         config = NightlyConfig(corpus=args.corpus, output=args.output, summarize=template, date=args.date,
                                since=args.since, max_partitions=args.max_partitions, lease_ttl_s=args.lease_ttl)
         if not args.dry_run:

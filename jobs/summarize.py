@@ -10,7 +10,6 @@ import argparse
 import sys
 
 from jobs import common
-from pipeline.config import SummarizeConfig
 from pipeline.summarize import preflight, run
 
 
@@ -19,15 +18,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--input", required=True, help="Parquet file, folder of shards or glob (local or s3://...)")
     parser.add_argument("--output", required=True, help="output folder URL for the summary Parquet files")
-    parser.add_argument("--model", required=True, help="HF-layout encoder-decoder folder with tokenizer files")
-    parser.add_argument("--text-column", default="article", help="column holding the text to summarize")
-    parser.add_argument("--id-column", default=None,
-                        help="unique id column (default: 'id' if present, else a derived row_hash of path + row)")
-    parser.add_argument("--passthrough-columns", default="", help="comma-separated input columns to copy to output")
-    parser.add_argument("--max-input-tokens", type=int, default=None,
-                        help="truncate inputs to this many tokens (default: the encoder's max positions)")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"],
-                        help="model weights and compute dtype")
+    common.add_model_flags(parser)
     parser.add_argument("--overwrite", action="store_true",
                         help="summarize again; the old output is replaced once the new one is complete")
     common.add_generation_flags(parser)
@@ -39,13 +30,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        config = SummarizeConfig(
-            input=args.input, output=args.output, model=args.model, text_column=args.text_column,
-            id_column=args.id_column,
-            passthrough_columns=tuple(c for c in args.passthrough_columns.split(",") if c),
-            max_input_tokens=args.max_input_tokens, dtype=args.dtype,
-            generation=common.generation_from_args(args), replicas=common.replicas_from_args(args),
-            storage_options=args.storage_options, overwrite=args.overwrite, worker_wait_s=args.wait_for_workers_s)
+        config = common.summarize_config(args, args.input, args.output, overwrite=args.overwrite)
         checked = preflight(config)  # before Ray: a meaningless job fails in seconds, with no cluster work
         common.init_ray(args.replicas, args.cpus_per_replica)
         config = common.with_cluster_gpus(config, args)

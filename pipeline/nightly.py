@@ -22,8 +22,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from ray.data.checkpoint.checkpoint_writer import PENDING_CHECKPOINT_SUFFIX
-
 from . import storage
 from .config import SummarizeConfig
 from .lease import Lease, new_owner
@@ -187,19 +185,6 @@ def _drop_other_runs(folder: str, keep: str, opts: dict[str, Any]) -> None:
             fs.rm(path, recursive=True)
 
 
-def _finish_checkpoint_commits(checkpoint: str, opts: dict[str, Any]) -> None:
-    """Ray Data commits a block's checkpoint by renaming `X.pending.parquet` to `X.parquet` after writing the block,
-    which on object stores is a copy, then a delete. A run killed between the two leaves both files, and the
-    next run's recovery deletes the block's data (it has a pending checkpoint) while its ids count as written:
-    those rows would be lost. Finish such renames before resuming."""
-    fs, root = storage.url_to_fs(checkpoint, opts)
-    names = {posixpath.basename(p) for p in fs.ls(root, detail=False)} if fs.isdir(root) else set()
-    pending = f"{PENDING_CHECKPOINT_SUFFIX}.parquet"
-    for name in names:
-        if name.endswith(pending) and f"{name[:-len(pending)]}.parquet" in names:
-            fs.rm(f"{root.rstrip('/')}/{name}")
-
-
 def _summarize(config: NightlyConfig, partition: Partition, fingerprint: str, outcome: PartitionOutcome,
                lease: Lease) -> None:
     """Summarize one partition into its staging and switch it into place; raises on any failure."""
@@ -209,7 +194,6 @@ def _summarize(config: NightlyConfig, partition: Partition, fingerprint: str, ou
     staged = storage.join(staging_root, f"run-{run_id}")
     _drop_other_runs(staging_root, f"run-{run_id}", opts)
     _drop_other_runs(posixpath.dirname(checkpoint_url(staged)), f"run-{run_id}", opts)
-    _finish_checkpoint_commits(checkpoint_url(staged), opts)
     started = time.time()
     job = dataclasses.replace(template, input=storage.join(config.corpus, partition.path, "*.parquet"), output=staged,
                               overwrite=False)

@@ -24,6 +24,7 @@ import ray
 import ray.data
 from ray.data import ActorPoolStrategy
 from ray.data.checkpoint import CheckpointConfig
+from ray.data.checkpoint.checkpoint_writer import PENDING_CHECKPOINT_SUFFIX
 
 from model import EncoderDecoderConfig, GenerationConfig, Tokenizer, read_configs
 
@@ -215,10 +216,24 @@ def build_dataset(config: SummarizeConfig, plan: InputPlan, info: ModelInfo, rep
     )
 
 
+def _finish_checkpoint_commits(checkpoint: str, opts: dict[str, Any]) -> None:
+    """Ray Data commits a block's checkpoint by renaming `X.pending.parquet` to `X.parquet` after writing the block,
+    which on object stores is a copy, then a delete. A run killed between the two leaves both files, and the
+    next run's recovery deletes the block's data (it has a pending checkpoint) while its ids count as written:
+    those rows would be lost. Finish such renames before resuming."""
+    fs, root = storage.url_to_fs(checkpoint, opts)
+    names = {posixpath.basename(p) for p in fs.ls(root, detail=False)} if fs.isdir(root) else set()
+    pending = f"{PENDING_CHECKPOINT_SUFFIX}.parquet"
+    for name in names:
+        if name.endswith(pending) and f"{name[:-len(pending)]}.parquet" in names:
+            fs.rm(f"{root.rstrip('/')}/{name}")
+
+
 def _write(ds: ray.data.Dataset, target: str, id_column: str, storage_options: dict[str, Any],
            actor_start_timeout_s: float) -> str:
     """Stream the dataset into `target` with job-level checkpointing; returns Ray Data's per-operator stats."""
     ctx = ds.context  # the dataset's own copy of the DataContext: no global state changes
+    _finish_checkpoint_commits(checkpoint_url(target), storage_options)
     ckpt_fs, _ = storage.arrow_fs(checkpoint_url(target), storage_options)
     ctx.checkpoint_config = CheckpointConfig(id_column=id_column, checkpoint_path=checkpoint_url(target),
                                              delete_checkpoint_on_success=False, override_filesystem=ckpt_fs)

@@ -17,11 +17,13 @@ import ray.train
 import ray.train.torch
 import torch
 
+from jobs import summarize as summarize_job
 from model import BertConfig, EncoderDecoderConfig, EncoderDecoderModel, Tokenizer
 from pipeline.train import make_trainer, plan_steps, run_finetune
 from pipeline.train_config import FinetuneConfig
 from pipeline.train_data import TokenizePairs, collate, inspect_split, tokenized_dataset
 from pipeline.train_loop import METRICS_FILE, build_model, make_optimizer
+from tests.test_pipeline_run import MAX_TOKENS, direct_summaries
 
 DATA = pathlib.Path(__file__).resolve().parents[1] / "data" / "cnndm_200.jsonl"
 
@@ -207,3 +209,18 @@ def test_a_dead_worker_resumes_from_the_last_checkpoint_and_a_rerun_resumes_too(
     assert [r["step"] for r in read_metrics(cfg) if "event" in r] == [4, 12]
     assert losses(read_metrics(cfg)) == losses(records)
     assert again.best_step == result.best_step
+
+
+def test_exported_checkpoint_runs_in_the_summarize_job(finished_run, tmp_path):
+    cfg, _ = finished_run
+    rows = [json.loads(line) for line in DATA.read_text().splitlines()][190:]
+    pq.write_table(pa.Table.from_pylist([{"id": r["id"], "article": r["article"]} for r in rows]),
+                   tmp_path / "articles.parquet")
+    out = tmp_path / "summaries"
+    code = summarize_job.main(["--input", str(tmp_path / "articles.parquet"), "--output", str(out),
+                               "--model", cfg.output_url, "--max-input-tokens", str(MAX_TOKENS), "--batch-size", "5"])
+    assert code == 0
+    got = {r["id"]: r["summary"] for r in pq.read_table(out).to_pylist()}
+    assert sorted(got) == sorted(r["id"] for r in rows)
+    expected = direct_summaries(pathlib.Path(cfg.output_url), [r["article"] for r in rows])
+    assert [got[r["id"]] for r in rows] == expected
