@@ -224,3 +224,28 @@ def test_exported_checkpoint_runs_in_the_summarize_job(finished_run, tmp_path):
     assert sorted(got) == sorted(r["id"] for r in rows)
     expected = direct_summaries(pathlib.Path(cfg.output_url), [r["article"] for r in rows])
     assert [got[r["id"]] for r in rows] == expected
+
+
+def test_data_checkpoints_and_export_on_s3(local_ray, pairs, tiny, s3_endpoint):
+    import s3fs
+
+    opts = {"endpoint_url": s3_endpoint, "key": "testing", "secret": "testing"}  # explicit: no env on workers
+    fs = s3fs.S3FileSystem(**opts)
+    fs.mkdir("finetune-bucket")
+    for split in ("train", "eval"):
+        fs.put(pairs[split], f"finetune-bucket/data/{split}.parquet")
+    cfg = small_config(pairs, tiny, "s3://finetune-bucket/model", train_url="s3://finetune-bucket/data/train.parquet",
+                       eval_url="s3://finetune-bucket/data/eval.parquet", max_steps=4, checkpoint_every=2,
+                       eval_every=2, storage_options=opts)
+    result = run_finetune(cfg)
+    assert (result.steps, result.best_step in (2, 4)) == (4, True)
+    fs.invalidate_cache()
+    assert sorted(p.rsplit("/", 1)[-1] for p in fs.ls("finetune-bucket/model")) == [
+        "config.json", "generation_config.json", "model.safetensors", "special_tokens_map.json", "tokenizer.json",
+        "tokenizer_config.json", "vocab.txt"]
+    run_files = [p.rsplit("/", 1)[-1] for p in fs.ls("finetune-bucket/model.checkpoints")]
+    assert METRICS_FILE in run_files and any(name.startswith("checkpoint_") for name in run_files)
+    model = EncoderDecoderModel.from_pretrained("s3://finetune-bucket/model", storage_options=opts)
+    local = EncoderDecoderModel.from_pretrained(tiny)
+    assert model.config.decoder_start_token_id == local.config.decoder_start_token_id
+    assert not torch.equal(model.decoder.embed.tok.weight, local.decoder.embed.tok.weight)  # it was trained
