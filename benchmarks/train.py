@@ -25,7 +25,7 @@ from model import EncoderDecoderModel
 from pipeline.train import run_finetune
 from pipeline.train_config import FinetuneConfig
 from pipeline.train_data import TokenizePairs, collate
-from pipeline.train_loop import METRICS_FILE, linear_schedule, make_optimizer, trainable
+from pipeline.train_loop import METRICS_FILE, linear_schedule, make_optimizer
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -39,7 +39,7 @@ def minilm() -> str:
 def plain_pytorch(cfg: FinetuneConfig, rows: list[dict], warmup: int) -> float:
     """The per-step work of the Ray loop (forward, backward, clip, AdamW, schedule) on one process."""
     torch.manual_seed(cfg.seed)
-    model = trainable(EncoderDecoderModel.from_encoder_decoder_pretrained(cfg.encoder_url, cfg.decoder_url))
+    model = EncoderDecoderModel.from_encoder_decoder_pretrained(cfg.encoder_url, cfg.decoder_url).train()
     optimizer = make_optimizer(model, cfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, linear_schedule(cfg.warmup_steps, cfg.max_steps))
     tok = TokenizePairs(cfg.encoder_url, "article", "highlights", cfg.max_source_tokens, cfg.max_target_tokens)
