@@ -23,6 +23,12 @@ def _early_stopping(text: str) -> bool | str:
     return {"true": True, "false": False}.get(value, value)
 
 
+def job_parser(module: str, doc: str | None) -> argparse.ArgumentParser:
+    """The parser of `python -m <module>`, with the job's docstring (usage example included) as its help."""
+    return argparse.ArgumentParser(prog=f"python -m {module}", description=doc,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
 def add_model_flags(parser: argparse.ArgumentParser) -> None:
     """The model and how input rows reach it; used by jobs.summarize and jobs.nightly."""
     parser.add_argument("--model", required=True, help="HF-layout encoder-decoder folder with tokenizer files")

@@ -7,7 +7,6 @@ checkpoint to `python -m jobs.summarize --model ...`.
 
 from __future__ import annotations
 
-import argparse
 import json
 import pathlib
 import sys
@@ -15,7 +14,7 @@ import sys
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from jobs import summarize
+from jobs import common, summarize
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 SOURCE = ROOT / "data" / "cnndm_200.jsonl"
@@ -51,8 +50,7 @@ def warm_start(folder: pathlib.Path) -> pathlib.Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m jobs.demo", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = common.job_parser("jobs.demo", __doc__)
     parser.add_argument("--workdir", default=str(ROOT / "demo_output"), help="folder for the model and summaries")
     args = parser.parse_args(argv)
     workdir = pathlib.Path(args.workdir)

@@ -19,8 +19,7 @@ from pipeline.train_config import FinetuneConfig
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m jobs.finetune", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = common.job_parser("jobs.finetune", __doc__)
     p.add_argument("--train", required=True, help="training pairs: Parquet file, folder or glob (local or s3://)")
     p.add_argument("--eval", required=True, help="evaluation pairs: Parquet file, folder or glob")
     p.add_argument("--output", required=True, help="folder URL the best checkpoint is exported to (HF layout)")

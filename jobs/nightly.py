@@ -16,8 +16,7 @@ from pipeline.nightly import NightlyConfig, NightlyReport, run_nightly
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m jobs.nightly", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = common.job_parser("jobs.nightly", __doc__)
     parser.add_argument("--corpus", required=True, help="root of the corpus, partitioned as date=YYYY-MM-DD/")
     parser.add_argument("--output", required=True, help="root of the output; mirrors the corpus partitions")
     common.add_model_flags(parser)

@@ -14,8 +14,7 @@ from pipeline.summarize import preflight, run
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m jobs.summarize", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = common.job_parser("jobs.summarize", __doc__)
     parser.add_argument("--input", required=True, help="Parquet file, folder of shards or glob (local or s3://...)")
     parser.add_argument("--output", required=True, help="output folder URL for the summary Parquet files")
     common.add_model_flags(parser)

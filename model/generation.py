@@ -99,6 +99,11 @@ def decode_step(model: EncoderDecoderModel) -> DecodeStep:
     return step
 
 
+def keep_articles(live: torch.Tensor, memory_kv, memory_mask):
+    """The cross-attention keys/values and mask of the articles still running (finished ones leave the batch)."""
+    return [(k[live], v[live]) for k, v in memory_kv], None if memory_mask is None else memory_mask[live]
+
+
 def beam_search(model: EncoderDecoderModel, memory_kv, memory_mask, p: Plan, step: DecodeStep,
                 generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Beam search over B articles -> sequences [B, K, M], scores [B, K], lengths [B, K] (best first)."""
@@ -177,8 +182,7 @@ def beam_search(model: EncoderDecoderModel, memory_kv, memory_mask, p: Plan, ste
             alive, seq, run_scores, parent = alive[live], seq[live], run_scores[live], parent[live]
             fin_seq, fin_scores, fin_len = fin_seq[live], fin_scores[live], fin_len[live]
             is_fin, open_ = is_fin[live], open_[live]
-            memory_kv = [(kk[live], vv[live]) for kk, vv in memory_kv]
-            memory_mask = None if memory_mask is None else memory_mask[live]
+            memory_kv, memory_mask = keep_articles(live, memory_kv, memory_mask)
         else:
             live = torch.arange(n, device=dev)
         cache.reorder((live[:, None] * k + parent).flatten(), cur)
@@ -224,8 +228,7 @@ def greedy_or_sample(model: EncoderDecoderModel, memory_kv, memory_mask, p: Plan
                 break
             live = (~done).nonzero()[:, 0]
             alive, seq, score, length, running = alive[live], seq[live], score[live], length[live], running[live]
-            memory_kv = [(kk[live], vv[live]) for kk, vv in memory_kv]
-            memory_mask = None if memory_mask is None else memory_mask[live]
+            memory_kv, memory_mask = keep_articles(live, memory_kv, memory_mask)
             cache.reorder((live[:, None] * g + torch.arange(g, device=dev)).flatten(), cur)
     return out_seq, out_score, out_len
 
