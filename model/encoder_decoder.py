@@ -14,7 +14,7 @@ from torch import nn
 
 from . import checkpoint, generation
 from .config import BertConfig, EncoderDecoderConfig, GenerationConfig
-from .layers import KVCache, LMHead, Stack
+from .layers import KVCache, Linear, LMHead, Stack
 from .tokenizer import special_token_ids
 
 log = logging.getLogger(__name__)
@@ -64,7 +64,7 @@ class EncoderDecoderModel(nn.Module):
         self.decoder = Stack(dec, pooler=False)
         self.lm_head = LMHead(dec)
         projection_needed = enc.hidden_size != dec.hidden_size
-        self.enc_to_dec_proj = nn.Linear(enc.hidden_size, dec.hidden_size) if projection_needed else None
+        self.enc_to_dec_proj = Linear(enc.hidden_size, dec.hidden_size) if projection_needed else None
         self.init_weights()
         if self.encoder.pooler is not None:
             # Loaded and saved for checkpoint compatibility, but no output depends on it: frozen, so that DDP
@@ -110,8 +110,10 @@ class EncoderDecoderModel(nn.Module):
         return x if self.enc_to_dec_proj is None else self.enc_to_dec_proj(x)
 
     def memory_kv(self, memory: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Cross-attention keys and values of every decoder layer, [B, H, S, D] each, computed once per article."""
-        return [block.cross.project_kv(memory) for block in self.decoder.layers]
+        """Cross-attention keys and values of every decoder layer, [B, H, S, D] each, computed once per article.
+
+        Made contiguous once here, so that no decode step copies them for its matmuls."""
+        return [tuple(t.contiguous() for t in block.cross.project_kv(memory)) for block in self.decoder.layers]
 
     def new_cache(self, rows: int, max_len: int) -> KVCache:
         cfg = self.config.decoder

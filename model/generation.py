@@ -2,8 +2,9 @@
 
 What differs from transformers is only the layout: the encoder and the cross-attention keys/values run once
 per article and are shared by all its beams (the decoder stacks the beams' queries), the self-attention
-cache is preallocated and reordered by a gather into a spare buffer, finished articles leave the running
-batch, and a batch is sorted by length and cut into buckets so that little padding is encoded.
+cache is preallocated and reordered in place, copying only where a beam's new prefix differs from the one
+its row held, finished articles leave the running batch, and a batch is sorted by length and cut into
+buckets so that little padding is encoded.
 """
 
 from __future__ import annotations
@@ -104,6 +105,16 @@ def keep_articles(live: torch.Tensor, memory_kv, memory_mask):
     return [(k[live], v[live]) for k, v in memory_kv], None if memory_mask is None else memory_mask[live]
 
 
+def shared_prefix(tokens: torch.Tensor, rows: torch.Tensor, group: int) -> torch.Tensor:
+    """For KVCache.reorder: leading positions equal between old row rows[i] and old row i (tokens [R, t]).
+
+    Equal tokens of the same article give equal keys/values; rows of different articles share nothing.
+    """
+    dst = torch.arange(rows.shape[0], device=rows.device)
+    same = (tokens[rows] == tokens[: rows.shape[0]]).cumprod(1).sum(1)
+    return torch.where(rows // group == dst // group, same, 0)
+
+
 def beam_search(model: EncoderDecoderModel, memory_kv, memory_mask, p: Plan, step: DecodeStep,
                 generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Beam search over B articles -> sequences [B, K, M], scores [B, K], lengths [B, K] (best first)."""
@@ -127,7 +138,7 @@ def beam_search(model: EncoderDecoderModel, memory_kv, memory_mask, p: Plan, ste
     es_true = p.early_stopping is True
 
     for cur in range(1, m):  # cur = length so far, start token included
-        n = seq.shape[0]
+        n, prev = seq.shape[0], seq
         logits = step(seq[:, :, cur - 1].reshape(n * k, 1), memory_kv, memory_mask, cache, cur - 1, k)
         logp = F.log_softmax(logits, dim=-1)  # [n*k, V]
         logp = process(seq[:, :, :cur].reshape(n * k, cur), logp, r)
@@ -185,7 +196,8 @@ def beam_search(model: EncoderDecoderModel, memory_kv, memory_mask, p: Plan, ste
             memory_kv, memory_mask = keep_articles(live, memory_kv, memory_mask)
         else:
             live = torch.arange(n, device=dev)
-        cache.reorder((live[:, None] * k + parent).flatten(), cur)
+        src = (live[:, None] * k + parent).flatten()
+        cache.reorder(src, cur, shared_prefix(prev.view(n * k, m)[:, :cur], src, k))
     return out_seq, out_scores, out_len
 
 
@@ -227,9 +239,10 @@ def greedy_or_sample(model: EncoderDecoderModel, memory_kv, memory_mask, p: Plan
             if bool(done.all()):
                 break
             live = (~done).nonzero()[:, 0]
+            src = (live[:, None] * g + torch.arange(g, device=dev)).flatten()
+            cache.reorder(src, cur, shared_prefix(seq.view(n * g, m)[:, :cur], src, g))
             alive, seq, score, length, running = alive[live], seq[live], score[live], length[live], running[live]
             memory_kv, memory_mask = keep_articles(live, memory_kv, memory_mask)
-            cache.reorder((live[:, None] * g + torch.arange(g, device=dev)).flatten(), cur)
     return out_seq, out_score, out_len
 
 
