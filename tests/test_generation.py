@@ -10,7 +10,6 @@ import torch
 import transformers
 
 from model import EncoderDecoderModel
-from model.layers import KVCache
 from tests.generation_reference import reference_beam_search
 from tests.model_helpers import padded_batch
 
@@ -150,17 +149,6 @@ def test_bf16_runs_and_returns_start_tokens():
     out = model.generate(ids, mask, num_beams=3, max_length=12)
     assert out.dtype == torch.long and (out[:, 0] == 1).all() and out.shape[1] <= 12
 
-
-def test_cache_reorder_gathers_and_drops_rows():
-    cache = KVCache(2, 4, 3, 8, 5, torch.float32, "cpu")
-    k, v = torch.randn(2, 4, 3, 6, 5), torch.randn(2, 4, 3, 6, 5)
-    for layer in range(2):
-        cache.update(layer, 0, k[layer], v[layer])
-    rows = torch.tensor([3, 3, 0])
-    cache.reorder(rows, 6)
-    for layer in range(2):
-        got_k, got_v = cache.update(layer, 6, torch.zeros(3, 3, 1, 5), torch.zeros(3, 3, 1, 5))
-        assert torch.equal(got_k[:, :, :6], k[layer, rows]) and torch.equal(got_v[:, :, :6], v[layer, rows])
 
 
 @pytest.mark.parametrize("kwargs,message", [
