@@ -115,8 +115,11 @@ def test_killed_job_resumes_without_redoing_rows(bert2bert_dir, tmp_path):
         committed = [f for f in os.listdir(ckpt) if not f.endswith(".pending.parquet")] if ckpt.exists() else []
     os.killpg(first.pid, signal.SIGKILL)
     first.wait()
-    done_ids = {i for f in os.listdir(ckpt) if not f.endswith(".pending.parquet")
+    def checkpointed(pending: bool) -> set[int]:
+        return {i for f in os.listdir(ckpt) if f.endswith(".pending.parquet") == pending
                 for i in pq.read_table(ckpt / f).column("id").to_pylist()}
+
+    done_ids, in_commit = checkpointed(pending=False), checkpointed(pending=True)
     assert 0 < len(done_ids) < 16
 
     second = job(args)
@@ -126,7 +129,9 @@ def test_killed_job_resumes_without_redoing_rows(bert2bert_dir, tmp_path):
     written = int(re.search(r"written by this run: (\d+)", report).group(1))
     table = pq.read_table(out)
     ids = table.column("id").to_pylist()
-    assert sorted(ids) == list(range(16)) and written == 16 - len(done_ids)
+    assert sorted(ids) == list(range(16))  # nothing lost, nothing written twice
+    # committed rows are not redone; a block whose commit the kill interrupted may count as done or be redone
+    assert 16 - len(done_ids) - len(in_commit) <= written <= 16 - len(done_ids)
     assert table.column("summary").null_count == 0
 
 
