@@ -6,6 +6,8 @@ T new tokens, S keys, H heads, D head dim, C hidden size.
 
 from __future__ import annotations
 
+import platform
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -21,7 +23,8 @@ def activation(name: str):
     return F.relu
 
 
-ONEDNN = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+ONEDNN = (platform.machine().lower() in ("x86_64", "amd64") and torch.backends.mkldnn.is_available()
+          and hasattr(torch.ops.mkldnn, "_linear_pointwise"))
 
 
 class PackedWeight:
