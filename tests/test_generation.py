@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import functools
+import json
+import pathlib
 import tempfile
 
 import pytest
 import torch
 import transformers
 
-from model import EncoderDecoderModel
+from model import EncoderDecoderModel, Tokenizer
 from tests.generation_reference import reference_beam_search
-from tests.model_helpers import padded_batch
+from tests.model_helpers import MINILM, padded_batch
 
 VOCAB, EOS = 60, 2
+ROOT = pathlib.Path(__file__).resolve().parents[1]
 transformers.logging.set_verbosity_error()
 
 
@@ -38,8 +41,12 @@ def twins(kind: str, seed: int, dec_hidden: int = 32):
     return hf, ours
 
 
+def up_to(rows: torch.Tensor, eos: int) -> list[list[int]]:
+    return [row[: row.index(eos) + 1] if eos in row else row for row in rows.tolist()]
+
+
 def up_to_eos(rows: torch.Tensor) -> list[list[int]]:
-    return [row[: row.index(EOS) + 1] if EOS in row else row for row in rows.tolist()]
+    return up_to(rows, EOS)
 
 
 def assert_same_as_transformers(kind: str, seed: int, lengths: list[int], dec_hidden: int = 32, **kwargs):
@@ -176,3 +183,33 @@ def test_unknown_setting_is_a_type_error():
     _, ours = twins("bert", 0)
     with pytest.raises(TypeError, match="num_beam"):
         ours.generate(torch.tensor([[5, 6]]), num_beam=3)
+
+
+@functools.cache
+def minilm_twins():
+    """The real MiniLM bert2bert warm start (flat next-token distributions) and transformers' copy of it."""
+    torch.manual_seed(0)
+    ours = EncoderDecoderModel.from_encoder_decoder_pretrained(MINILM, MINILM).eval()
+    with tempfile.TemporaryDirectory() as tmp:
+        ours.save_pretrained(tmp)
+        hf = transformers.EncoderDecoderModel.from_pretrained(tmp).eval()
+    texts = [json.loads(line)["article"] for line in open(ROOT / "data" / "cnndm_200.jsonl")][:5]
+    batch = Tokenizer.from_pretrained(MINILM)([t[: 150 + 97 * i] for i, t in enumerate(texts)], max_length=96)
+    return ours, hf, batch
+
+
+@pytest.mark.parametrize("kwargs", [
+    dict(num_beams=3, max_length=24, no_repeat_ngram_size=3),
+    dict(num_beams=4, max_length=20, length_penalty=2.0, early_stopping=True, min_length=8),
+])
+def test_real_warm_start_matches_transformers_and_is_batch_invariant(kwargs):
+    ours, hf, batch = minilm_twins()
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    special = dict(decoder_start_token_id=101, eos_token_id=102, pad_token_id=0)
+    together = ours.generate(ids, mask, **kwargs)
+    with torch.no_grad():
+        theirs = hf.generate(input_ids=ids, attention_mask=mask, **special, **kwargs)
+    assert up_to(together, 102) == up_to(theirs, 102)
+    for i in range(ids.shape[0]):
+        n = int(mask[i].sum())
+        assert up_to(ours.generate(ids[i:i + 1, :n], **kwargs), 102) == up_to(together[i:i + 1], 102)
