@@ -154,7 +154,7 @@ class Attention(nn.Module):
         q = self.q(x).view(n // group, group * t, c)
         q = self.split_heads(q)  # [B, H, G*T, D]
         p = self.attn_drop if self.training else 0.0
-        if t == 1 and not self.training and q.device.type == "cpu":  # decode queries: SDPA's CPU kernels are slow
+        if t == 1 and not (self.training or is_causal) and q.device.type == "cpu":  # decode: SDPA is slow on CPU
             scores = q @ k.transpose(-1, -2) * q.shape[-1] ** -0.5  # [B, H, G, S]
             if mask is not None:
                 scores = scores.masked_fill(~mask, -torch.inf)
