@@ -3,6 +3,7 @@
 from .checkpoint import read_configs
 from .config import BertConfig, EncoderDecoderConfig, GenerationConfig
 from .encoder_decoder import EncoderDecoderModel, Seq2SeqOutput
+from .generation import decode_step, static_decode_step
 from .tokenizer import Tokenizer
 
 __all__ = [
@@ -12,5 +13,7 @@ __all__ = [
     "GenerationConfig",
     "Seq2SeqOutput",
     "Tokenizer",
+    "decode_step",
     "read_configs",
+    "static_decode_step",
 ]

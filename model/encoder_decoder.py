@@ -122,15 +122,21 @@ class EncoderDecoderModel(nn.Module):
 
     def decode(self, decoder_input_ids: torch.Tensor, memory_kv, memory_mask: torch.Tensor | None,
                decoder_attention_mask: torch.Tensor | None = None, cache: KVCache | None = None,
-               pos: int = 0, group: int = 1) -> torch.Tensor:
+               pos: int | torch.Tensor = 0, group: int = 1) -> torch.Tensor:
         """Decoder logits [N, T, V] for tokens at positions pos..pos+T-1.
 
         memory_kv and memory_mask ([B, 1, 1, S] bool or None) are per article; N = B * group rows.
-        With a cache, earlier positions are read from it and these are written into it.
+        With a cache, earlier positions are read from it and these are written into it. With pos a [1]
+        tensor (one token per row, with a cache) every shape is fixed: the whole cache is attended to, under
+        a mask that hides the positions after pos.
         """
         t = decoder_input_ids.shape[1]
         mask, is_causal = None, False
-        if decoder_attention_mask is not None:
+        if isinstance(pos, torch.Tensor):
+            if cache is None or t != 1 or decoder_attention_mask is not None:
+                raise ValueError("a tensor position takes one token per row, a cache and no decoder mask")
+            mask = (torch.arange(cache.k.shape[3], device=pos.device) <= pos)[None, None, None, :]
+        elif decoder_attention_mask is not None:
             causal = torch.ones(t, t, dtype=torch.bool, device=decoder_input_ids.device).tril()
             mask = causal[None, None] & decoder_attention_mask.bool()[:, None, None, :]
         elif t > 1:

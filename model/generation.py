@@ -100,6 +100,24 @@ def decode_step(model: EncoderDecoderModel) -> DecodeStep:
     return step
 
 
+def static_decode_step(model: EncoderDecoderModel,
+                       wrap: Callable[[DecodeStep], DecodeStep] | None = None) -> DecodeStep:
+    """A one-token step whose shapes do not change from one position to the next (only when rows leave).
+
+    The position reaches the model as a [1] tensor and every layer attends over the whole preallocated
+    cache under a mask, so `wrap` (for example `lambda f: torch.compile(f, mode="reduce-overhead")`, which
+    captures CUDA graphs) compiles or captures the core once per row count instead of once per position.
+    """
+    def core(tokens, memory_kv, memory_mask, cache, position, group):
+        return model.decode(tokens, memory_kv, memory_mask, cache=cache, pos=position, group=group)[:, -1].float()
+
+    core = wrap(core) if wrap is not None else core
+
+    def step(tokens, memory_kv, memory_mask, cache, pos, group):
+        return core(tokens, memory_kv, memory_mask, cache, torch.tensor([pos], device=tokens.device), group)
+    return step
+
+
 def keep_articles(live: torch.Tensor, memory_kv, memory_mask):
     """The cross-attention keys/values and mask of the articles still running (finished ones leave the batch)."""
     return [(k[live], v[live]) for k, v in memory_kv], None if memory_mask is None else memory_mask[live]

@@ -54,9 +54,11 @@ class PackedWeight:
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, packed: PackedWeight) -> torch.Tensor:
-    """F.linear, on a packed weight for float32 CPU inference (no autograd) when oneDNN is there."""
-    if (ONEDNN and x.device.type == "cpu" and x.dtype == weight.dtype == torch.float32
-            and not torch.is_grad_enabled() and not weight.is_inference()):
+    """F.linear, on a packed weight for float32 CPU inference (no autograd) when oneDNN is there.
+
+    Not while torch.compile traces: its CPU backend packs weights itself (with freezing)."""
+    if (ONEDNN and not torch.compiler.is_compiling() and x.device.type == "cpu"
+            and x.dtype == weight.dtype == torch.float32 and not torch.is_grad_enabled() and not weight.is_inference()):
         return torch.ops.mkldnn._linear_pointwise(x, packed(weight), bias, "none", [], "")
     return F.linear(x, weight, bias)
 
@@ -81,8 +83,8 @@ class Embeddings(nn.Module):
         self.norm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
         self.drop = nn.Dropout(cfg.hidden_dropout_prob)
 
-    def forward(self, ids: torch.Tensor, start: int = 0) -> torch.Tensor:
-        positions = torch.arange(start, start + ids.shape[1], device=ids.device)
+    def forward(self, ids: torch.Tensor, start: int | torch.Tensor = 0) -> torch.Tensor:
+        positions = start + torch.arange(ids.shape[1], device=ids.device)  # start may be a [1] tensor
         x = self.tok(ids) + self.pos(positions)
         if self.tok_type is not None:
             x = x + self.tok_type.weight[0]  # token type 0 everywhere, as transformers does without token_type_ids
@@ -102,7 +104,17 @@ class KVCache:
         self.k = torch.zeros(shape, dtype=dtype, device=device)
         self.v = torch.zeros(shape, dtype=dtype, device=device)
 
-    def update(self, layer: int, pos: int, k: torch.Tensor, v: torch.Tensor):
+    def update(self, layer: int, pos: int | torch.Tensor, k: torch.Tensor, v: torch.Tensor):
+        """Write k, v [n, H, T, D] at positions pos.. and return the keys/values to attend to.
+
+        With pos a [1] tensor (one new token), the whole cache comes back, whatever the position: fixed shapes
+        for CUDA graphs and torch.compile; the caller masks the positions after pos.
+        """
+        if isinstance(pos, torch.Tensor):
+            n = k.shape[0]
+            self.k[layer, :n].index_copy_(2, pos, k)
+            self.v[layer, :n].index_copy_(2, pos, v)
+            return self.k[layer, :n], self.v[layer, :n]
         n, end = k.shape[0], pos + k.shape[2]
         self.k[layer, :n, :, pos:end] = k
         self.v[layer, :n, :, pos:end] = v

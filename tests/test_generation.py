@@ -11,7 +11,7 @@ import pytest
 import torch
 import transformers
 
-from model import EncoderDecoderModel, Tokenizer
+from model import EncoderDecoderModel, Tokenizer, decode_step, static_decode_step
 from tests.generation_reference import reference_beam_search
 from tests.model_helpers import MINILM, padded_batch
 
@@ -213,3 +213,36 @@ def test_real_warm_start_matches_transformers_and_is_batch_invariant(kwargs):
     for i in range(ids.shape[0]):
         n = int(mask[i].sum())
         assert up_to(ours.generate(ids[i:i + 1, :n], **kwargs), 102) == up_to(together[i:i + 1], 102)
+
+
+@pytest.mark.parametrize("kwargs", [dict(num_beams=3, max_length=20), dict(num_beams=1, max_new_tokens=12)])
+def test_static_step_gives_the_same_tokens(kwargs):
+    _, ours = twins("bert", 0)
+    ids, mask = padded_batch(VOCAB, [7, 12, 3, 9], 0)
+    want = up_to_eos(ours.generate(ids, mask, **kwargs))
+    assert up_to_eos(ours.generate(ids, mask, step=static_decode_step(ours), **kwargs)) == want
+
+
+def test_static_step_traces_once_for_every_position():
+    _, ours = twins("gen", 1)
+    graphs = []
+
+    def counting_backend(gm, example_inputs):  # dynamo without code generation: counts the graphs it hands over
+        graphs.append(gm)
+        return gm.forward
+
+    torch._dynamo.reset()
+    step = static_decode_step(ours, lambda f: torch.compile(f, backend=counting_backend, fullgraph=True,
+                                                            dynamic=False))
+    ids, mask = padded_batch(VOCAB, [5, 8], 2)
+    with torch.inference_mode():
+        memory_kv = ours.memory_kv(ours.encode(ids, mask))
+        cache = ours.new_cache(6, 16)
+        tokens = torch.full((6, 1), 1)
+        memory_mask, plain, eager_step = mask.bool()[:, None, None, :], ours.new_cache(6, 16), decode_step(ours)
+        compiled = [step(tokens, memory_kv, memory_mask, cache, pos, 3) for pos in range(10)]
+        eager = [eager_step(tokens, memory_kv, memory_mask, plain, pos, 3) for pos in range(10)]
+    assert len(graphs) == 1
+    for a, b in zip(compiled, eager, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    torch._dynamo.reset()
