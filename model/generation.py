@@ -114,6 +114,9 @@ def static_decode_step(model: EncoderDecoderModel,
     core = wrap(core) if wrap is not None else core
 
     def step(tokens, memory_kv, memory_mask, cache, pos, group):
+        if wrap is not None:  # CUDA graphs then read the cache and cross K/V in place instead of copying them in
+            for t in (cache.k, cache.v, *(t for kv in memory_kv for t in kv)):
+                torch._dynamo.mark_static_address(t)
         return core(tokens, memory_kv, memory_mask, cache, torch.tensor([pos], device=tokens.device), group)
     return step
 
