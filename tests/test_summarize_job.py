@@ -18,6 +18,7 @@ import pytest
 import s3fs
 
 from tests.conftest import AWS_ENV, free_port
+from tests.test_nightly import quiet
 from tests.test_pipeline_run import articles, direct_summaries
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -115,6 +116,9 @@ def test_killed_job_resumes_without_redoing_rows(bert2bert_dir, tmp_path):
         committed = [f for f in os.listdir(ckpt) if not f.endswith(".pending.parquet")] if ckpt.exists() else []
     os.killpg(first.pid, signal.SIGKILL)
     first.wait()
+    while not quiet(str(tmp_path), 2.0):  # the dead driver's Ray workers may still finish a block
+        pass
+
     def checkpointed(pending: bool) -> set[int]:
         return {i for f in os.listdir(ckpt) if f.endswith(".pending.parquet") == pending
                 for i in pq.read_table(ckpt / f).column("id").to_pylist()}
