@@ -12,6 +12,7 @@ import torch
 import transformers
 
 from model import EncoderDecoderModel, Tokenizer, decode_step, static_decode_step
+from model.generation import top_candidates
 from tests.generation_reference import reference_beam_search
 from tests.model_helpers import MINILM, padded_batch
 
@@ -246,3 +247,19 @@ def test_static_step_traces_once_for_every_position():
     for a, b in zip(compiled, eager, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
     torch._dynamo.reset()
+
+
+def test_top_candidates_equal_torch_topk_on_long_rows():
+    torch.manual_seed(7)
+    scores = torch.randn(6, 4 * 30522 + 37)  # not a whole number of blocks: the tail counts too
+    scores[1, 500:520] = torch.linspace(50, 60, 20)  # all winners in one block
+    scores[2, -5:] = 100.0 + torch.arange(5.0)  # winners in the tail
+    scores[3, ::2] = -torch.inf  # banned tokens
+    scores[4, 12345] = torch.nan  # NaN ranks first, as in torch.topk
+    for k in (1, 8, 12):
+        top, idx = top_candidates(scores, k)
+        want_top, want_idx = torch.topk(scores, k)
+        torch.testing.assert_close(top, want_top, rtol=0, atol=0, equal_nan=True)
+        assert torch.equal(idx, want_idx)
+    short = torch.randn(3, 50)
+    assert torch.equal(top_candidates(short, 8)[1], torch.topk(short, 8)[1])
