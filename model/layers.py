@@ -25,6 +25,7 @@ def activation(name: str):
 
 ONEDNN = (platform.machine().lower() in ("x86_64", "amd64") and torch.backends.mkldnn.is_available()
           and hasattr(torch.ops.mkldnn, "_linear_pointwise"))
+LINEAR_POINTWISE = torch.ops.mkldnn._linear_pointwise.default if ONEDNN else None
 
 
 class PackedWeight:
@@ -32,18 +33,21 @@ class PackedWeight:
 
     For the few rows of a decode step its matmul runs about twice as fast as F.linear's, and a row's result
     does not depend on the other rows (F.linear's does below 8 rows), which keeps generation batch-invariant.
-    Repacked when the weight is replaced or changed in place (its version counter moves); a change made
-    through `.data` bypasses that counter and is not seen.
+    Several weights are stacked into one product (the self-attention's queries, keys and values). Repacked
+    when a weight is replaced or changed in place (its version counter moves); a change made through
+    `.data` bypasses that counter and is not seen.
     """
 
     def __init__(self):
-        self.storage, self.ptr, self.version, self.packed = None, 0, -1, None
+        self.key, self.storages, self.packed = None, (), None
 
-    def __call__(self, weight: torch.Tensor) -> torch.Tensor:
-        if self.ptr != weight.data_ptr() or self.version != weight._version:
+    def __call__(self, *weights: torch.Tensor) -> torch.Tensor:
+        key = tuple((w.data_ptr(), w._version) for w in weights)
+        if key != self.key:
+            weight = weights[0] if len(weights) == 1 else torch.cat(weights)
             self.packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), 32)
-            # holding the storage keeps its address from being reused by another weight
-            self.storage, self.ptr, self.version = weight.untyped_storage(), weight.data_ptr(), weight._version
+            # holding the storages keeps their addresses from being reused by other weights
+            self.storages, self.key = tuple(w.untyped_storage() for w in weights), key
         return self.packed
 
     def __getstate__(self):  # never pickled or deep-copied: the copy repacks on first use
@@ -53,13 +57,18 @@ class PackedWeight:
         self.__init__()
 
 
-def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, packed: PackedWeight) -> torch.Tensor:
-    """F.linear, on a packed weight for float32 CPU inference (no autograd) when oneDNN is there.
+def packable(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether x @ weight runs on a PackedWeight: float32 CPU inference (no autograd) where oneDNN is there.
 
     Not while torch.compile traces: its CPU backend packs weights itself (with freezing)."""
-    if (ONEDNN and not torch.compiler.is_compiling() and x.device.type == "cpu"
-            and x.dtype == weight.dtype == torch.float32 and not torch.is_grad_enabled() and not weight.is_inference()):
-        return torch.ops.mkldnn._linear_pointwise(x, packed(weight), bias, "none", [], "")
+    return (ONEDNN and x.dtype == weight.dtype == torch.float32 and x.device.type == "cpu"
+            and not torch.is_grad_enabled() and not torch.compiler.is_compiling() and not weight.is_inference())
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, packed: PackedWeight) -> torch.Tensor:
+    """F.linear, on a packed weight when `packable`."""
+    if packable(x, weight):
+        return LINEAR_POINTWISE(x, packed(weight), bias, "none", [], "")
     return F.linear(x, weight, bias)
 
 
@@ -88,7 +97,8 @@ class Embeddings(nn.Module):
         x = self.tok(ids) + self.pos(positions)
         if self.tok_type is not None:
             x = x + self.tok_type.weight[0]  # token type 0 everywhere, as transformers does without token_type_ids
-        return self.drop(self.norm(x))
+        x = self.norm(x)
+        return self.drop(x) if self.training else x
 
 
 class KVCache:
@@ -144,7 +154,9 @@ class Attention(nn.Module):
         super().__init__()
         c = cfg.hidden_size
         self.heads = cfg.num_attention_heads
+        self.scale = (c // self.heads) ** -0.5
         self.q, self.k, self.v, self.o = (Linear(c, c) for _ in range(4))
+        self.qkv_packed = PackedWeight()
         self.norm = nn.LayerNorm(c, eps=cfg.layer_norm_eps)
         self.attn_drop = cfg.attention_probs_dropout_prob
         self.drop = nn.Dropout(cfg.hidden_dropout_prob)
@@ -156,25 +168,35 @@ class Attention(nn.Module):
     def project_kv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.split_heads(self.k(x)), self.split_heads(self.v(x))
 
-    def forward(self, x, k, v, mask=None, is_causal: bool = False, group: int = 1) -> torch.Tensor:
-        """x [N, T, C]; k, v [N / group, H, S, D]; mask broadcastable to [N / group, H, group * T, S], True = attend.
+    def project_qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Self-attention queries [N, T, C], keys and values [N, H, T, D]; packed, as one product."""
+        if packable(x, self.q.weight):
+            weight = self.qkv_packed(self.q.weight, self.k.weight, self.v.weight)
+            qkv = LINEAR_POINTWISE(x, weight, torch.cat((self.q.bias, self.k.bias, self.v.bias)), "none", [], "")
+            q, k, v = qkv.split(x.shape[-1], -1)
+        else:
+            q, k, v = self.q(x), self.k(x), self.v(x)
+        return q, self.split_heads(k), self.split_heads(v)
+
+    def forward(self, x, q, k, v, mask=None, is_causal: bool = False, group: int = 1) -> torch.Tensor:
+        """x, q [N, T, C] (q projected); k, v [N / group, H, S, D]; mask broadcastable to [N / group, H, group * T, S],
+        True = attend.
 
         With group > 1 the G rows of one article share one k/v: their queries are stacked along the
         query axis instead of copying k/v per row.
         """
         n, t, c = x.shape
-        q = self.q(x).view(n // group, group * t, c)
-        q = self.split_heads(q)  # [B, H, G*T, D]
-        p = self.attn_drop if self.training else 0.0
+        q = self.split_heads(q.reshape(n // group, group * t, c))  # [B, H, G*T, D]
         if t == 1 and not (self.training or is_causal) and q.device.type == "cpu":  # decode: SDPA is slow on CPU
-            scores = q @ k.transpose(-1, -2) * q.shape[-1] ** -0.5  # [B, H, G, S]
+            scores = (q @ k.transpose(-1, -2)).mul_(self.scale)  # [B, H, G, S]
             if mask is not None:
-                scores = scores.masked_fill(~mask, -torch.inf)
+                scores = scores.masked_fill_(~mask, -torch.inf)
             out = scores.softmax(-1) @ v
         else:
+            p = self.attn_drop if self.training else 0.0
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, is_causal=is_causal)
-        out = out.transpose(1, 2).reshape(n, t, c)
-        return self.norm(x + self.drop(self.o(out)))
+        out = self.o(out.transpose(1, 2).reshape(n, t, c))
+        return self.norm(x + (self.drop(out) if self.training else out))
 
 
 class Block(nn.Module):
@@ -192,13 +214,14 @@ class Block(nn.Module):
 
     def forward(self, x, mask=None, is_causal=False, cache=None, layer=0, pos=0, memory_kv=None,
                 memory_mask=None, group=1) -> torch.Tensor:
-        k, v = self.attn.project_kv(x)
+        q, k, v = self.attn.project_qkv(x)
         if cache is not None:
             k, v = cache.update(layer, pos, k, v)
-        x = self.attn(x, k, v, mask, is_causal=is_causal)
+        x = self.attn(x, q, k, v, mask, is_causal=is_causal)
         if self.cross is not None:
-            x = self.cross(x, *memory_kv, memory_mask, group=group)
-        return self.ffn_norm(x + self.drop(self.ffn_down(self.act(self.ffn_up(x)))))
+            x = self.cross(x, self.cross.q(x), *memory_kv, memory_mask, group=group)
+        h = self.ffn_down(self.act(self.ffn_up(x)))
+        return self.ffn_norm(x + (self.drop(h) if self.training else h))
 
 
 class Stack(nn.Module):

@@ -9,8 +9,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from model.config import BertConfig
 from model.generation import shared_prefix
-from model.layers import ONEDNN, KVCache, Linear
+from model.layers import ONEDNN, Attention, KVCache, Linear
 
 needs_onednn = pytest.mark.skipif(not ONEDNN, reason="this torch build has no oneDNN")
 
@@ -46,6 +47,28 @@ def test_packed_linear_sees_weight_changes():
         layer.weight = torch.nn.Parameter(torch.eye(80, 48))  # a new tensor
         torch.testing.assert_close(layer(x), x @ torch.eye(80, 48).T + 1)
     assert not torch.equal(before, layer(x))
+
+
+@needs_onednn
+def test_stacked_qkv_projection_matches_separate_ones_and_sees_changes():
+    torch.manual_seed(1)
+    attn = Attention(BertConfig(hidden_size=48, num_attention_heads=4)).eval()
+    x = torch.randn(6, 3, 48)
+
+    def separate():
+        return attn.q(x), attn.split_heads(attn.k(x)), attn.split_heads(attn.v(x))
+
+    with torch.inference_mode():
+        for got, want in zip(attn.project_qkv(x), separate(), strict=True):
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+        attn.k.weight.mul_(-3.0)  # one of the three stacked weights changes in place
+        attn.v.bias.add_(1.0)
+        for got, want in zip(attn.project_qkv(x), separate(), strict=True):
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+        assert attn.qkv_packed.packed is not None
+    with torch.enable_grad():  # training: three autograd products, same values
+        q, k, v = attn.project_qkv(x)
+        assert q.requires_grad and torch.equal(k, separate()[1])
 
 
 def test_training_uses_autograd_and_copies_repack():
