@@ -114,6 +114,9 @@ def compare(name: str, ours, hf, inputs, settings: dict, repeats: int, device: s
     print(f"({name}) {n} articles x {inputs['input_ids'].shape[1]} tokens {settings}")
     print(f"    ours {to:.3f}s ({n / to:.2f} summaries/s)  transformers {th:.3f}s ({n / th:.2f} summaries/s)  "
           f"speed-up {th / to:.2f}x  identical {sum(same)}/{len(same)} ({100 * sum(same) / len(same):.0f}%)")
+    pairs = sorted(h / o for o, h in zip(ours_t, hf_t, strict=True))  # each run against the one right after it
+    print(f"    per-pair speed-up (this VM's speed drifts between runs): median {statistics.median(pairs):.2f}x, "
+          f"range {pairs[0]:.2f}x-{pairs[-1]:.2f}x")
     print(f"    process CPU time: ours {co:.3f}s  transformers {ch:.3f}s  ratio {ch / co:.2f}x  "
           f"(wall times per run: ours {[round(t, 2) for t in ours_t]}, transformers {[round(t, 2) for t in hf_t]})")
     if floor:
