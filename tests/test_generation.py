@@ -12,7 +12,7 @@ import torch
 import transformers
 
 from model import EncoderDecoderModel, Tokenizer, decode_step, static_decode_step
-from model.generation import top_candidates
+from model.generation import first_argmax, top_candidates
 from tests.generation_reference import reference_beam_search
 from tests.model_helpers import MINILM, padded_batch
 
@@ -263,3 +263,18 @@ def test_top_candidates_equal_torch_topk_on_long_rows():
         assert torch.equal(idx, want_idx)
     short = torch.randn(3, 50)
     assert torch.equal(top_candidates(short, 8)[1], torch.topk(short, 8)[1])
+
+
+def test_first_argmax_equals_argmax_with_ties_and_nan():
+    torch.manual_seed(8)
+    scores = torch.randn(7, 30522)
+    scores[1, [300, 9000, 30500]] = 9.0  # tied maxima: the first one counts
+    scores[2, 30510] = 9.0  # maximum in the tail
+    scores[3, [40, 30515]] = torch.nan  # the first NaN counts
+    scores[4, 30516] = torch.nan  # NaN in the tail only
+    scores[5] = -torch.inf
+    scores[6, [129, 200]] = 9.0  # tie inside one block
+    assert torch.equal(first_argmax(scores), scores.argmax(-1))
+    assert torch.equal(first_argmax(scores[:, :1024]), scores[:, :1024].argmax(-1))  # whole blocks, no tail
+    short = torch.randn(3, 50)
+    assert torch.equal(first_argmax(short), short.argmax(-1))
