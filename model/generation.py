@@ -9,6 +9,7 @@ buckets so that little padding is encoded.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -40,6 +41,7 @@ class Plan:
     num_return_sequences: int
     length_penalty: float
     early_stopping: bool | str
+    scores: bool = True  # greedy and sampling skip the log-softmax of their chosen tokens without it
 
 
 def plan(model: EncoderDecoderModel, config: GenerationConfig) -> Plan:
@@ -296,8 +298,9 @@ def greedy_or_sample(model: EncoderDecoderModel, memory_kv, memory_mask, p: Plan
         else:
             tok = first_argmax(scores)
         tok = tok.view(n, g)
-        logp = F.log_softmax(scores, -1).gather(1, tok.view(-1, 1)).view(n, g)
-        score += torch.where(running, logp, 0.0)
+        if p.scores:
+            logp = F.log_softmax(scores, -1).gather(1, tok.view(-1, 1)).view(n, g)
+            score += torch.where(running, logp, 0.0)
         seq[:, :, cur] = torch.where(running, tok, p.fill)
         ended = running & torch.isin(tok, eos)
         length = torch.where(ended, cur + 1, length)
@@ -339,7 +342,7 @@ def generate(model: EncoderDecoderModel, input_ids: torch.Tensor, attention_mask
     scores (transformers' sequences_scores), else the sum of the chosen tokens' processed log-probs.
     bucket_size caps the articles encoded and searched together; step replaces the one-token decode.
     """
-    p = plan(model, model.generation_config.updated(**kwargs))
+    p = dataclasses.replace(plan(model, model.generation_config.updated(**kwargs)), scores=return_scores)
     if bucket_size < 1:
         raise ValueError(f"bucket_size must be >= 1, got {bucket_size}")
     if seed is not None:
