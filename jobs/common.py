@@ -13,7 +13,8 @@ from typing import Any
 import ray
 
 from pipeline.config import GenerationOverrides, Replicas, SummarizeConfig
-from pipeline.summarize import CPU_HEADROOM, SummarizeResult
+from pipeline.scaling import CPU_HEADROOM
+from pipeline.summarize import SummarizeResult
 
 
 def _early_stopping(text: str) -> bool | str:
@@ -40,6 +41,9 @@ def add_model_flags(parser: argparse.ArgumentParser) -> None:
                         help="truncate inputs to this many tokens (default: the encoder's max positions)")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"],
                         help="model weights and compute dtype")
+    parser.add_argument("--rows-per-file", type=int, default=10_000,
+                        help="rows per output file, which is also the unit of work that is committed (and redone "
+                             "after a crash) as a whole; a smaller shard gives one file of its own")
 
 
 def summarize_config(args: argparse.Namespace, input: str, output: str, **kwargs: Any) -> SummarizeConfig:
@@ -49,7 +53,7 @@ def summarize_config(args: argparse.Namespace, input: str, output: str, **kwargs
         passthrough_columns=tuple(c for c in args.passthrough_columns.split(",") if c),
         max_input_tokens=args.max_input_tokens, dtype=args.dtype, generation=generation_from_args(args),
         replicas=replicas_from_args(args), storage_options=args.storage_options,
-        worker_wait_s=args.wait_for_workers_s, **kwargs)
+        worker_wait_s=args.wait_for_workers_s, rows_per_file=args.rows_per_file, **kwargs)
 
 
 def add_generation_flags(parser: argparse.ArgumentParser) -> None:
@@ -69,7 +73,10 @@ def add_scaling_flags(parser: argparse.ArgumentParser) -> None:
                    help="GPUs per replica, fractional allowed (default: 1 if the cluster has GPUs, else 0)")
     g.add_argument("--cpus-per-replica", type=float, default=1.0,
                    help="CPUs per replica; also the replica's torch thread count on CPU")
-    g.add_argument("--batch-size", type=int, default=16, help="articles per generate call")
+    g.add_argument("--batch-size", type=int, default=64,
+                   help="most articles per generate call; a replica sorts each unit's rows by length first")
+    g.add_argument("--max-batch-tokens", type=int, default=65536,
+                   help="most input tokens x beams per generate call (an article longer than that runs alone)")
     g.add_argument("--wait-for-workers-s", type=float, default=0.0,
                    help="on an autoscaling cluster: request nodes for the replicas and wait up to this long")
 
@@ -102,7 +109,7 @@ def init_ray(replicas_flag: str, cpus_per_replica: float) -> None:
 
 def replicas_from_args(args: argparse.Namespace) -> Replicas:
     return Replicas.parse(args.replicas, gpus=args.gpus_per_replica or 0.0, cpus=args.cpus_per_replica,
-                          batch_size=args.batch_size)
+                          batch_size=args.batch_size, max_batch_tokens=args.max_batch_tokens)
 
 
 def with_cluster_gpus(config: SummarizeConfig, args: argparse.Namespace) -> SummarizeConfig:
@@ -123,6 +130,7 @@ def print_report(result: SummarizeResult, out=sys.stdout) -> None:
         p(f"note: {note}")
     failed = sum(result.failed_by_reason.values())
     p(f"rows in: {result.rows_in}  rows out: {result.rows_out}  written by this run: {result.rows_written}")
+    p(f"output files (units of work): {result.units}  written by this run: {result.units_written}")
     p(f"failed rows: {failed}" + "".join(f"\n  {n}  {reason}" for reason, n in sorted(result.failed_by_reason.items())))
     p(f"truncated inputs: {result.truncated}")
     if result.status == "already-complete":
@@ -132,6 +140,8 @@ def print_report(result: SummarizeResult, out=sys.stdout) -> None:
     p(f"replicas: {result.replicas}  generation: {result.generation}")
     for replica in sorted(result.rows_by_replica):
         rows, tokens = result.rows_by_replica[replica], result.tokens_by_replica[replica]
-        p(f"  replica {replica}: {rows} rows, {rows / wall:.2f} rows/s, {tokens / wall:.1f} tokens/s (in + out)")
+        busy, inside = result.busy_s_by_replica[replica], result.generate_s_by_replica[replica]
+        p(f"  replica {replica}: {rows} rows, {rows / wall:.2f} rows/s, {tokens / wall:.1f} tokens/s (in + out), "
+          f"busy {busy:.1f} s, {1 - inside / max(busy, 1e-9):.1%} of it outside generate")
     p("Ray Data per-operator stats:")
     p(result.stats)

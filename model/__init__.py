@@ -1,10 +1,10 @@
 """A BERT2BERT encoder-decoder in plain PyTorch, compatible with Hugging Face checkpoints."""
 
-from .checkpoint import read_configs
+from .checkpoint import read_configs, write_atomic
 from .config import BertConfig, EncoderDecoderConfig, GenerationConfig
 from .encoder_decoder import EncoderDecoderModel, Seq2SeqOutput
 from .generation import decode_step, static_decode_step
-from .tokenizer import Tokenizer
+from .tokenizer import Tokenizer, pad_ids
 
 __all__ = [
     "BertConfig",
@@ -14,6 +14,8 @@ __all__ = [
     "Seq2SeqOutput",
     "Tokenizer",
     "decode_step",
+    "pad_ids",
     "read_configs",
     "static_decode_step",
+    "write_atomic",
 ]

@@ -132,6 +132,35 @@ def ours_to_hf(key: str, decoder_type: str) -> str:
 
 # ---- files and URLs -------------------------------------------------------------------------------------------
 
+def write_atomic(fs: fsspec.AbstractFileSystem, path: str, data: bytes, exclusive: bool = False) -> bool:
+    """Write `data` at `path` so that readers see the old content or the new, never a partial file: a rename
+    on local disk, one PUT on object stores. With `exclusive`, only if nothing is there (a hard link, S3's
+    If-None-Match): False when something is."""
+    if isinstance(fs, LocalFileSystem):
+        folder = os.path.dirname(path)
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            if not exclusive:
+                os.replace(tmp, path)
+                return True
+            try:
+                os.link(tmp, path)  # fails if the name exists
+                return True
+            except FileExistsError:
+                return False
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+    try:
+        fs.pipe_file(path, data, mode="create") if exclusive else fs.pipe_file(path, data)
+        return True
+    except FileExistsError:
+        return False
+
+
 class Folder:
     """A checkpoint folder on any fsspec filesystem; messages name files by their URL."""
 
@@ -160,15 +189,7 @@ class Folder:
 
     def write_atomic(self, file: str, data: bytes) -> None:
         """Readers see the old content or the new, never a partial file."""
-        path = f"{self.root}/{file}"
-        if isinstance(self.fs, LocalFileSystem):
-            os.makedirs(self.root, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=self.root, prefix=".tmp-")
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            os.replace(tmp, path)
-        else:
-            self.fs.pipe_file(path, data)  # one object PUT: atomic on object stores
+        write_atomic(self.fs, f"{self.root}/{file}", data)
 
     def read_safetensors(self, file: str) -> dict[str, torch.Tensor]:
         try:

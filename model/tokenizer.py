@@ -7,6 +7,7 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from tokenizers import Tokenizer as Backend
 from tokenizers import decoders, normalizers, pre_tokenizers, processors
@@ -48,6 +49,20 @@ def special_token_ids(path: str, storage_options: dict[str, Any] | None = None) 
         return {"decoder_start_token_id": None, "pad_token_id": None, "eos_token_id": None}
     return {"decoder_start_token_id": tok.cls_token_id, "pad_token_id": tok.pad_token_id,
             "eos_token_id": tok.sep_token_id}
+
+
+def pad_ids(rows: Sequence[Sequence[int]] | None, pad_id: int, flat: np.ndarray | None = None,
+            lengths: np.ndarray | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """[B, longest] int64 ids padded with pad_id on the right, and the attention mask (1 on tokens). Rows come
+    as sequences, or flat: every row's tokens end to end with each row's length (Arrow's list layout)."""
+    if rows is not None:
+        lengths = np.fromiter((len(r) for r in rows), dtype=np.int64, count=len(rows))
+        flat = np.concatenate([np.asarray(r, dtype=np.int64) for r in rows]) if len(rows) else np.zeros(0, np.int64)
+    width = int(lengths.max(initial=0))
+    mask = np.arange(width) < lengths[:, None]
+    ids = np.full(mask.shape, pad_id, dtype=np.int64)
+    ids[mask] = flat
+    return torch.from_numpy(ids), torch.from_numpy(mask.astype(np.int64))
 
 
 class Tokenizer:
@@ -111,12 +126,7 @@ class Tokenizer:
         ids = self.encode_batch([texts] if isinstance(texts, str) else texts, max_length, truncation)
         if not padding:
             return {"input_ids": ids, "attention_mask": [[1] * len(row) for row in ids]}
-        width = max((len(row) for row in ids), default=0)
-        input_ids = torch.full((len(ids), width), self.pad_token_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(ids), width), dtype=torch.long)
-        for i, row in enumerate(ids):
-            input_ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
-            attention_mask[i, : len(row)] = 1
+        input_ids, attention_mask = pad_ids(ids, self.pad_token_id)
         return {"input_ids": input_ids, "attention_mask": attention_mask}
 
     def decode(self, ids: Sequence[int] | torch.Tensor, skip_special_tokens: bool = True) -> str:

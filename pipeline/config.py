@@ -50,7 +50,8 @@ class Replicas:
     max: int = 1
     gpus: float = 0.0
     cpus: float = 1.0
-    batch_size: int = 16
+    batch_size: int = 64  # most articles per generate call
+    max_batch_tokens: int = 65536  # most input tokens x beams per generate call (one longer article runs alone)
 
     def __post_init__(self) -> None:
         if not 1 <= self.min <= self.max:
@@ -59,6 +60,8 @@ class Replicas:
             raise ValueError(f"a replica needs some CPU or GPU, got cpus={self.cpus} gpus={self.gpus}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.max_batch_tokens < 1:
+            raise ValueError(f"max_batch_tokens must be >= 1, got {self.max_batch_tokens}")
 
     @classmethod
     def parse(cls, text: str, **kwargs: Any) -> Replicas:
@@ -87,6 +90,7 @@ class SummarizeConfig:
     replicas: Replicas = field(default_factory=Replicas)
     storage_options: dict[str, Any] = field(default_factory=dict)  # fsspec options for input, output and model
     overwrite: bool = False
+    rows_per_file: int = 10_000  # rows per output file (and per unit of work); smaller shards give one file each
     actor_start_timeout_s: float = 600.0  # fail if the minimum replica pool is not up by then
     worker_wait_s: float = 0.0  # > 0: ask the autoscaler for the replicas' nodes and wait this long for them
 
@@ -95,6 +99,8 @@ class SummarizeConfig:
             raise ValueError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
         if self.max_input_tokens is not None and self.max_input_tokens < 3:
             raise ValueError(f"max_input_tokens must be >= 3 ([CLS], a token, [SEP]), got {self.max_input_tokens}")
+        if self.rows_per_file < 1:
+            raise ValueError(f"rows_per_file must be >= 1, got {self.rows_per_file}")
         if not self.text_column:
             raise ValueError("text_column is empty")
         if self.input.rstrip("/") == self.output.rstrip("/"):

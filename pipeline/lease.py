@@ -23,8 +23,6 @@ import time
 import uuid
 from typing import Any
 
-from fsspec.implementations.local import LocalFileSystem
-
 from . import storage
 
 
@@ -34,28 +32,6 @@ class LeaseLost(RuntimeError):
 
 def new_owner() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-
-
-def create_exclusive(url: str, data: bytes, storage_options: dict[str, Any] | None = None) -> bool:
-    """Write `data` at `url` only if nothing is there, atomically; False when something is."""
-    fs, path = storage.url_to_fs(url, storage_options)
-    if isinstance(fs, LocalFileSystem):
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        tmp = f"{path}.{uuid.uuid4().hex}.tmp"
-        with open(tmp, "wb") as f:
-            f.write(data)
-        try:
-            os.link(tmp, path)  # fails if the name exists; readers never see a partial file
-            return True
-        except FileExistsError:
-            return False
-        finally:
-            os.remove(tmp)
-    try:
-        fs.pipe_file(path, data, mode="create")
-        return True
-    except FileExistsError:
-        return False
 
 
 class Lease:
@@ -103,7 +79,8 @@ class Lease:
         expires_at = time.time() + self.ttl_s if state == "held" else 0.0
         record = {"owner": self.owner, "state": state, "expires_at": expires_at,
                   "expires": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(expires_at))}
-        if not create_exclusive(self._name(generation), json.dumps(record).encode(), self.storage_options):
+        if not storage.write_bytes_atomic(self._name(generation), json.dumps(record).encode(), self.storage_options,
+                                          exclusive=True):
             return False
         self.generation, self.expires_at = generation, expires_at
         self._delete_older()

@@ -1,43 +1,39 @@
 """Nightly corpus processing: summarize every dated partition that is new, changed or incomplete, exactly once.
 
 Per partition, under its lease: summarize the partition's shards into `<output>/_staging/<partition>/run-<id>/`
-(the summarize dataflow's checkpointing makes a re-run after a crash write only the missing rows; the run id
-hashes the input manifest, the weights and the settings, so a re-run finds its own staging), then switch:
-copy the staged files next to the old ones under `<output>/<partition>/` with names prefixed by the run id,
-write the marker `_SUCCESS.json` naming exactly those files (the switch, one atomic write), delete the old
-files and the staging. Every step is idempotent, so a run killed at any point is finished by the next one.
+(the summarize job's units of work make a re-run after a crash write only the uncommitted units; the run id
+hashes the input manifest, the weights and the settings, so a re-run finds its own staging), then publish it
+(`pipeline.commit.publish`): move the staged files next to the old ones under `<output>/<partition>/` (their
+names carry the attempt, so they never collide), write the marker `_SUCCESS.json` naming exactly those files
+(the switch, one atomic write), delete the old files and the staging. Every step is idempotent, so a run
+killed at any point is finished by the next one.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
-import importlib.metadata
 import json
-import os
 import posixpath
 import re
-import subprocess
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import storage
+from . import commit, storage
 from .config import SummarizeConfig
+from .identity import code_version, weights_fingerprint
 from .lease import Lease, new_owner
 from .partitions import (
     LEASES,
     STAGING,
     Partition,
     PartitionState,
-    data_names,
     discover,
     rescan,
     select,
     state_of,
-    weights_fingerprint,
 )
-from .summarize import checkpoint_url
 from .summarize import run as summarize
 
 RUNS = "_runs"
@@ -115,20 +111,6 @@ class NightlyReport:
         return {**dataclasses.asdict(self), "totals": {**totals, **rows}}
 
 
-def code_version() -> str:
-    """The package version, plus the git commit when the code runs from a checkout."""
-    try:
-        version = importlib.metadata.version("bert2bert-batch")
-    except importlib.metadata.PackageNotFoundError:
-        version = "unknown"
-    try:
-        sha = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=os.path.dirname(__file__),
-                             capture_output=True, text=True, timeout=10, check=True).stdout.strip()
-        return f"{version}+g{sha}"
-    except (OSError, subprocess.SubprocessError):  # no git, or not a checkout (e.g. a Ray working_dir)
-        return version
-
-
 def plan(config: NightlyConfig) -> tuple[list[PartitionState], list[str]]:
     """The selected partitions' states, oldest first, and the ignored files. Reads only."""
     found = discover(config.corpus, config.summarize.storage_options)
@@ -147,33 +129,11 @@ def _run_id(partition: Partition, fingerprint: str, template: SummarizeConfig) -
 
 def _tidy(state: PartitionState, output: str, opts: dict[str, Any]) -> str:
     """Finish an interrupted switch: delete data files the marker does not name, and staging leftovers."""
-    fs, out = storage.url_to_fs(storage.join(output, state.partition.path), opts)
-    for name in state.stray_files:
-        fs.rm(f"{out.rstrip('/')}/{name}")
+    storage.remove_files(storage.join(output, state.partition.path), list(state.stray_files), opts)
     if state.staging:
         storage.remove_tree(storage.join(output, STAGING, state.partition.path), opts)
     done = [f"removed {len(state.stray_files)} old file(s)"] if state.stray_files else []
     return ", ".join(done + (["removed staging leftovers"] if state.staging else []))
-
-
-def _switch(output: str, partition: Partition, staged: str, marker: dict[str, Any], opts: dict[str, Any]) -> None:
-    """Copy staged files into place, write the marker naming them, then delete old files and the staging."""
-    fs, staged_root = storage.url_to_fs(staged, opts)
-    _, out_root = storage.url_to_fs(storage.join(output, partition.path), opts)
-    files = []
-    for name in data_names(staged, opts):
-        final = f"{marker['run_id']}-{name.replace('/', '-')}"
-        src, dst = f"{staged_root.rstrip('/')}/{name}", f"{out_root.rstrip('/')}/{final}"
-        if not fs.exists(dst) or fs.size(dst) != fs.size(src):
-            fs.makedirs(out_root, exist_ok=True)
-            fs.copy(src, dst)
-        files.append(final)
-    storage.write_json_atomic(storage.join(output, partition.path, storage.MARKER_NAME), {**marker, "files": files},
-                              opts)
-    for name in data_names(storage.join(output, partition.path), opts):
-        if name not in files:
-            fs.rm(f"{out_root.rstrip('/')}/{name}")
-    storage.remove_tree(storage.join(output, STAGING, partition.path), opts)
 
 
 def _drop_other_runs(folder: str, keep: str, opts: dict[str, Any]) -> None:
@@ -193,7 +153,6 @@ def _summarize(config: NightlyConfig, partition: Partition, fingerprint: str, ou
     staging_root = storage.join(config.output, STAGING, partition.path)
     staged = storage.join(staging_root, f"run-{run_id}")
     _drop_other_runs(staging_root, f"run-{run_id}", opts)
-    _drop_other_runs(posixpath.dirname(checkpoint_url(staged)), f"run-{run_id}", opts)
     started = time.time()
     job = dataclasses.replace(template, input=storage.join(config.corpus, partition.path, "*.parquet"), output=staged,
                               overwrite=False)
@@ -216,7 +175,8 @@ def _summarize(config: NightlyConfig, partition: Partition, fingerprint: str, ou
         "started_at": _utc(started), "ended_at": _utc(time.time()), "code_version": code_version(),
         "owner": lease.owner,
     }
-    _switch(config.output, partition, staged, marker, opts)
+    commit.publish(staged, storage.join(config.output, partition.path), summary["files"], marker, opts)
+    storage.remove_tree(staging_root, opts)
     outcome.rows_in, outcome.rows_out = summary["rows_in"], summary["rows_out"]
     outcome.rows_written, outcome.failed_rows = result.rows_written, marker["failed_rows"]
 

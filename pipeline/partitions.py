@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import hashlib
 import posixpath
 from dataclasses import dataclass, field
 from typing import Any
@@ -59,14 +58,6 @@ class Discovery:
     ignored: list[str] = field(default_factory=list)  # Parquet files outside any dated partition
 
 
-def _version(info: dict[str, Any]) -> str:
-    etag = info.get("ETag") or info.get("etag")
-    if etag:
-        return str(etag).strip('"')
-    mtime = info.get("mtime") or info.get("LastModified") or info.get("last_modified")
-    return mtime.isoformat() if isinstance(mtime, dt.datetime) else str(mtime)
-
-
 def _keys(folder: str) -> tuple[tuple[str, str], ...] | None:
     """('date', '2026-11-24'), ... for a relative folder made only of key=value parts with a valid date."""
     keys = []
@@ -99,7 +90,7 @@ def discover(corpus: str, storage_options: dict[str, Any] | None = None) -> Disc
         if not folder or _keys(folder) is None:
             ignored.append(rel)
             continue
-        by_folder.setdefault(folder, []).append(InputFile(name, int(info["size"]), _version(info)))
+        by_folder.setdefault(folder, []).append(InputFile(name, int(info["size"]), storage.version_of(info)))
     partitions = [Partition(folder, _keys(folder), tuple(files)) for folder, files in by_folder.items()]
     return Discovery(sorted(partitions, key=lambda p: p.sort_key), ignored)
 
@@ -111,7 +102,8 @@ def rescan(corpus: str, partition: Partition, storage_options: dict[str, Any] | 
         infos = fs.ls(root, detail=True)
     except FileNotFoundError:
         return None
-    files = sorted((InputFile(posixpath.basename(i["name"].rstrip("/")), int(i["size"]), _version(i)) for i in infos
+    files = sorted((InputFile(posixpath.basename(i["name"].rstrip("/")), int(i["size"]), storage.version_of(i))
+                    for i in infos
                     if i.get("type") == "file" and i["name"].endswith(".parquet")
                     and not storage.is_hidden(posixpath.basename(i["name"]))), key=lambda f: f.name)
     return dataclasses.replace(partition, inputs=tuple(files)) if files else None
@@ -156,38 +148,10 @@ def state_of(partition: Partition, output: str, storage_options: dict[str, Any] 
     if marker.get("inputs") != partition.manifest():
         return PartitionState(partition, "changed", _diff(marker.get("inputs", []), partition.manifest()),
                               marker, staging=staging)
-    stray = tuple(name for name in data_names(out, storage_options) if name not in marker["files"])
+    stray = tuple(name for name in storage.data_names(out, storage_options) if name not in marker["files"])
     return PartitionState(partition, "done", marker.get("ended_at", ""), marker, stray, staging)
-
-
-def data_names(folder: str, storage_options: dict[str, Any] | None = None) -> list[str]:
-    """Visible Parquet files under a folder URL, relative to it."""
-    root = storage.url_to_fs(folder, storage_options)[1].rstrip("/")
-    return [p[len(root) + 1:] for p in storage.data_files(folder, storage_options)]
 
 
 def select(partitions: list[Partition], date: str | None = None, since: str | None = None) -> list[Partition]:
     """Only `date`, or `since` and later (ISO dates compare as strings)."""
     return [p for p in partitions if (date is None or p.date == date) and (since is None or p.date >= since)]
-
-
-def weights_fingerprint(model: str, storage_options: dict[str, Any] | None = None) -> str:
-    """sha256 over the weight files' names, sizes and content hashes (S3: ETags, so nothing is downloaded)."""
-    fs, root = storage.url_to_fs(model, storage_options)
-    infos = sorted((i for i in fs.ls(root, detail=True)
-                    if i["name"].endswith((".safetensors", ".safetensors.index.json", ".bin"))),
-                   key=lambda i: i["name"])
-    if not infos:
-        raise FileNotFoundError(f"no weight files (*.safetensors, *.bin) in model {model}")
-    total = hashlib.sha256()
-    for info in infos:
-        tag = info.get("ETag")
-        if not tag:
-            content = hashlib.sha256()
-            with fs.open(info["name"], "rb") as f:
-                while chunk := f.read(1 << 24):
-                    content.update(chunk)
-            tag = content.hexdigest()
-        total.update(f"{posixpath.basename(info['name'])}\0{info['size']}\0{str(tag).strip(chr(34))}\n".encode())
-    return total.hexdigest()
-

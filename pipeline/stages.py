@@ -1,21 +1,33 @@
-"""The row-level stages of batch summarization: tokenize (CPU tasks) and the Summarizer (one model per actor).
+"""The stages of batch summarization: prepare a unit (read its rows and tokenize them, CPU tasks), summarize
+it (the Summarizer, one model per actor) and commit it (write its file, CPU tasks).
 
-Both take and return pyarrow Tables, so each can be tried on `ds.take_batch(n, batch_format="pyarrow")`
-without a cluster. A row that cannot be summarized keeps its id and carries its reason in `error`; only
-errors that concern the whole replica (out of memory, a broken model) propagate.
+Between stages a unit travels as one row whose `payload` is its rows as an Arrow IPC stream, so that Ray Data
+can never split a unit across batches: a unit's file is written whole or not at all. `tokenize` and
+`Summarizer.summarize` work on plain pyarrow Tables and can be tried without a cluster. A row that cannot be
+summarized keeps its id and carries its reason in `error`; only errors that concern the whole replica (out of
+memory, a broken model) propagate.
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import json
 import os
 import re
 import socket
+import time
+from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
-from model import EncoderDecoderModel, Tokenizer
+from model import EncoderDecoderModel, Tokenizer, pad_ids
+
+from . import commit, storage
+from .units import Unit, read_rows
 
 # C0/C1 control characters other than tab, newline and carriage return.
 CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
@@ -29,6 +41,7 @@ ERR_UTF8 = "text is not valid UTF-8"
 ERR_NOT_STRING = "text is not a string"
 
 TOKENIZED_COLUMNS = ("input_ids", "input_tokens", "truncated", "cleaned", "error")
+UNIT_FIELDS = ("shard", "shard_name", "name", "start", "stop", "row_groups", "offset")
 OUTPUT_TYPES = {
     "summary": pa.string(),
     "error": pa.string(),
@@ -99,11 +112,81 @@ def tokenize(batch: pa.Table, tokenizer: Tokenizer, text_column: str, max_input_
             .append_column("error", pa.array(errors, pa.string())))
 
 
+def to_ipc(table: pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return sink.getvalue().to_pybytes()
+
+
+def from_ipc(data: bytes) -> pa.Table:
+    return pa.ipc.open_stream(pa.py_buffer(data)).read_all()
+
+
+def unit_rows(units: list[Unit]) -> list[dict[str, Any]]:
+    """Units as the dataset's rows (what `prepare` receives)."""
+    return [{f: getattr(u, f) for f in UNIT_FIELDS} for u in units]
+
+
+def _units(batch: pa.Table) -> list[dict[str, Any]]:
+    return batch.select([c for c in batch.column_names if c not in ("payload", "stats")]).to_pylist()
+
+
+def _with(units: list[dict[str, Any]], **columns: list) -> pa.Table:
+    table = pa.Table.from_pylist(units)
+    for name, values in columns.items():
+        table = table.append_column(name, pa.array(values, pa.large_binary() if name == "payload" else pa.string()))
+    return table
+
+
+@functools.lru_cache(maxsize=4)
+def _tokenizer(model_url: str, storage_options_json: str) -> Tokenizer:
+    """One tokenizer per worker process and model: Ray reuses worker processes across tasks, so a task pays
+    for loading it only the first time (instead of unpickling it from its arguments every time)."""
+    return Tokenizer.from_pretrained(model_url, json.loads(storage_options_json))
+
+
+def derived_ids(shard_name: str, start: int, rows: int) -> pa.Array:
+    """uint64 ids: a 64-bit hash of the shard's relative name plus the row number in the shard. Unique within
+    a shard; two shards collide only if their hashes fall within a shard's row count of each other."""
+    base = np.uint64(int.from_bytes(hashlib.blake2b(shard_name.encode(), digest_size=8).digest(), "little"))
+    return pa.array(base + np.arange(start, start + rows, dtype=np.uint64))
+
+
+def prepare(batch: pa.Table, *, input_url: str, model_url: str, columns: list[str], text_column: str,
+            id_column: str, derived_id: bool, max_input_tokens: int, storage_options: dict[str, Any]) -> pa.Table:
+    """Units in, units out with their tokenized rows as payload (read only the unit's row groups)."""
+    fs, _ = storage.url_to_fs(input_url, storage_options)
+    tokenizer = _tokenizer(model_url, json.dumps(storage_options, sort_keys=True))
+    units, payloads = _units(batch), []
+    for u in units:
+        unit = Unit(**{**u, "row_groups": tuple(u["row_groups"])})
+        table = read_rows(fs, unit, columns)
+        if derived_id:
+            table = table.append_column(id_column, derived_ids(unit.shard_name, unit.start, unit.rows))
+        payloads.append(to_ipc(tokenize(table, tokenizer, text_column, max_input_tokens)))
+    return _with(units, payload=payloads)
+
+
+def chunks(lengths: np.ndarray, beams: int, max_rows: int, max_tokens: int) -> list[np.ndarray]:
+    """Row indices sorted longest first, cut into generate calls of at most max_rows rows and max_tokens
+    (rows x beams x longest input); a row longer than the budget alone still gets a call of its own."""
+    order = np.argsort(-lengths, kind="stable")
+    out, start = [], 0
+    while start < len(order):
+        longest = max(int(lengths[order[start]]), 1)
+        fit = max(1, min(max_rows, max_tokens // (longest * beams)))
+        out.append(order[start:start + fit])
+        start += fit
+    return out
+
+
 class Summarizer:
-    """One model replica: loaded once per actor, then `__call__(tokenized batch) -> output batch`."""
+    """One model replica: the model and tokenizer load once per actor; then each call summarizes whole units,
+    sorting a unit's rows by length and cutting them into generate calls by rows and token budget."""
 
     def __init__(self, model_url: str, generation: dict, dtype: str = "float32", threads: int | None = None,
-                 storage_options: dict | None = None):
+                 storage_options: dict | None = None, batch_size: int = 64, max_batch_tokens: int = 65536):
         if threads:
             torch.set_num_threads(threads)
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -111,44 +194,88 @@ class Summarizer:
                                                          storage_options=storage_options)
         self.tokenizer = Tokenizer.from_pretrained(model_url, storage_options)
         self.generation = dict(generation)
+        self.beams = int(self.generation.get("num_beams") or self.model.generation_config.num_beams or 1)
+        self.batch_size, self.max_batch_tokens = batch_size, max_batch_tokens
         self.special = torch.tensor(sorted(self.tokenizer.all_special_ids), device=device)
         self.replica = f"{socket.gethostname()}:{os.getpid()}"
+        self.generate_s = 0.0
+        self.calls = 0
 
     @torch.inference_mode()
-    def generate(self, rows: list[list[int]]) -> tuple[list[str], list[int]]:
-        """Summaries and their lengths in tokens (special tokens excluded) for unpadded input ids."""
+    def generate(self, input_ids: pa.ChunkedArray | pa.Array) -> tuple[list[str], list[int]]:
+        """Summaries and their lengths in tokens (special tokens excluded) for one call's unpadded input ids."""
+        ids = input_ids.combine_chunks() if isinstance(input_ids, pa.ChunkedArray) else input_ids
+        lengths = pc.list_value_length(ids).to_numpy(zero_copy_only=False)
+        flat = pc.list_flatten(ids).to_numpy(zero_copy_only=False)
+        tokens, mask = pad_ids(None, self.tokenizer.pad_token_id, flat=flat, lengths=lengths)
         device = self.model.device
-        width = max(len(r) for r in rows)
-        input_ids = torch.full((len(rows), width), self.tokenizer.pad_token_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, r in enumerate(rows):
-            input_ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)
-            attention_mask[i, : len(r)] = 1
-        out = self.model.generate(input_ids.to(device), attention_mask.to(device), **self.generation)
-        lengths = (~torch.isin(out, self.special)).sum(dim=1).tolist()
-        return self.tokenizer.batch_decode(out, skip_special_tokens=True), lengths
+        start = time.perf_counter()
+        out = self.model.generate(tokens.to(device), mask.to(device), bucket_size=len(lengths), **self.generation)
+        counts = (~torch.isin(out, self.special)).sum(dim=1).tolist()
+        self.generate_s += time.perf_counter() - start
+        self.calls += 1
+        return self.tokenizer.batch_decode(out, skip_special_tokens=True), counts
 
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        errors = batch.column("error").to_pylist()
-        todo = [i for i, e in enumerate(errors) if e is None]
-        summaries: list[str | None] = [None] * batch.num_rows
-        summary_tokens: list[int | None] = [None] * batch.num_rows
-        if todo:
-            ids = pc.take(batch.column("input_ids"), pa.array(todo)).to_pylist()
-            texts, lengths = self.generate(ids)
-            for i, text, n in zip(todo, texts, lengths, strict=True):
-                summaries[i], summary_tokens[i] = text, n
+    def summarize(self, batch: pa.Table) -> pa.Table:
+        """Tokenized rows in (any order, any count), output rows out in the same order."""
+        errors = batch.column("error")
+        todo = np.flatnonzero(pc.is_null(errors).to_numpy(zero_copy_only=False))
+        summaries = np.full(batch.num_rows, None, dtype=object)
+        summary_tokens = np.full(batch.num_rows, None, dtype=object)
+        if len(todo):
+            lengths = batch.column("input_tokens").to_numpy(zero_copy_only=False)[todo]
+            ids = batch.column("input_ids").take(pa.array(todo))
+            for part in chunks(lengths, self.beams, self.batch_size, self.max_batch_tokens):
+                texts, counts = self.generate(ids.take(pa.array(part)))
+                summaries[todo[part]], summary_tokens[todo[part]] = texts, counts
         out = batch.drop_columns(list(TOKENIZED_COLUMNS))
         columns = {
-            "summary": summaries,
+            "summary": pa.array(summaries, OUTPUT_TYPES["summary"]),
             "error": errors,
             "input_tokens": batch.column("input_tokens"),
             "truncated": batch.column("truncated"),
             "cleaned": batch.column("cleaned"),
-            "summary_tokens": summary_tokens,
-            "replica": [self.replica] * batch.num_rows,
+            "summary_tokens": pa.array(summary_tokens, OUTPUT_TYPES["summary_tokens"]),
+            "replica": pa.array([self.replica] * batch.num_rows, OUTPUT_TYPES["replica"]),
         }
         for name, values in columns.items():
-            out = out.append_column(pa.field(name, OUTPUT_TYPES[name]), pa.array(values, OUTPUT_TYPES[name])
-                                    if isinstance(values, list) else values.cast(OUTPUT_TYPES[name]))
+            out = out.append_column(pa.field(name, OUTPUT_TYPES[name]), values.cast(OUTPUT_TYPES[name]))
         return out
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        """Units in, units out: each payload's rows summarized, with the unit's stats."""
+        units, payloads, stats = _units(batch), [], []
+        for data in batch.column("payload").to_pylist():
+            start, generate_s, calls = time.perf_counter(), self.generate_s, self.calls
+            out = self.summarize(from_ipc(data))
+            payloads.append(to_ipc(out))
+            stats.append(json.dumps({**unit_stats(out), "replica": self.replica, "generate_calls": self.calls - calls,
+                                     "generate_s": self.generate_s - generate_s,
+                                     "busy_s": time.perf_counter() - start}))
+        return _with(units, payload=payloads, stats=stats)
+
+
+def unit_stats(out: pa.Table) -> dict[str, Any]:
+    """Row counts of one unit's output: what the report and the file's footer carry."""
+    errors = pc.value_counts(out.column("error").drop_null()).to_pylist()
+    return {
+        "rows": out.num_rows,
+        "failed_by_reason": {e["values"]: e["counts"] for e in errors},
+        "truncated": int(pc.sum(out.column("truncated").cast(pa.int64())).as_py() or 0),
+        "input_tokens": int(pc.sum(out.column("input_tokens")).as_py() or 0),
+        "summary_tokens": int(pc.sum(out.column("summary_tokens")).as_py() or 0),
+    }
+
+
+def write(batch: pa.Table, *, target: str, attempt: str, storage_options: dict[str, Any]) -> pa.Table:
+    """Units in, their stats out: each unit's output written as its one file and committed atomically."""
+    units, stats = _units(batch), []
+    for u, data, s in zip(units, batch.column("payload").to_pylist(), batch.column("stats").to_pylist(), strict=True):
+        table, record = from_ipc(data), json.loads(s)
+        expected = u["stop"] - u["start"]
+        if table.num_rows != expected:  # never commit a unit that lost or gained rows
+            raise RuntimeError(f"unit {u['name']}: {table.num_rows} output rows for {expected} input rows")
+        record["file"] = commit.file_name(u["name"], attempt)
+        commit.write_unit(storage.join(target, record["file"]), table, record, storage_options)
+        stats.append(json.dumps(record))
+    return _with(units, stats=stats)

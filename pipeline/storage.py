@@ -1,4 +1,4 @@
-"""Object storage: URL -> filesystem, listing Parquet shards, JSON markers, small atomic writes, moves.
+"""Object storage: URL -> filesystem, listing Parquet shards, JSON markers, atomic writes, batch moves and deletes.
 
 Every URL goes through fsspec with the job's storage options (s3:// through s3fs, which reads AWS_ENDPOINT_URL,
 credentials and region from the standard AWS environment), so reading, writing and checkpointing all see the
@@ -7,15 +7,19 @@ same bucket the same way. Ray Data gets the same filesystem wrapped for pyarrow.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import posixpath
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 import fsspec
 import pyarrow.fs as pafs
 from fsspec.implementations.local import LocalFileSystem
+
+from model import write_atomic
 
 GLOB_CHARS = "*?["
 MARKER_NAME = "_SUCCESS.json"
@@ -51,21 +55,46 @@ def is_hidden(path: str) -> bool:
     return any(part.startswith(("_", ".")) for part in path.split("/") if part)
 
 
-def list_parquet(url: str, storage_options: dict[str, Any] | None = None) -> list[str]:
-    """The Parquet shards at a file, folder (recursively) or glob URL, sorted, as protocol-less paths."""
+@dataclass(frozen=True, order=True)
+class FileInfo:
+    """One file as a listing reports it; `version` is the S3 ETag, else the modification time."""
+
+    path: str  # protocol-less
+    size: int
+    version: str
+
+
+def version_of(info: dict[str, Any]) -> str:
+    etag = info.get("ETag") or info.get("etag")
+    if etag:
+        return str(etag).strip('"')
+    mtime = info.get("mtime") or info.get("LastModified") or info.get("last_modified")
+    return mtime.isoformat() if isinstance(mtime, dt.datetime) else str(mtime)
+
+
+def list_shards(url: str, storage_options: dict[str, Any] | None = None) -> tuple[str, list[FileInfo]]:
+    """The Parquet shards at a file, folder (recursively) or glob URL, sorted, from one listing, with the root
+    their relative names start from (the folder, the glob's fixed prefix, or the file's folder)."""
     fs, path = url_to_fs(url, storage_options)
     if any(c in path for c in GLOB_CHARS):
-        found = [p for p in fs.glob(path) if fs.isfile(p)]
-    elif fs.isfile(path):
-        return [path]
-    elif fs.isdir(path):
-        root = path.rstrip("/")
-        found = [p for p in fs.find(root) if not is_hidden(p[len(root):]) and p.endswith(".parquet")]
+        root = posixpath.dirname(path[:min(path.index(c) for c in GLOB_CHARS if c in path)] + "x")
+        infos = fs.glob(path, detail=True)
     else:
-        found = []
+        root = path.rstrip("/")
+        infos = fs.find(root, detail=True)
+        if root in infos:  # the URL names one file (find returns it, with or without details)
+            root, infos = posixpath.dirname(root), {root: infos[root] or fs.info(root)}
+        infos = {p: i for p, i in infos.items() if not is_hidden(p[len(root):]) and p.endswith(".parquet")}
+    found = sorted(FileInfo(p, int(i.get("size") or 0), version_of(i)) for p, i in infos.items()
+                   if i.get("type") == "file")
     if not found:
         raise FileNotFoundError(f"no Parquet shards at {url}")
-    return sorted(found)
+    return root.rstrip("/"), found
+
+
+def list_parquet(url: str, storage_options: dict[str, Any] | None = None) -> list[str]:
+    """The Parquet shards at a file, folder (recursively) or glob URL, sorted, as protocol-less paths."""
+    return [f.path for f in list_shards(url, storage_options)[1]]
 
 
 def join(url: str, *names: str) -> str:
@@ -86,17 +115,12 @@ def read_json(url: str, storage_options: dict[str, Any] | None = None) -> dict[s
         return json.load(f)
 
 
-def write_bytes_atomic(url: str, data: bytes, storage_options: dict[str, Any] | None = None) -> None:
-    """Readers see the old content or the new, never a partial file (local: rename; object stores: one PUT)."""
+def write_bytes_atomic(url: str, data: bytes, storage_options: dict[str, Any] | None = None,
+                       exclusive: bool = False) -> bool:
+    """Readers see the old content or the new, never a partial file; with `exclusive`, write only if nothing
+    is at `url` (False when something is)."""
     fs, path = url_to_fs(url, storage_options)
-    if isinstance(fs, LocalFileSystem):
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        tmp = f"{path}.{uuid.uuid4().hex}.tmp"
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    else:
-        fs.pipe_file(path, data)
+    return write_atomic(fs, path, data, exclusive)
 
 
 def write_json_atomic(url: str, obj: dict[str, Any], storage_options: dict[str, Any] | None = None) -> None:
@@ -131,15 +155,31 @@ def remove_tree(url: str, storage_options: dict[str, Any] | None = None) -> None
         fs.rm(path, recursive=True)
 
 
-def move_tree(src: str, dst: str, storage_options: dict[str, Any] | None = None) -> None:
-    """Move every file under `src` to the same relative path under `dst` (copy + delete on object stores)."""
-    fs, src_path = url_to_fs(src, storage_options)
-    _, dst_path = url_to_fs(dst, storage_options)
-    src_root = src_path.rstrip("/")
-    for file in fs.find(src_root):
-        target = posixpath.join(dst_path.rstrip("/"), file[len(src_root) + 1:])
-        fs.makedirs(posixpath.dirname(target), exist_ok=True)
-        fs.mv(file, target)
-    fs.invalidate_cache()
-    if fs.exists(src_root):
-        fs.rm(src_root, recursive=True)
+def data_names(folder: str, storage_options: dict[str, Any] | None = None) -> list[str]:
+    """Visible Parquet files under a folder URL, relative to it, from one listing."""
+    root = url_to_fs(folder, storage_options)[1].rstrip("/")
+    return [p[len(root) + 1:] for p in data_files(folder, storage_options)]
+
+
+def move_files(src: str, dst: str, names: list[str], storage_options: dict[str, Any] | None = None) -> None:
+    """Move files by relative name from folder `src` to folder `dst`, each atomically: renames on local disk;
+    on object stores one batch of server-side copies, then one batch of deletes."""
+    if not names:
+        return
+    fs, src_root = url_to_fs(src, storage_options)
+    _, dst_root = url_to_fs(dst, storage_options)
+    pairs = [(posixpath.join(src_root, n), posixpath.join(dst_root, n)) for n in names]
+    if isinstance(fs, LocalFileSystem):
+        for a, b in pairs:
+            os.makedirs(os.path.dirname(b), exist_ok=True)
+            os.replace(a, b)
+        return
+    fs.copy([a for a, _ in pairs], [b for _, b in pairs])
+    fs.rm([a for a, _ in pairs])
+
+
+def remove_files(folder: str, names: list[str], storage_options: dict[str, Any] | None = None) -> None:
+    """Delete files by relative name in one batch (S3: DeleteObjects, up to 1,000 keys a request)."""
+    if names:
+        fs, root = url_to_fs(folder, storage_options)
+        fs.rm([posixpath.join(root, n) for n in names])

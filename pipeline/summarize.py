@@ -1,10 +1,11 @@
-"""Batch summarization on Ray Data: Parquet shards -> tokenize -> Summarizer actor pool -> Parquet.
+"""Batch summarization: Parquet shards in, one summary file per unit of work out, exactly once.
 
-`run(config)` checks everything that can make the job meaningless before any actor starts (shards,
-columns, duplicate ids, model, output), then streams the dataflow with Ray Data's job-level checkpointing
-keyed on the id column: a re-run of a job that died writes only the rows that are missing. A complete output
-ends with `_SUCCESS.json`; a re-run then writes nothing. `--overwrite` runs into a staging folder and
-replaces the old output only once the new one is complete.
+`preflight` checks, without Ray and from listings and footers only, everything that can make the job
+meaningless (shards, columns, model, output). `run` then plans the units of work (`pipeline.units`), skips
+those already committed by an earlier attempt of the same run (one listing), checks that ids are unique
+(`pipeline.ids`, once per run), streams the rest through the dataflow (`pipeline.dataflow`) and ends with the
+marker `_SUCCESS.json` naming the output's files; with `--overwrite` it writes into a staging folder and
+publishes it into place once complete (`pipeline.commit`).
 """
 
 from __future__ import annotations
@@ -13,41 +14,18 @@ import dataclasses
 import posixpath
 import time
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
-import ray
-import ray.data
-from ray.data import ActorPoolStrategy
-from ray.data.checkpoint import CheckpointConfig
-from ray.data.checkpoint.checkpoint_writer import PENDING_CHECKPOINT_SUFFIX
-
 from model import EncoderDecoderConfig, GenerationConfig, Tokenizer, read_configs
 
-from . import storage
+from . import commit, dataflow, identity, ids, storage
 from .config import Replicas, SummarizeConfig
-from .stages import Summarizer, tokenize
+from .scaling import cluster_resources, fit_replicas
+from .units import DEFAULT_ID_COLUMN, DERIVED_ID_COLUMN, InputPlan, inspect_input, plan_units
 
-DEFAULT_ID_COLUMN = "id"
-DERIVED_ID_COLUMN = "row_hash"  # Ray's include_row_hash: uint64 of (file path, row number), stable across reads
-# Logical CPUs left free for read/tokenize/write tasks and the checkpoint-filter actor of a resumed run;
-# without them a resumed run can wait forever for a CPU that the model actors hold.
-CPU_HEADROOM = 2
-
-
-@dataclass(frozen=True)
-class InputPlan:
-    """What preflight found at the input URL."""
-
-    shards: list[str]  # protocol-less paths for the pyarrow filesystem
-    columns: list[str]
-    rows: int
-    id_column: str
-    derived_id: bool
+GENERATION_KEYS = ("num_beams", "max_length", "min_length", "length_penalty", "no_repeat_ngram_size",
+                   "early_stopping")
 
 
 @dataclass(frozen=True)
@@ -55,6 +33,7 @@ class ModelInfo:
     config: EncoderDecoderConfig
     generation: GenerationConfig  # the checkpoint's settings with the job's overrides applied
     tokenizer: Tokenizer
+    fingerprint: str  # weights_fingerprint of the checkpoint
 
 
 @dataclass
@@ -66,15 +45,38 @@ class SummarizeResult:
     rows_in: int
     rows_out: int = 0
     rows_written: int = 0  # by this run (fewer than rows_out after a resume)
+    units: int = 0  # units of work (= output files) of the whole output
+    units_written: int = 0  # by this run
     failed_by_reason: dict[str, int] = field(default_factory=dict)
     truncated: int = 0
     rows_by_replica: dict[str, int] = field(default_factory=dict)
     tokens_by_replica: dict[str, int] = field(default_factory=dict)
+    generate_s_by_replica: dict[str, float] = field(default_factory=dict)  # inside model.generate
+    busy_s_by_replica: dict[str, float] = field(default_factory=dict)  # whole units, decode and Arrow included
     wall_s: float = 0.0
     replicas: Replicas | None = None
     generation: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     stats: str = ""
+
+    def add(self, unit: dict[str, Any], by_replica: bool) -> None:
+        """Count one committed unit (its stats from the dataflow or from its file's footer)."""
+        self.rows_out += unit["rows"]
+        self.units += 1
+        failed = Counter(self.failed_by_reason)
+        failed.update(unit["failed_by_reason"])
+        self.failed_by_reason = dict(failed)
+        self.truncated += unit["truncated"]
+        if not by_replica:
+            return
+        replica = unit["replica"]
+        self.rows_written += unit["rows"]
+        self.units_written += 1
+        for table, value in ((self.rows_by_replica, unit["rows"]),
+                             (self.tokens_by_replica, unit["input_tokens"] + unit["summary_tokens"]),
+                             (self.generate_s_by_replica, unit["generate_s"]),
+                             (self.busy_s_by_replica, unit["busy_s"])):
+            table[replica] = table.get(replica, 0) + value
 
 
 def sibling(url: str, folder: str) -> str:
@@ -83,59 +85,13 @@ def sibling(url: str, folder: str) -> str:
     return storage.join(parent, folder, name)
 
 
-def checkpoint_url(output: str) -> str:
-    return sibling(output, "_checkpoints")
-
-
 def staging_url(output: str) -> str:
     return sibling(output, "_staging")
 
 
-def _shard_schema(fs: Any, path: str) -> tuple[pa.Schema, int]:
-    try:
-        with fs.open(path, "rb") as f:
-            meta = pq.ParquetFile(f).metadata
-            return meta.schema.to_arrow_schema(), meta.num_rows
-    except Exception as e:  # pyarrow raises several types for a damaged file; all mean the same here
-        raise ValueError(f"corrupt Parquet shard {storage.to_url(fs, path)}: {e}") from e
-
-
-def inspect_input(config: SummarizeConfig) -> InputPlan:
-    """Shards, schema, row count and id column; every problem raises naming the shard or the columns."""
-    shards = storage.list_parquet(config.input, config.storage_options)
-    fs, _ = storage.url_to_fs(config.input, config.storage_options)
-    with ThreadPoolExecutor(8) as pool:
-        schemas = list(pool.map(lambda p: _shard_schema(fs, p), shards))
-    columns = list(dict.fromkeys(name for schema, _ in schemas for name in schema.names))
-    needed = [config.text_column, *config.passthrough_columns]
-    if config.id_column is not None:
-        needed.append(config.id_column)
-    for (schema, _), shard in zip(schemas, shards, strict=True):
-        missing = [c for c in needed if c not in schema.names]
-        if missing:
-            raise ValueError(f"input shard {storage.to_url(fs, shard)} has no column(s) {', '.join(missing)}; "
-                             f"its columns are: {', '.join(schema.names)}")
-    rows = sum(n for _, n in schemas)
-    id_column = config.id_column or (DEFAULT_ID_COLUMN if all(DEFAULT_ID_COLUMN in s.names for s, _ in schemas)
-                                     else None)
-    if id_column is None:
-        return InputPlan(shards, columns, rows, DERIVED_ID_COLUMN, derived_id=True)
-    with ThreadPoolExecutor(8) as pool:
-        ids = pa.chunked_array([c for t in pool.map(lambda p: pq.read_table(p, columns=[id_column], filesystem=fs),
-                                                    shards) for c in t.column(0).chunks])
-    if ids.null_count:
-        raise ValueError(f"{ids.null_count} row(s) have a null id in column {id_column!r}")
-    counts = pc.value_counts(ids)
-    dupes = counts.filter(pc.greater(counts.field("counts"), 1))
-    if len(dupes):
-        examples = ", ".join(repr(v) for v in dupes.field("values")[:5].to_pylist())
-        raise ValueError(f"{len(dupes)} duplicate id(s) in column {id_column!r} of the input, e.g. {examples}; "
-                         "ids must be unique for exactly-once output")
-    return InputPlan(shards, columns, rows, id_column, derived_id=False)
-
-
 def inspect_model(config: SummarizeConfig) -> ModelInfo:
-    """Config, generation settings and tokenizer of the checkpoint; ValueError naming the URL if unreadable."""
+    """Config, generation settings, tokenizer and weights fingerprint of the checkpoint; ValueError naming the
+    URL if unreadable."""
     url, opts = config.model, config.storage_options
     try:
         model_config, generation = read_configs(url, opts)
@@ -143,131 +99,14 @@ def inspect_model(config: SummarizeConfig) -> ModelInfo:
                    for n in ("model.safetensors", "model.safetensors.index.json")):
             raise FileNotFoundError("no model.safetensors or model.safetensors.index.json")
         tokenizer = Tokenizer.from_pretrained(url, opts)
+        fingerprint = identity.weights_fingerprint(url, opts)
     except Exception as e:  # whatever the cause, the job cannot start without the model
         raise ValueError(f"model {url} is not readable: {type(e).__name__}: {e}") from e
     limit = model_config.encoder.max_position_embeddings
     if config.max_input_tokens is not None and config.max_input_tokens > limit:
         raise ValueError(f"max_input_tokens {config.max_input_tokens} exceeds the encoder's "
                          f"max_position_embeddings {limit}")
-    return ModelInfo(model_config, generation.updated(**config.generation.as_kwargs()), tokenizer)
-
-
-def fit_replicas(replicas: Replicas, resources: dict[str, float]) -> tuple[Replicas, list[str]]:
-    """Shrink the pool's maximum to what the cluster holds, or raise if even the minimum does not fit."""
-    cpus, gpus = resources.get("CPU", 0.0), resources.get("GPU", 0.0)
-    limits = [(cpus - CPU_HEADROOM) / replicas.cpus] if replicas.cpus else []
-    if replicas.gpus:
-        limits.append(gpus / replicas.gpus)
-    fit = int(min(limits) + 1e-9)
-    if fit < replicas.min:
-        raise RuntimeError(
-            f"{replicas.min} replica(s) with {replicas.cpus} CPU and {replicas.gpus} GPU each, plus {CPU_HEADROOM} "
-            f"CPUs for reading, tokenizing, writing and checkpoint filtering, do not fit the cluster "
-            f"({cpus:g} CPU, {gpus:g} GPU); lower --replicas, --cpus-per-replica or --gpus-per-replica")
-    if fit >= replicas.max:
-        return replicas, []
-    return dataclasses.replace(replicas, max=fit), [f"replicas capped at {fit} (the cluster has {cpus:g} CPU, "
-                                                    f"{gpus:g} GPU)"]
-
-
-def cluster_resources(replicas: Replicas, wait_s: float) -> dict[str, float]:
-    """The cluster's resources; with wait_s > 0, first ask the autoscaler for the minimum pool (a cluster that
-    scales GPU workers from zero has none at submit time) and wait up to wait_s for it to appear."""
-    resources = ray.cluster_resources()
-    if wait_s <= 0:
-        return resources
-    from ray.autoscaler.sdk import request_resources
-
-    bundle = {k: v for k, v in {"CPU": replicas.cpus, "GPU": replicas.gpus}.items() if v}
-    request_resources(bundles=[bundle] * replicas.min + [{"CPU": 1}] * CPU_HEADROOM)
-    deadline = time.monotonic() + wait_s
-    while time.monotonic() < deadline:
-        try:
-            fit_replicas(replicas, resources)
-            break
-        except RuntimeError:
-            time.sleep(5)
-            resources = ray.cluster_resources()
-    return resources
-
-
-def build_dataset(config: SummarizeConfig, plan: InputPlan, info: ModelInfo, replicas: Replicas) -> ray.data.Dataset:
-    """read -> blocks of one batch each -> tokenize (tasks) -> summarize (actor pool)."""
-    fs, _ = storage.arrow_fs(config.input, config.storage_options)
-    columns = list(dict.fromkeys([plan.id_column, config.text_column, *config.passthrough_columns]))
-    ds = ray.data.read_parquet(plan.shards, filesystem=fs, include_row_hash=plan.derived_id).select_columns(columns)
-    # The Parquet reader packs small files into one block, which only one replica would get.
-    ds = ds.repartition(target_num_rows_per_block=replicas.batch_size)
-    max_tokens = config.max_input_tokens or info.config.encoder.max_position_embeddings
-    ds = ds.map_batches(tokenize, batch_format="pyarrow", batch_size=replicas.batch_size,
-                        fn_kwargs={"tokenizer": info.tokenizer, "text_column": config.text_column,
-                                   "max_input_tokens": max_tokens})
-    generation = config.generation.as_kwargs()
-    return ds.map_batches(
-        Summarizer,
-        fn_constructor_kwargs={"model_url": config.model, "generation": generation, "dtype": config.dtype,
-                               "threads": max(1, int(replicas.cpus)), "storage_options": config.storage_options},
-        # Two batches per actor: the next one is queued while the current one generates.
-        compute=ActorPoolStrategy(min_size=replicas.min, max_size=replicas.max, max_tasks_in_flight_per_actor=2),
-        num_cpus=replicas.cpus,
-        num_gpus=replicas.gpus,
-        batch_size=replicas.batch_size,
-        batch_format="pyarrow",
-    )
-
-
-def _finish_checkpoint_commits(checkpoint: str, opts: dict[str, Any]) -> None:
-    """Ray Data commits a block's checkpoint by renaming `X.pending.parquet` to `X.parquet` after writing the block,
-    which on object stores is a copy, then a delete. A run killed between the two leaves both files, and the
-    next run's recovery deletes the block's data (it has a pending checkpoint) while its ids count as written:
-    those rows would be lost. Finish such renames before resuming."""
-    fs, root = storage.url_to_fs(checkpoint, opts)
-    names = {posixpath.basename(p) for p in fs.ls(root, detail=False)} if fs.isdir(root) else set()
-    pending = f"{PENDING_CHECKPOINT_SUFFIX}.parquet"
-    for name in names:
-        if name.endswith(pending) and f"{name[:-len(pending)]}.parquet" in names:
-            fs.rm(f"{root.rstrip('/')}/{name}")
-
-
-def _write(ds: ray.data.Dataset, target: str, id_column: str, storage_options: dict[str, Any],
-           actor_start_timeout_s: float) -> str:
-    """Stream the dataset into `target` with job-level checkpointing; returns Ray Data's per-operator stats."""
-    ctx = ds.context  # the dataset's own copy of the DataContext: no global state changes
-    _finish_checkpoint_commits(checkpoint_url(target), storage_options)
-    ckpt_fs, _ = storage.arrow_fs(checkpoint_url(target), storage_options)
-    ctx.checkpoint_config = CheckpointConfig(id_column=id_column, checkpoint_path=checkpoint_url(target),
-                                             delete_checkpoint_on_success=False, override_filesystem=ckpt_fs)
-    # Start work only once the minimum pool is up: every replica gets a share, and a pool the cluster cannot
-    # place fails with a timeout instead of waiting forever.
-    ctx.wait_for_min_actors_s = actor_start_timeout_s
-    fs, path = storage.arrow_fs(target, storage_options)
-    ds.write_parquet(path, filesystem=fs)
-    return ds.stats()
-
-
-def _tally(result: SummarizeResult, target: str, new_files: set[str], storage_options: dict[str, Any],
-           id_column: str) -> None:
-    fs, _ = storage.arrow_fs(target, storage_options)
-    files = storage.data_files(target, storage_options)
-    cols = [id_column, "error", "truncated", "input_tokens", "summary_tokens", "replica"]
-    tables = [pq.read_table(f, columns=cols, filesystem=fs) for f in files]
-    table = pa.concat_tables(tables) if tables else None
-    if table is None:
-        return
-    result.rows_out = table.num_rows
-    if pc.count_distinct(table.column(id_column)).as_py() != table.num_rows:
-        raise RuntimeError(f"output {target} holds duplicate ids")
-    result.failed_by_reason = dict(Counter(e for e in table.column("error").to_pylist() if e is not None))
-    result.truncated = pc.sum(table.column("truncated").cast(pa.int64())).as_py() or 0
-    for f, t in zip(files, tables, strict=True):
-        if f not in new_files:
-            continue
-        result.rows_written += t.num_rows
-        tokens = pc.add(pc.fill_null(t.column("input_tokens"), 0), pc.fill_null(t.column("summary_tokens"), 0))
-        for replica, n, tok in zip(t.column("replica").to_pylist(), [1] * t.num_rows, tokens.to_pylist(),
-                                   strict=True):
-            result.rows_by_replica[replica] = result.rows_by_replica.get(replica, 0) + n
-            result.tokens_by_replica[replica] = result.tokens_by_replica.get(replica, 0) + tok
+    return ModelInfo(model_config, generation.updated(**config.generation.as_kwargs()), tokenizer, fingerprint)
 
 
 @dataclass(frozen=True)
@@ -280,7 +119,8 @@ class Checked:
 
 
 def preflight(config: SummarizeConfig) -> Checked:
-    """Everything that can make the job meaningless, checked without Ray: shards, columns, ids, model, output."""
+    """Everything that can make the job meaningless, checked without Ray from listings and footers: shards,
+    columns, model, output."""
     config = dataclasses.replace(config, input=storage.absolute(config.input), output=storage.absolute(config.output),
                                  model=storage.absolute(config.model))
     plan = inspect_input(config)
@@ -289,54 +129,131 @@ def preflight(config: SummarizeConfig) -> Checked:
     return Checked(config, plan, info)
 
 
+def max_tokens(config: SummarizeConfig, info: ModelInfo) -> int:
+    return config.max_input_tokens or info.config.encoder.max_position_embeddings
+
+
+def run_identity(config: SummarizeConfig, plan: InputPlan, info: ModelInfo) -> dict[str, Any]:
+    """Everything that determines the summaries (not how many replicas or how big the batches)."""
+    return {
+        "input": config.input, "inputs_sha256": identity.inputs_digest(plan.shards), "model": config.model,
+        "weights_sha256": info.fingerprint, "text_column": config.text_column, "id_column": plan.id_column,
+        "passthrough_columns": list(config.passthrough_columns), "max_input_tokens": max_tokens(config, info),
+        "dtype": config.dtype, "generation": {k: getattr(info.generation, k) for k in GENERATION_KEYS},
+    }
+
+
+def _run_record(target: str, wanted: dict[str, Any], config: SummarizeConfig, names: list[str]) -> dict[str, Any]:
+    """The run record at `target`: the one of an earlier attempt of this same run, or a new one. Files or a
+    record of anything else are refused: resuming into them would mix two kinds of output."""
+    opts = config.storage_options
+    url = storage.join(target, commit.RUN_NAME)
+    record = storage.read_json(url, opts)
+    if record is None and names:
+        raise RuntimeError(f"output {target} holds Parquet files from another job (no run record {url}); pass "
+                           "--overwrite to replace them")
+    if record is not None:
+        changed = identity.differences(record["identity"], wanted)
+        if changed:
+            raise RuntimeError(f"output {target} was started by a run with other inputs or settings "
+                               f"({'; '.join(changed)}); pass --overwrite to redo it, or choose another output")
+        return record
+    record = {"attempt": commit.new_attempt(), "identity": wanted, "rows_per_file": config.rows_per_file,
+              "ids_unique": False, "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+              "code_version": identity.code_version()}
+    storage.write_json_atomic(url, record, opts)
+    return record
+
+
+def _prepare_target(config: SummarizeConfig, wanted: dict[str, Any]) -> tuple[str, dict[str, Any], list[str]]:
+    """The folder this run writes into, its run record and the data files already there (one listing)."""
+    opts = config.storage_options
+    target = staging_url(config.output) if config.overwrite else config.output
+    if config.overwrite:
+        record = storage.read_json(storage.join(target, commit.RUN_NAME), opts)
+        if record is None or identity.differences(record["identity"], wanted):
+            storage.remove_tree(target, opts)  # a staging of other settings: nothing in it can be reused
+    names = storage.data_names(target, opts)
+    return target, _run_record(target, wanted, config, names), names
+
+
+def _finish_publish(config: SummarizeConfig) -> dict[str, Any] | None:
+    """A complete staged output whose publish was interrupted is published first; returns the marker."""
+    opts = config.storage_options
+    staged = staging_url(config.output)
+    marker = storage.read_json(storage.join(staged, storage.MARKER_NAME), opts)
+    if marker is not None:
+        commit.publish(staged, config.output, marker["files"], marker, opts)
+    return marker
+
+
 def run(config: SummarizeConfig, checked: Checked | None = None) -> SummarizeResult:
-    """Summarize `config.input` into `config.output`, exactly once per id. Ray must be initialized.
+    """Summarize `config.input` into `config.output`, exactly once per row. Ray must be initialized.
     `checked` (from `preflight` of the same input, model and output) skips a second preflight."""
     start = time.perf_counter()
     checked = preflight(config) if checked is None else dataclasses.replace(checked, config=dataclasses.replace(
         config, input=checked.config.input, output=checked.config.output, model=checked.config.model))
     config, plan, info = checked.config, checked.plan, checked.info
     opts = config.storage_options
+    wanted = run_identity(config, plan, info)
     result = SummarizeResult(status="complete", output=config.output, rows_in=plan.rows,
-                             generation={k: getattr(info.generation, k) for k in (
-                                 "num_beams", "max_length", "min_length", "length_penalty",
-                                 "no_repeat_ngram_size", "early_stopping")})
+                             generation=wanted["generation"])
     if plan.derived_id:
         result.notes.append(f"input has no {DEFAULT_ID_COLUMN!r} column: using the derived id column "
-                            f"{DERIVED_ID_COLUMN!r} (a stable uint64 hash of file path and row number)")
+                            f"{DERIVED_ID_COLUMN!r} (a stable uint64 hash of shard name and row number)")
+    published = _finish_publish(config)
+    if published is not None:
+        result.notes.append(f"finished publishing the complete staged output of an interrupted --overwrite into "
+                            f"{config.output}")
+        if published["identity"] == wanted:  # that was this very request
+            config = dataclasses.replace(config, overwrite=False)
     marker = storage.read_json(storage.join(config.output, storage.MARKER_NAME), opts)
     if marker is not None and not config.overwrite:
         result.status, result.rows_out = "already-complete", marker["rows_out"]
         result.notes.append(f"output {config.output} is already complete ({marker['rows_out']} rows); nothing "
                             "written. Pass --overwrite to summarize again.")
         return result
-    target = staging_url(config.output) if config.overwrite else config.output
-    if config.overwrite:
-        storage.remove_tree(target, opts)
-        storage.remove_tree(checkpoint_url(target), opts)
-    elif storage.data_files(target, opts) and not storage.exists(checkpoint_url(target), opts):
-        raise RuntimeError(f"output {target} holds Parquet files from another job (no checkpoint at "
-                           f"{checkpoint_url(target)}); pass --overwrite to replace them")
-    elif storage.exists(checkpoint_url(target), opts):
-        result.notes.append(f"resuming from checkpoint {checkpoint_url(target)}")
-    replicas, notes = fit_replicas(config.replicas, cluster_resources(config.replicas, config.worker_wait_s))
-    result.replicas = replicas
-    result.notes.extend(notes)
-    before = set(storage.data_files(target, opts))
-    ds = build_dataset(config, plan, info, replicas)
-    result.stats = _write(ds, target, plan.id_column, opts, config.actor_start_timeout_s)
-    _tally(result, target, set(storage.data_files(target, opts)) - before, opts, plan.id_column)
-    if result.rows_out != plan.rows:
-        raise RuntimeError(f"output {target} has {result.rows_out} rows for {plan.rows} input rows")
+    target, record, names = _prepare_target(config, wanted)
+    attempt = record["attempt"]
+    units = plan_units(plan.shards, record["rows_per_file"])
+    planned = {u.name for u in units}
+    done = {u: n for u, n in commit.committed_units(names, attempt).items() if u in planned}
+    strays = sorted(set(names) - set(done.values()))
+    if strays:
+        raise RuntimeError(f"output {target} holds {len(strays)} file(s) that are not units of this run, e.g. "
+                           f"{strays[0]}; pass --overwrite to replace them")
+    todo = [u for u in units if u.name not in done]
+    if done:
+        result.notes.append(f"resuming attempt {attempt}: {len(done)} of {len(units)} units already committed")
+    if not plan.derived_id and not record["ids_unique"]:
+        ids.check_unique(plan, config.input, opts)
+        record = {**record, "ids_unique": True}
+        storage.write_json_atomic(storage.join(target, commit.RUN_NAME), record, opts)
+    for stats in commit.read_stats(target, sorted(done.values()), opts):
+        result.add(stats, by_replica=False)
+    if todo:
+        replicas, notes = fit_replicas(config.replicas, cluster_resources(config.replicas, config.worker_wait_s))
+        result.replicas = replicas
+        result.notes.extend(notes)
+        ds = dataflow.build(config, plan, todo, target, attempt, replicas, max_tokens(config, info))
+        for stats in dataflow.stream(ds, config.actor_start_timeout_s):
+            result.add(stats, by_replica=True)
+        result.stats = ds.stats()
+    if result.rows_out != plan.rows or result.units != len(units):
+        raise RuntimeError(f"output {target} has {result.rows_out} rows in {result.units} files for {plan.rows} "
+                           f"input rows in {len(units)} units")
     result.wall_s = time.perf_counter() - start
-    if config.overwrite:
-        storage.remove_tree(storage.join(config.output, storage.MARKER_NAME), opts)
-        storage.remove_tree(config.output, opts)
-        storage.move_tree(target, config.output, opts)
-    storage.write_json_atomic(storage.join(config.output, storage.MARKER_NAME), {
+    files = sorted(commit.file_name(u.name, attempt) for u in units)
+    marker = {
         "rows_in": result.rows_in, "rows_out": result.rows_out, "failed_by_reason": result.failed_by_reason,
         "truncated": result.truncated, "id_column": plan.id_column, "input": config.input, "model": config.model,
-        "generation": result.generation, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }, opts)
-    storage.remove_tree(checkpoint_url(target), opts)
+        "generation": result.generation, "identity": wanted, "attempt": attempt, "files": files,
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "code_version": identity.code_version(),
+    }
+    if config.overwrite:
+        storage.write_json_atomic(storage.join(target, storage.MARKER_NAME), marker, opts)
+        commit.publish(target, config.output, files, marker, opts)
+    else:
+        storage.write_json_atomic(storage.join(config.output, storage.MARKER_NAME), marker, opts)
+        storage.remove_tree(storage.join(target, commit.RUN_NAME), opts)
     return result

@@ -10,7 +10,7 @@ import pyarrow.dataset as pads
 import ray.data
 import torch
 
-from model import Tokenizer
+from model import Tokenizer, pad_ids
 
 from .storage import arrow_fs, list_parquet
 
@@ -110,14 +110,6 @@ def tokenized_dataset(url: str, tokenizer_path: str, text_column: str, summary_c
 
 def collate(batch: dict[str, np.ndarray], pad_id: int) -> dict[str, torch.Tensor]:
     """Pad to the longest row of this batch: input_ids with pad_id (and a 0 mask), labels with -100."""
-    input_ids = _pad(batch["input_ids"], pad_id)
-    labels = _pad(batch["labels"], -100)
-    return {"input_ids": input_ids, "attention_mask": (input_ids != pad_id).long(), "labels": labels}
-
-
-def _pad(rows, value: int) -> torch.Tensor:
-    rows = [np.asarray(r) for r in rows]
-    out = torch.full((len(rows), max(len(r) for r in rows)), value, dtype=torch.long)
-    for i, r in enumerate(rows):
-        out[i, : len(r)] = torch.from_numpy(r.astype(np.int64))
-    return out
+    input_ids, attention_mask = pad_ids(list(batch["input_ids"]), pad_id)
+    labels, _ = pad_ids(list(batch["labels"]), -100)
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}

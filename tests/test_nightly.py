@@ -95,9 +95,8 @@ def quiet(url: str, seconds: float) -> bool:
 
 
 def committed_rows(output: str) -> int:
-    """Rows that Ray Data's checkpoint of the day-1 staging records as written (committed, not pending)."""
-    fs, path = storage.url_to_fs(f"{output}/_staging/{DAY1}/_checkpoints")
-    files = [f for f in fs.find(path) if f.endswith(".parquet") and not f.endswith(".pending.parquet")]
+    """Rows in the unit files committed to the day-1 staging (each file is one whole unit)."""
+    files = storage.data_files(f"{output}/_staging/{DAY1}")
     return sum(pq.read_metadata(f, filesystem=storage.arrow_fs(output)[0]).num_rows for f in files)
 
 

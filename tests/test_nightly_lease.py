@@ -11,8 +11,9 @@ import fsspec
 import pytest
 import s3fs
 
-from pipeline.lease import Lease, LeaseLost, create_exclusive
+from pipeline.lease import Lease, LeaseLost
 from pipeline.partitions import discover, select
+from pipeline.storage import write_bytes_atomic
 
 
 @pytest.fixture(params=["s3", "local"])
@@ -25,10 +26,11 @@ def root(request, tmp_path) -> str:
     return f"s3://{bucket}"
 
 
-def test_create_exclusive_has_one_winner(root):
+def test_exclusive_write_has_one_winner(root):
     url = f"{root}/x/one.json"
     results: list[bool] = []
-    threads = [threading.Thread(target=lambda i=i: results.append(create_exclusive(url, str(i).encode())))
+    threads = [threading.Thread(target=lambda i=i: results.append(write_bytes_atomic(url, str(i).encode(),
+                                                                                     exclusive=True)))
                for i in range(8)]
     for t in threads:
         t.start()

@@ -10,7 +10,9 @@ import pytest
 import ray
 
 from pipeline.config import Replicas, SummarizeConfig
-from pipeline.summarize import fit_replicas, inspect_input, run
+from pipeline.scaling import fit_replicas
+from pipeline.summarize import run
+from pipeline.units import inspect_input
 
 
 @pytest.fixture
@@ -55,12 +57,6 @@ def test_corrupt_shard_is_named(shards, tmp_path, bert2bert_dir):
     bad.write_bytes(b"PAR1 this is not parquet")
     fails(SummarizeConfig(input=str(shards), output=str(tmp_path / "out"), model=str(bert2bert_dir)),
           ValueError, f"corrupt Parquet shard {bad}")
-
-
-def test_duplicate_ids(shards, tmp_path, bert2bert_dir):
-    pq.write_table(pa.table({"id": ["0-a", "z"], "article": ["dup", "new"], "n": [3, 4]}), shards / "part-2.parquet")
-    fails(SummarizeConfig(input=str(shards), output=str(tmp_path / "out"), model=str(bert2bert_dir)),
-          ValueError, "1 duplicate id(s) in column 'id'", "'0-a'")
 
 
 def test_derived_id_when_no_id_column(tmp_path):

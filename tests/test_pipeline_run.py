@@ -12,9 +12,10 @@ import torch
 
 from model import EncoderDecoderModel, Tokenizer
 from pipeline import storage
+from pipeline.commit import RUN_NAME
 from pipeline.config import GenerationOverrides, Replicas, SummarizeConfig
 from pipeline.stages import ERR_EMPTY, ERR_NULL
-from pipeline.summarize import checkpoint_url, run, staging_url
+from pipeline.summarize import run, staging_url
 
 DATA = pathlib.Path(__file__).resolve().parent.parent / "data" / "cnndm_200.jsonl"
 GEN = GenerationOverrides(num_beams=2, max_length=12)
@@ -72,7 +73,7 @@ def test_replicas_share_work_and_summaries_match_direct_generate(local_ray, corp
     expected = direct_summaries(bert2bert_dir, [r["article"] for r in rows], **GEN.as_kwargs())
     assert [got[i]["summary"] for i in range(18)] == expected
     assert storage.read_json(str(out / "_SUCCESS.json"))["rows_out"] == 21
-    assert not storage.exists(checkpoint_url(str(out)))
+    assert not storage.exists(str(out / RUN_NAME))  # resume state goes once the output is complete
 
     files = storage.data_files(str(out))
     again = run(config(folder, out, bert2bert_dir))
@@ -86,7 +87,7 @@ def test_replicas_share_work_and_summaries_match_direct_generate(local_ray, corp
     assert replaced.rows_written == 21
     table = pq.read_table(out)
     assert table.num_rows == 21 and max(n for n in table.column("summary_tokens").to_pylist() if n is not None) <= 5
-    assert not storage.exists(staging_url(str(out))) and not storage.exists(checkpoint_url(staging_url(str(out))))
+    assert not storage.exists(staging_url(str(out)))
 
 
 def test_derived_ids_and_passthrough(local_ray, bert2bert_dir, tmp_path):

@@ -64,7 +64,7 @@ def test_tokenize_non_string_and_invalid_utf8_columns(tok):
 def test_summarizer_matches_direct_generate_and_passes_errors_through(bert2bert_dir, tok, articles):
     batch = pa.table({"id": ["a", "b", "c", "d"], "article": [articles[0], None, articles[1], articles[2][:300]]})
     tokenized = tokenize(batch, tok, "article", max_input_tokens=128)
-    out = Summarizer(str(bert2bert_dir), GEN)(tokenized)
+    out = Summarizer(str(bert2bert_dir), GEN).summarize(tokenized)
     assert out.column_names == ["id", "summary", "error", "input_tokens", "truncated", "cleaned",
                                 "summary_tokens", "replica"]
     rows = out.to_pylist()

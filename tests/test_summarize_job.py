@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 import s3fs
 
+from pipeline import storage
 from tests.conftest import AWS_ENV, free_port
 from tests.test_nightly import quiet
 from tests.test_pipeline_run import articles, direct_summaries
@@ -81,7 +82,7 @@ def test_job_submit_end_to_end_on_s3(s3_endpoint, ray_head, bert2bert_dir, tmp_p
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "rows in: 8  rows out: 8  written by this run: 8" in done.stdout
     # GPU plan: tokenize stays a CPU task stage, apart from the GPU actors.
-    assert re.search(r"Operator \d+ MapBatches\(tokenize\):", done.stdout)
+    assert re.search(r"Operator \d+ \S*MapBatches\(prepare\):", done.stdout)
     assert re.search(r"Operator \d+ MapBatches\(Summarizer\):", done.stdout)
     fs.invalidate_cache()
     table = pq.read_table("e2e/summaries/", filesystem=fs)
@@ -102,41 +103,35 @@ def job(args: list[str], **kwargs) -> subprocess.Popen:
 def test_killed_job_resumes_without_redoing_rows(bert2bert_dir, tmp_path):
     rows = [{"id": i, "article": r["article"][:500]} for i, r in enumerate(articles(16))]
     write_shards(tmp_path / "in", rows, per_shard=4)
-    out, ckpt = tmp_path / "out", tmp_path / "_checkpoints" / "out"
+    out = tmp_path / "out"
     args = ["--input", str(tmp_path / "in"), "--output", str(out), "--model", str(bert2bert_dir),
             "--batch-size", "1", "--replicas", "1", "--num-beams", "2", "--max-length", "24",
             "--max-input-tokens", "96"]
     first = job(args)
     deadline = time.monotonic() + 300
-    committed: list[str] = []
-    while not committed:
+    while not (out.exists() and storage.data_files(str(out))):
         assert first.poll() is None, first.stdout.read()[-3000:]
-        assert time.monotonic() < deadline, "no checkpoint committed in time"
+        assert time.monotonic() < deadline, "no unit committed in time"
         time.sleep(0.2)
-        committed = [f for f in os.listdir(ckpt) if not f.endswith(".pending.parquet")] if ckpt.exists() else []
     os.killpg(first.pid, signal.SIGKILL)
     first.wait()
-    while not quiet(str(tmp_path), 2.0):  # the dead driver's Ray workers may still finish a block
+    while not quiet(str(tmp_path), 2.0):  # the dead driver's Ray workers may still finish a unit
         pass
-
-    def checkpointed(pending: bool) -> set[int]:
-        return {i for f in os.listdir(ckpt) if f.endswith(".pending.parquet") == pending
-                for i in pq.read_table(ckpt / f).column("id").to_pylist()}
-
-    done_ids, in_commit = checkpointed(pending=False), checkpointed(pending=True)
-    assert 0 < len(done_ids) < 16
+    units = storage.data_files(str(out))
+    done_ids = {i for f in units for i in pq.read_table(f).column("id").to_pylist()}
+    assert 0 < len(done_ids) < 16 and len(done_ids) == 4 * len(units)  # whole units only
 
     second = job(args)
     report = second.communicate(timeout=300)[0]
     assert second.returncode == 0, report[-3000:]
-    assert "resuming from checkpoint" in report
+    assert f"{len(units)} of 4 units already committed" in report
     written = int(re.search(r"written by this run: (\d+)", report).group(1))
     table = pq.read_table(out)
     ids = table.column("id").to_pylist()
     assert sorted(ids) == list(range(16))  # nothing lost, nothing written twice
-    # committed rows are not redone; a block whose commit the kill interrupted may count as done or be redone
-    assert 16 - len(done_ids) - len(in_commit) <= written <= 16 - len(done_ids)
+    assert written == 16 - len(done_ids)  # committed units are not redone
     assert table.column("summary").null_count == 0
+    assert set(units) <= set(storage.data_files(str(out)))  # the killed run's files are kept as they were
 
 
 def test_bad_input_fails_fast_with_exit_code(tmp_path, bert2bert_dir):
@@ -154,5 +149,5 @@ def test_help_documents_every_flag():
     for flag in ("--input", "--output", "--model", "--text-column", "--id-column", "--num-beams", "--max-length",
                  "--min-length", "--length-penalty", "--no-repeat-ngram-size", "--early-stopping",
                  "--max-input-tokens", "--batch-size", "--replicas", "--gpus-per-replica", "--cpus-per-replica",
-                 "--dtype", "--storage-options", "--overwrite"):
+                 "--dtype", "--storage-options", "--overwrite", "--rows-per-file", "--max-batch-tokens"):
         assert flag in text

@@ -1,0 +1,58 @@
+"""The Ray Data dataflow of the summarize job, over units of work: prepare (CPU tasks) -> Summarizer actor pool
+-> write (CPU tasks), streaming each committed unit's stats back to the driver.
+
+Every stage sees whole units (one row each, its rows in the row's payload), so no stage ever holds part of a
+unit; the driver receives one small stats record per unit and nothing else.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import ray
+import ray.data
+from ray.data import ActorPoolStrategy
+
+from .config import Replicas, SummarizeConfig
+from .stages import Summarizer, prepare, unit_rows, write
+from .units import InputPlan, Unit
+
+
+def build(config: SummarizeConfig, plan: InputPlan, units: list[Unit], target: str, attempt: str,
+          replicas: Replicas, max_input_tokens: int) -> ray.data.Dataset:
+    """The dataflow that summarizes `units` into unit files of `attempt` under `target`."""
+    opts = config.storage_options
+    columns = list(dict.fromkeys(
+        ([] if plan.derived_id else [plan.id_column]) + [config.text_column, *config.passthrough_columns]))
+    ds = ray.data.from_items(unit_rows(units), override_num_blocks=len(units))
+    # max_retries=-1 is Ray Data's default for tasks (retry on node loss). Set explicitly, it also keeps prepare
+    # out of the model actors: Ray fuses a task stage into the next actor stage when their remote args are equal.
+    ds = ds.map_batches(prepare, batch_size=1, batch_format="pyarrow", max_retries=-1, fn_kwargs={
+        "input_url": config.input, "model_url": config.model, "columns": columns,
+        "text_column": config.text_column, "id_column": plan.id_column, "derived_id": plan.derived_id,
+        "max_input_tokens": max_input_tokens, "storage_options": opts})
+    ds = ds.map_batches(
+        Summarizer,
+        fn_constructor_kwargs={"model_url": config.model, "generation": config.generation.as_kwargs(),
+                               "dtype": config.dtype, "threads": max(1, int(replicas.cpus)), "storage_options": opts,
+                               "batch_size": replicas.batch_size, "max_batch_tokens": replicas.max_batch_tokens},
+        # Two units per actor: the next one is queued while the current one generates.
+        compute=ActorPoolStrategy(min_size=replicas.min, max_size=replicas.max, max_tasks_in_flight_per_actor=2),
+        num_cpus=replicas.cpus,
+        num_gpus=replicas.gpus,
+        batch_size=1,
+        batch_format="pyarrow",
+    )
+    return ds.map_batches(write, batch_size=1, batch_format="pyarrow",
+                          fn_kwargs={"target": target, "attempt": attempt, "storage_options": opts})
+
+
+def stream(ds: ray.data.Dataset, actor_start_timeout_s: float) -> Iterator[dict[str, Any]]:
+    """Run the dataflow; yields each unit's stats as soon as its file is committed."""
+    # The dataset's own copy of the DataContext: no global state changes. Work starts only once the minimum
+    # pool is up: every replica gets a share, and a pool the cluster cannot place fails with a timeout.
+    ds.context.wait_for_min_actors_s = actor_start_timeout_s
+    for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+        yield from (json.loads(s) for s in batch.column("stats").to_pylist())

@@ -1,0 +1,137 @@
+"""Units of work of the summarize job, planned from one listing and the Parquet footers of the input.
+
+A unit is an input shard, or a range of rows of a shard that holds more than `rows_per_file` rows; each unit
+is summarized into exactly one output file whose name is derived from the unit (see `pipeline.commit`). The
+driver holds the units and the shards' footers' facts: its memory grows with files, never with rows.
+"""
+
+from __future__ import annotations
+
+import math
+import posixpath
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from . import storage
+from .config import SummarizeConfig
+
+DEFAULT_ID_COLUMN = "id"
+DERIVED_ID_COLUMN = "row_hash"  # uint64 from the shard's relative name and the row's number in it
+FOOTER_THREADS = 16
+
+
+@dataclass(frozen=True)
+class Shard:
+    """One input file: where it is, what version of it was planned, and its footer's row counts."""
+
+    path: str  # protocol-less, for the storage's filesystem
+    name: str  # relative to the input root, e.g. "date=2026-11-01/part-0.parquet"
+    size: int
+    version: str
+    rows: int
+    row_groups: tuple[int, ...]  # rows per row group
+
+
+@dataclass(frozen=True)
+class Unit:
+    """Rows [start, stop) of one shard; `name` is the stem of its output file, unique within the job."""
+
+    shard: str  # protocol-less path
+    shard_name: str
+    name: str
+    start: int
+    stop: int
+    row_groups: tuple[int, ...]  # the shard's row groups that overlap [start, stop)
+    offset: int  # rows to skip in the first of them
+
+    @property
+    def rows(self) -> int:
+        return self.stop - self.start
+
+
+@dataclass(frozen=True)
+class InputPlan:
+    """What preflight found at the input URL."""
+
+    root: str  # protocol-less folder the shards' names are relative to
+    shards: list[Shard]
+    columns: list[str]
+    rows: int
+    id_column: str
+    derived_id: bool
+    id_types: dict[str, str]  # shard name -> the id column's Arrow type (empty for a derived id)
+
+
+def _footer(fs: Any, path: str) -> pq.FileMetaData:
+    try:
+        with fs.open(path, "rb") as f:
+            return pq.ParquetFile(f).metadata
+    except Exception as e:  # pyarrow raises several types for a damaged file; all mean the same here
+        raise ValueError(f"corrupt Parquet shard {storage.to_url(fs, path)}: {e}") from e
+
+
+def inspect_input(config: SummarizeConfig) -> InputPlan:
+    """Shards, schema, row counts and id column from one listing and the footers; every problem raises naming
+    the shard or the columns. Reads no rows."""
+    root, files = storage.list_shards(config.input, config.storage_options)
+    fs, _ = storage.url_to_fs(config.input, config.storage_options)
+    with ThreadPoolExecutor(FOOTER_THREADS) as pool:
+        footers = list(pool.map(lambda f: _footer(fs, f.path), files))
+    schemas = [m.schema.to_arrow_schema() for m in footers]
+    columns = list(dict.fromkeys(name for schema in schemas for name in schema.names))
+    needed = [config.text_column, *config.passthrough_columns]
+    if config.id_column is not None:
+        needed.append(config.id_column)
+    for schema, file in zip(schemas, files, strict=True):
+        missing = [c for c in needed if c not in schema.names]
+        if missing:
+            raise ValueError(f"input shard {storage.to_url(fs, file.path)} has no column(s) {', '.join(missing)}; "
+                             f"its columns are: {', '.join(schema.names)}")
+    shards = [Shard(f.path, posixpath.relpath(f.path, root), f.size, f.version, m.num_rows,
+                    tuple(m.row_group(i).num_rows for i in range(m.num_row_groups)))
+              for f, m in zip(files, footers, strict=True)]
+    rows = sum(s.rows for s in shards)
+    id_column = config.id_column or (DEFAULT_ID_COLUMN if all(DEFAULT_ID_COLUMN in s.names for s in schemas)
+                                     else None)
+    if id_column is None:
+        return InputPlan(root, shards, columns, rows, DERIVED_ID_COLUMN, derived_id=True, id_types={})
+    id_types = {s.name: str(schema.field(id_column).type) for s, schema in zip(shards, schemas, strict=True)}
+    kinds = sorted(set(id_types.values()))
+    if len(kinds) > 1:
+        examples = "; ".join(f"{t} in {next(n for n, k in id_types.items() if k == t)}" for t in kinds)
+        raise ValueError(f"the id column {id_column!r} has different types in different shards ({examples}); "
+                         "write every shard with the same type")
+    return InputPlan(root, shards, columns, rows, id_column, derived_id=False, id_types=id_types)
+
+
+def plan_units(shards: list[Shard], rows_per_file: int) -> list[Unit]:
+    """Each shard in ceil(rows / rows_per_file) equal row ranges, so every file is near rows_per_file rows;
+    shards without rows have no unit."""
+    units = []
+    for shard in (s for s in shards if s.rows):
+        n = math.ceil(shard.rows / rows_per_file)
+        stem = shard.name[: -len(".parquet")] if shard.name.endswith(".parquet") else shard.name
+        bounds = [shard.rows * k // n for k in range(n + 1)]
+        first = [0]
+        for size in shard.row_groups:
+            first.append(first[-1] + size)
+        for k in range(n):
+            start, stop = bounds[k], bounds[k + 1]
+            groups = tuple(i for i in range(len(shard.row_groups)) if first[i] < stop and first[i + 1] > start)
+            units.append(Unit(shard.path, shard.name, f"{stem}-{k:05d}", start, stop, groups,
+                              start - first[groups[0]]))
+    return units
+
+
+def read_rows(fs: Any, unit: Unit, columns: list[str]) -> pa.Table:
+    """The unit's rows, reading only the row groups that overlap them."""
+    with fs.open(unit.shard, "rb") as f:
+        table = pq.ParquetFile(f).read_row_groups(list(unit.row_groups), columns=columns)
+    if table.num_rows < unit.offset + unit.rows:
+        raise ValueError(f"input shard {unit.shard_name} has {table.num_rows} rows in row groups "
+                         f"{list(unit.row_groups)}, fewer than planned; it changed during the run")
+    return table.slice(unit.offset, unit.rows)
