@@ -73,7 +73,7 @@ def add_scaling_flags(parser: argparse.ArgumentParser) -> None:
                    help="GPUs per replica, fractional allowed (default: 1 if the cluster has GPUs, else 0)")
     g.add_argument("--cpus-per-replica", type=float, default=1.0,
                    help="CPUs per replica; also the replica's torch thread count on CPU")
-    g.add_argument("--batch-size", type=int, default=64,
+    g.add_argument("--batch-size", type=int, default=256,
                    help="most articles per generate call; a replica sorts each unit's rows by length first")
     g.add_argument("--max-batch-tokens", type=int, default=65536,
                    help="most input tokens x beams per generate call (an article longer than that runs alone)")
@@ -136,7 +136,7 @@ def print_report(result: SummarizeResult, out=sys.stdout) -> None:
     if result.status == "already-complete":
         return
     wall = max(result.wall_s, 1e-9)
-    p(f"wall time: {result.wall_s:.1f} s  rows/s: {result.rows_written / wall:.2f}")
+    p(f"wall time: {result.wall_s:.1f} s  rows/s: {result.rows_written / wall:.2f}  planned in {result.plan_s:.1f} s")
     p(f"replicas: {result.replicas}  generation: {result.generation}")
     for replica in sorted(result.rows_by_replica):
         rows, tokens = result.rows_by_replica[replica], result.tokens_by_replica[replica]

@@ -50,7 +50,7 @@ class Replicas:
     max: int = 1
     gpus: float = 0.0
     cpus: float = 1.0
-    batch_size: int = 64  # most articles per generate call
+    batch_size: int = 256  # most articles per generate call
     max_batch_tokens: int = 65536  # most input tokens x beams per generate call (one longer article runs alone)
 
     def __post_init__(self) -> None:

@@ -186,7 +186,7 @@ class Summarizer:
     sorting a unit's rows by length and cutting them into generate calls by rows and token budget."""
 
     def __init__(self, model_url: str, generation: dict, dtype: str = "float32", threads: int | None = None,
-                 storage_options: dict | None = None, batch_size: int = 64, max_batch_tokens: int = 65536):
+                 storage_options: dict | None = None, batch_size: int = 256, max_batch_tokens: int = 65536):
         if threads:
             torch.set_num_threads(threads)
         device = "cuda" if torch.cuda.is_available() else "cpu"

@@ -54,6 +54,7 @@ class SummarizeResult:
     generate_s_by_replica: dict[str, float] = field(default_factory=dict)  # inside model.generate
     busy_s_by_replica: dict[str, float] = field(default_factory=dict)  # whole units, decode and Arrow included
     wall_s: float = 0.0
+    plan_s: float = 0.0  # preflight, listing, id check and tally of earlier units, before the dataflow starts
     replicas: Replicas | None = None
     generation: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
@@ -231,6 +232,7 @@ def run(config: SummarizeConfig, checked: Checked | None = None) -> SummarizeRes
         storage.write_json_atomic(storage.join(target, commit.RUN_NAME), record, opts)
     for stats in commit.read_stats(target, sorted(done.values()), opts):
         result.add(stats, by_replica=False)
+    result.plan_s = time.perf_counter() - start
     if todo:
         replicas, notes = fit_replicas(config.replicas, cluster_resources(config.replicas, config.worker_wait_s))
         result.replicas = replicas
