@@ -89,31 +89,34 @@ def requests_in(log: pathlib.Path) -> int:
                or '" 4' in line)
 
 
-def job(args: list[str], env: dict) -> subprocess.Popen:
+def job(args: list[str], env: dict, log) -> subprocess.Popen:
+    """The job with its output to a file: a pipe nobody reads would fill and block the driver's logging."""
     return subprocess.Popen([sys.executable, "-m", "jobs.summarize", *args], cwd=ROOT, env=env, text=True,
-                            start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                            start_new_session=True, stdout=log, stderr=subprocess.STDOUT)
 
 
 def peak_rss_mb(pid: int) -> float:
     try:
-        text = open(f"/proc/{pid}/status").read()
+        found = re.search(r"VmHWM:\s+(\d+)", open(f"/proc/{pid}/status").read())
     except OSError:
         return 0.0
-    return int(re.search(r"VmHWM:\s+(\d+)", text).group(1)) / 1024
+    return int(found.group(1)) / 1024 if found else 0.0  # an exited process has no VmHWM
 
 
 def run_job(args: list[str], env: dict, kill_when=None) -> dict:
     """Run one job to its end (or kill it once kill_when() is true); wall, peak driver RSS and its report."""
     start, peak = time.perf_counter(), 0.0
-    proc = job(args, env)
-    while proc.poll() is None:
-        peak = max(peak, peak_rss_mb(proc.pid))
-        if kill_when is not None and kill_when():
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-            return {"killed": True, "wall_s": time.perf_counter() - start, "rss_mb": peak}
-        time.sleep(0.2)
-    report = proc.stdout.read()
+    with tempfile.TemporaryFile("w+") as log:
+        proc = job(args, env, log)
+        while proc.poll() is None:
+            peak = max(peak, peak_rss_mb(proc.pid))
+            if kill_when is not None and kill_when():
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+                return {"killed": True, "wall_s": time.perf_counter() - start, "rss_mb": peak}
+            time.sleep(0.2)
+        log.seek(0)
+        report = log.read()
     if proc.returncode:
         raise RuntimeError(f"job failed:\n{report[-4000:]}")
     return {"killed": False, "wall_s": time.perf_counter() - start, "rss_mb": peak, "report": report}

@@ -8,10 +8,13 @@ import dataclasses
 import json
 import os
 import sys
+import tempfile
+import traceback
 from typing import Any
 
 import ray
 
+from pipeline import secrets
 from pipeline.config import GenerationOverrides, Replicas, SummarizeConfig
 from pipeline.scaling import CPU_HEADROOM
 from pipeline.summarize import SummarizeResult
@@ -81,8 +84,19 @@ def add_scaling_flags(parser: argparse.ArgumentParser) -> None:
                    help="on an autoscaling cluster: request nodes for the replicas and wait up to this long")
 
 
+def _json_object(text: str) -> dict:
+    """A JSON object; the error never repeats the text, which may hold credentials."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise argparse.ArgumentTypeError(f"not valid JSON ({e.msg} at character {e.pos})") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("must be a JSON object")
+    return value
+
+
 def add_storage_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--storage-options", type=json.loads, default={},
+    parser.add_argument("--storage-options", type=_json_object, default={},
                         help="fsspec options for input, output and model as JSON, e.g. "
                              '\'{"endpoint_url": "http://..."}\' (default: the standard AWS environment)')
 
@@ -120,14 +134,40 @@ def with_cluster_gpus(config: SummarizeConfig, args: argparse.Namespace) -> Summ
 
 
 def log_config(name: str, config: Any) -> None:
-    print(f"{name}: {config}", flush=True)
+    """The resolved config, with credentials masked (job logs are kept and shown in Ray's dashboard)."""
+    print(f"{name}: {secrets.redact(config)}", flush=True)
+
+
+def root_cause(error: BaseException) -> BaseException:
+    """The user's exception inside Ray's wrappers (RayTaskError, UserCodeException, ...)."""
+    seen = set()
+    while id(error) not in seen and type(error).__module__.startswith("ray."):
+        seen.add(id(error))
+        inner = getattr(error, "cause", None) or error.__cause__
+        if inner is None:
+            break
+        error = inner
+    return error
+
+
+def fail(job: str, error: BaseException, storage_options: dict[str, Any] | None = None) -> int:
+    """The job's contract on failure: the traceback to a log file, one clear line on stderr, exit code 1."""
+    cause = root_cause(error)
+    log = os.path.join(tempfile.gettempdir(), f"{job}-{os.getpid()}.traceback.txt")
+    with open(log, "w", encoding="utf-8") as f:
+        f.write(secrets.scrub("".join(traceback.format_exception(error)), storage_options))
+    message = (str(cause).strip().splitlines() or [""])[0]
+    print(secrets.scrub(f"{job} failed: {type(cause).__name__}: {message}", storage_options), file=sys.stderr,
+          flush=True)
+    print(f"(full traceback: {log})", file=sys.stderr, flush=True)
+    return 1
 
 
 def print_report(result: SummarizeResult, out=sys.stdout) -> None:
     p = lambda *a: print(*a, file=out)  # noqa: E731
-    p(f"== summarize {result.status}: {result.output} ==")
+    p(f"== summarize {result.status}: {secrets.redact_url(result.output)} ==")
     for note in result.notes:
-        p(f"note: {note}")
+        p(f"note: {secrets.redact_url(note)}")
     failed = sum(result.failed_by_reason.values())
     p(f"rows in: {result.rows_in}  rows out: {result.rows_out}  written by this run: {result.rows_written}")
     p(f"output files (units of work): {result.units}  written by this run: {result.units_written}")

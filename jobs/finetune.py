@@ -98,8 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         common.init_ray(str(config.num_workers), config.cpus_per_worker)
         result = run_finetune(config)
     except Exception as e:  # the job's contract: one clear line and a non-zero exit code
-        print(f"finetune failed: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
-        return 1
+        return common.fail("finetune", e, args.storage_options)
     print_report(result)
     return 0
 

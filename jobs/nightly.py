@@ -64,8 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         common.log_config("nightly config", config)
         report = run_nightly(config, dry_run=args.dry_run)
     except Exception as e:  # the job's contract: one clear line and a non-zero exit code
-        print(f"nightly failed: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
-        return 1
+        return common.fail("nightly", e, args.storage_options)
     print_report(report)
     return 0 if report.ok else 1
 

@@ -36,8 +36,7 @@ def main(argv: list[str] | None = None) -> int:
         common.log_config("summarize config", config)
         result = run(config, checked)
     except Exception as e:  # the job's contract: one clear line and a non-zero exit code
-        print(f"summarize failed: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
-        return 1
+        return common.fail("summarize", e, args.storage_options)
     common.print_report(result)
     return 0
 

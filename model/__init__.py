@@ -4,6 +4,7 @@ from .checkpoint import read_configs, write_atomic
 from .config import BertConfig, EncoderDecoderConfig, GenerationConfig
 from .encoder_decoder import EncoderDecoderModel, Seq2SeqOutput
 from .generation import decode_step, static_decode_step
+from .generation import plan as check_generation
 from .tokenizer import Tokenizer, pad_ids
 
 __all__ = [
@@ -13,6 +14,7 @@ __all__ = [
     "GenerationConfig",
     "Seq2SeqOutput",
     "Tokenizer",
+    "check_generation",
     "decode_step",
     "pad_ids",
     "read_configs",

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.nn.functional as F
 
-from .config import GenerationConfig
+from .config import EncoderDecoderConfig, GenerationConfig
 from .logits import Rules, process
 
 if TYPE_CHECKING:
@@ -44,9 +44,10 @@ class Plan:
     scores: bool = True  # greedy and sampling skip the log-softmax of their chosen tokens without it
 
 
-def plan(model: EncoderDecoderModel, config: GenerationConfig) -> Plan:
-    """Resolve lengths and ids as transformers does (max_new_tokens wins over max_length) and reject bad settings."""
-    c = config
+def plan(model_config: EncoderDecoderConfig, config: GenerationConfig) -> Plan:
+    """Resolve lengths and ids as transformers does (max_new_tokens wins over max_length) and reject bad settings
+    for a model of `model_config` (checkable before any weights load)."""
+    c, positions, vocab = config, model_config.decoder.max_position_embeddings, model_config.decoder.vocab_size
     start = c.decoder_start_token_id if c.decoder_start_token_id is not None else c.bos_token_id
     if start is None:
         raise ValueError("decoder_start_token_id is not set (for BERT2BERT usually the [CLS] id)")
@@ -66,12 +67,15 @@ def plan(model: EncoderDecoderModel, config: GenerationConfig) -> Plan:
     if max_length is None and not eos:
         raise ValueError("set max_length or max_new_tokens, or eos_token_id: otherwise generation never stops")
     if max_length is None:  # transformers' default: 20 new tokens after the start token
-        max_length = min(DEFAULT_NEW_TOKENS + 1, model.config.decoder.max_position_embeddings)
+        max_length = min(DEFAULT_NEW_TOKENS + 1, positions)
     if max_length < 2:
         raise ValueError(f"max_length {max_length} leaves no room after the decoder start token (it counts it)")
-    if max_length > model.config.decoder.max_position_embeddings:
-        raise ValueError(f"max_length {max_length} exceeds the decoder's max_position_embeddings "
-                         f"{model.config.decoder.max_position_embeddings}")
+    if max_length > positions:
+        raise ValueError(f"max_length {max_length} exceeds the decoder's max_position_embeddings {positions}")
+    for name, value in (("decoder_start_token_id", start), ("pad_token_id", c.pad_token_id),
+                        *(("eos_token_id", e) for e in eos)):
+        if value is not None and not 0 <= value < vocab:
+            raise ValueError(f"{name} {value} is outside the decoder's vocabulary of {vocab} tokens")
     if c.num_beams > 1 and c.num_return_sequences > c.num_beams:
         raise ValueError(f"num_return_sequences ({c.num_return_sequences}) must be <= num_beams ({c.num_beams})")
     if c.num_beams == 1 and not c.do_sample and c.num_return_sequences > 1:
@@ -342,7 +346,7 @@ def generate(model: EncoderDecoderModel, input_ids: torch.Tensor, attention_mask
     scores (transformers' sequences_scores), else the sum of the chosen tokens' processed log-probs.
     bucket_size caps the articles encoded and searched together; step replaces the one-token decode.
     """
-    p = dataclasses.replace(plan(model, model.generation_config.updated(**kwargs)), scores=return_scores)
+    p = dataclasses.replace(plan(model.config, model.generation_config.updated(**kwargs)), scores=return_scores)
     if bucket_size < 1:
         raise ValueError(f"bucket_size must be >= 1, got {bucket_size}")
     if seed is not None:

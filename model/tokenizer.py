@@ -82,6 +82,10 @@ class Tokenizer:
     def vocab_size(self) -> int:
         return self.backend.get_vocab_size(with_added_tokens=False)
 
+    def __len__(self) -> int:
+        """Every id the tokenizer can produce, added tokens included (transformers' len(tokenizer))."""
+        return self.backend.get_vocab_size(with_added_tokens=True)
+
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, storage_options: dict[str, Any] | None = None) -> Tokenizer:
         """tokenizer.json if the folder (local or fsspec URL) has one, else WordPiece from vocab.txt and

@@ -22,7 +22,7 @@ from typing import Any
 
 from . import commit, storage
 from .config import SummarizeConfig
-from .identity import code_version, weights_fingerprint
+from .identity import code_version
 from .lease import Lease, new_owner
 from .partitions import (
     LEASES,
@@ -34,6 +34,7 @@ from .partitions import (
     select,
     state_of,
 )
+from .summarize import ModelInfo, inspect_model, preflight
 from .summarize import run as summarize
 
 RUNS = "_runs"
@@ -145,10 +146,11 @@ def _drop_other_runs(folder: str, keep: str, opts: dict[str, Any]) -> None:
             fs.rm(path, recursive=True)
 
 
-def _summarize(config: NightlyConfig, partition: Partition, fingerprint: str, outcome: PartitionOutcome,
+def _summarize(config: NightlyConfig, partition: Partition, info: ModelInfo, outcome: PartitionOutcome,
                lease: Lease) -> None:
     """Summarize one partition into its staging and switch it into place; raises on any failure."""
     opts, template = config.summarize.storage_options, config.summarize
+    fingerprint = info.fingerprint
     run_id = _run_id(partition, fingerprint, template)
     staging_root = storage.join(config.output, STAGING, partition.path)
     staged = storage.join(staging_root, f"run-{run_id}")
@@ -156,7 +158,7 @@ def _summarize(config: NightlyConfig, partition: Partition, fingerprint: str, ou
     started = time.time()
     job = dataclasses.replace(template, input=storage.join(config.corpus, partition.path, "*.parquet"), output=staged,
                               overwrite=False)
-    result = summarize(job)
+    result = summarize(job, preflight(job, info))
     now = rescan(config.corpus, partition, opts)
     if now is None or now.inputs != partition.inputs:
         raise RuntimeError(f"the inputs of {partition.path} changed during the run; the next run processes them")
@@ -181,7 +183,7 @@ def _summarize(config: NightlyConfig, partition: Partition, fingerprint: str, ou
     outcome.rows_written, outcome.failed_rows = result.rows_written, marker["failed_rows"]
 
 
-def _process(config: NightlyConfig, state: PartitionState, owner: str, fingerprint: str) -> PartitionOutcome:
+def _process(config: NightlyConfig, state: PartitionState, owner: str, info: ModelInfo) -> PartitionOutcome:
     """Take the partition's lease, look again (another run may have done it), then summarize or tidy."""
     opts = config.summarize.storage_options
     partition = state.partition
@@ -204,7 +206,7 @@ def _process(config: NightlyConfig, state: PartitionState, owner: str, fingerpri
             outcome.action, outcome.reason = "skipped", "done"
             outcome.detail = _tidy(fresh, config.output, opts) or "completed by another run"
             return outcome
-        _summarize(config, current, fingerprint, outcome, lease)
+        _summarize(config, current, info, outcome, lease)
     except Exception as e:  # one partition's failure is reported; the others still run
         outcome.action, outcome.detail = "failed", f"{type(e).__name__}: {e}"
     finally:
@@ -234,7 +236,8 @@ def run_nightly(config: NightlyConfig, dry_run: bool = False) -> NightlyReport:
     opts = config.summarize.storage_options
     states, ignored = plan(config)
     report = NightlyReport(owner, config.corpus, config.output, dry_run, _utc(start), ignored_files=ignored)
-    fingerprint = "" if dry_run else weights_fingerprint(config.summarize.model, opts)
+    # the model, tokenizer and generation settings are checked once per run, before any partition
+    info = inspect_model(dataclasses.replace(config.summarize, model=storage.absolute(config.summarize.model)))
     budget = config.max_partitions if config.max_partitions is not None else len(states)
     for state in states:
         name = state.partition.path
@@ -249,7 +252,7 @@ def run_nightly(config: NightlyConfig, dry_run: bool = False) -> NightlyReport:
         elif state.todo and budget <= 0:
             report.partitions.append(PartitionOutcome(name, "skipped", "over --max-partitions", state.reason))
         else:
-            outcome = _process(config, state, owner, fingerprint)
+            outcome = _process(config, state, owner, info)
             budget -= outcome.action in ("processed", "failed")
             report.partitions.append(outcome)
     report.ended_at, report.wall_s = _utc(time.time()), round(time.time() - start, 3)

@@ -56,6 +56,8 @@ OUTPUT_TYPES = {
 def _texts(column: pa.ChunkedArray) -> tuple[list[str | None], list[str | None], list[bool]]:
     """Python strings, per-row errors and 'control characters removed' flags for one text column."""
     n = len(column)
+    if pa.types.is_dictionary(column.type):  # pandas categoricals and many writers encode text so
+        column = column.cast(column.type.value_type)
     if pa.types.is_null(column.type):
         return [None] * n, [ERR_NULL] * n, [False] * n
     if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)

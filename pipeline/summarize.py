@@ -17,7 +17,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from model import EncoderDecoderConfig, GenerationConfig, Tokenizer, read_configs
+from model import EncoderDecoderConfig, GenerationConfig, Tokenizer, check_generation, read_configs
 
 from . import commit, dataflow, identity, ids, storage
 from .config import Replicas, SummarizeConfig
@@ -107,7 +107,15 @@ def inspect_model(config: SummarizeConfig) -> ModelInfo:
     if config.max_input_tokens is not None and config.max_input_tokens > limit:
         raise ValueError(f"max_input_tokens {config.max_input_tokens} exceeds the encoder's "
                          f"max_position_embeddings {limit}")
-    return ModelInfo(model_config, generation.updated(**config.generation.as_kwargs()), tokenizer, fingerprint)
+    if len(tokenizer) > model_config.encoder.vocab_size:
+        raise ValueError(f"the tokenizer of model {url} has {len(tokenizer)} tokens, more than the encoder's "
+                         f"vocabulary of {model_config.encoder.vocab_size}: its ids would index past the embeddings")
+    generation = generation.updated(**config.generation.as_kwargs())
+    try:
+        check_generation(model_config, generation)
+    except ValueError as e:
+        raise ValueError(f"generation settings do not fit model {url}: {e}") from e
+    return ModelInfo(model_config, generation, tokenizer, fingerprint)
 
 
 @dataclass(frozen=True)
@@ -119,15 +127,45 @@ class Checked:
     info: ModelInfo
 
 
-def preflight(config: SummarizeConfig) -> Checked:
+def _check_apart(config: SummarizeConfig, plan: InputPlan) -> None:
+    """The output must not be inside the input folder (the next run would read it as input), nor the reverse."""
+    _, given = storage.url_to_fs(config.input, config.storage_options)
+    _, out = storage.url_to_fs(config.output, config.storage_options)
+    out, root = out.rstrip("/") + "/", plan.root.rstrip("/") + "/"
+    if given.rstrip("/") == plan.root and out.startswith(root):
+        raise ValueError(f"output {config.output} is inside the input folder {config.input}: the next run would "
+                         "read the job's own output as input; choose an output outside it")
+    if any(s.path.startswith(out) for s in plan.shards[:1]) or root.startswith(out):
+        raise ValueError(f"input {config.input} is inside the output folder {config.output}; choose an output "
+                         "outside it")
+
+
+def preflight(config: SummarizeConfig, info: ModelInfo | None = None) -> Checked:
     """Everything that can make the job meaningless, checked without Ray from listings and footers: shards,
-    columns, model, output."""
+    columns, id types, model, tokenizer, generation settings, output. `info` (from `inspect_model` of the same
+    model and settings) skips reading the model again."""
     config = dataclasses.replace(config, input=storage.absolute(config.input), output=storage.absolute(config.output),
                                  model=storage.absolute(config.model))
     plan = inspect_input(config)
-    info = inspect_model(config)
+    _check_apart(config, plan)
+    info = inspect_model(config) if info is None else info
     storage.check_writable(config.output, config.storage_options)
+    _check_same_run(config, run_identity(config, plan, info))
     return Checked(config, plan, info)
+
+
+def _check_same_run(config: SummarizeConfig, wanted: dict[str, Any]) -> None:
+    """Refuse to resume or re-run into an output made with other inputs or settings: its summaries would be
+    mixed with this run's. Without --overwrite only; a pending publish is finished by `run` first."""
+    opts = config.storage_options
+    if config.overwrite or storage.exists(storage.join(staging_url(config.output), storage.MARKER_NAME), opts):
+        return
+    for name, state in ((storage.MARKER_NAME, "is complete, made"), (commit.RUN_NAME, "was started by a run")):
+        record = storage.read_json(storage.join(config.output, name), opts)
+        changed = identity.differences(record["identity"], wanted) if record and "identity" in record else []
+        if changed:
+            raise ValueError(f"output {config.output} {state} with other inputs or settings ({'; '.join(changed)}); "
+                             "pass --overwrite to redo it, or choose another output")
 
 
 def max_tokens(config: SummarizeConfig, info: ModelInfo) -> int:
@@ -145,8 +183,8 @@ def run_identity(config: SummarizeConfig, plan: InputPlan, info: ModelInfo) -> d
 
 
 def _run_record(target: str, wanted: dict[str, Any], config: SummarizeConfig, names: list[str]) -> dict[str, Any]:
-    """The run record at `target`: the one of an earlier attempt of this same run, or a new one. Files or a
-    record of anything else are refused: resuming into them would mix two kinds of output."""
+    """The run record at `target`: the one of an earlier attempt of this run (preflight refused any other), or
+    a new one. Data files without a record are another job's: resuming into them would mix two outputs."""
     opts = config.storage_options
     url = storage.join(target, commit.RUN_NAME)
     record = storage.read_json(url, opts)
@@ -154,10 +192,6 @@ def _run_record(target: str, wanted: dict[str, Any], config: SummarizeConfig, na
         raise RuntimeError(f"output {target} holds Parquet files from another job (no run record {url}); pass "
                            "--overwrite to replace them")
     if record is not None:
-        changed = identity.differences(record["identity"], wanted)
-        if changed:
-            raise RuntimeError(f"output {target} was started by a run with other inputs or settings "
-                               f"({'; '.join(changed)}); pass --overwrite to redo it, or choose another output")
         return record
     record = {"attempt": commit.new_attempt(), "identity": wanted, "rows_per_file": config.rows_per_file,
               "ids_unique": False, "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

@@ -66,6 +66,14 @@ class InputPlan:
     id_types: dict[str, str]  # shard name -> the id column's Arrow type (empty for a derived id)
 
 
+def is_text(kind: pa.DataType) -> bool:
+    """Types a text column may have: strings, bytes (UTF-8 checked per row), their dictionaries, or all-null."""
+    if pa.types.is_dictionary(kind):
+        kind = kind.value_type
+    return (pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_binary(kind)
+            or pa.types.is_large_binary(kind) or pa.types.is_null(kind))
+
+
 def _footer(fs: Any, path: str) -> pq.FileMetaData:
     try:
         with fs.open(path, "rb") as f:
@@ -91,6 +99,11 @@ def inspect_input(config: SummarizeConfig) -> InputPlan:
         if missing:
             raise ValueError(f"input shard {storage.to_url(fs, file.path)} has no column(s) {', '.join(missing)}; "
                              f"its columns are: {', '.join(schema.names)}")
+    for schema, file in zip(schemas, files, strict=True):
+        kind = schema.field(config.text_column).type
+        if not is_text(kind):
+            raise ValueError(f"the text column {config.text_column!r} of input shard {storage.to_url(fs, file.path)} "
+                             f"is {kind}, not text (string, large_string, binary or a dictionary of those)")
     shards = [Shard(f.path, posixpath.relpath(f.path, root), f.size, f.version, m.num_rows,
                     tuple(m.row_group(i).num_rows for i in range(m.num_row_groups)))
               for f, m in zip(files, footers, strict=True)]
