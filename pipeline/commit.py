@@ -73,11 +73,12 @@ def read_stats(folder: str, names: list[str], storage_options: dict[str, Any] | 
 def publish(staged: str, output: str, files: list[str], marker: dict[str, Any],
             storage_options: dict[str, Any] | None = None) -> None:
     """Move `files` (relative names) from `staged` into `output`, switch the marker to name them, delete the
-    output's other data files, then the staging. Safe to repeat after a crash at any point."""
+    output's other data files and run record, then the staging. Safe to repeat after a crash at any point."""
     present = set(storage.data_names(output, storage_options))
     todo = [n for n in files if n not in present]
     storage.move_files(staged, output, todo, storage_options)
     storage.write_json_atomic(storage.join(output, storage.MARKER_NAME), {**marker, "files": files}, storage_options)
     keep = set(files)
     storage.remove_files(output, [n for n in present if n not in keep], storage_options)
+    storage.remove_tree(storage.join(output, RUN_NAME), storage_options)  # an attempt abandoned in place
     storage.remove_tree(staged, storage_options)
