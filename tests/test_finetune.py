@@ -18,11 +18,12 @@ import ray.train.torch
 import torch
 
 from jobs import summarize as summarize_job
-from model import BertConfig, EncoderDecoderConfig, EncoderDecoderModel, Tokenizer
+from model import EncoderDecoderModel, Tokenizer
 from pipeline.train import make_trainer, plan_steps, run_finetune
 from pipeline.train_config import FinetuneConfig
 from pipeline.train_data import TokenizePairs, collate, inspect_split, tokenized_dataset
 from pipeline.train_loop import METRICS_FILE, build_model, make_optimizer
+from tests.model_helpers import random_bert2bert
 from tests.test_pipeline_run import MAX_TOKENS, direct_summaries
 
 DATA = pathlib.Path(__file__).resolve().parents[1] / "data" / "cnndm_200.jsonl"
@@ -32,15 +33,7 @@ DATA = pathlib.Path(__file__).resolve().parents[1] / "data" / "cnndm_200.jsonl"
 def tiny(tmp_path_factory, minilm_dir) -> str:
     """A 2-layer, hidden-64 bert2bert with MiniLM's vocabulary and tokenizer files."""
     path = tmp_path_factory.mktemp("tiny")
-    tok = Tokenizer.from_pretrained(minilm_dir)
-    bert = BertConfig(vocab_size=tok.vocab_size, hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
-                      intermediate_size=128)
-    config = EncoderDecoderConfig.from_encoder_decoder_configs(
-        bert, bert, decoder_start_token_id=tok.cls_token_id, pad_token_id=tok.pad_token_id,
-        eos_token_id=tok.sep_token_id)
-    torch.manual_seed(0)
-    EncoderDecoderModel(config).save_pretrained(path)
-    tok.save_pretrained(path)
+    random_bert2bert(path, hidden=64, layers=2, intermediate=128)
     return str(path)
 
 
