@@ -42,6 +42,10 @@ def add_model_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--passthrough-columns", default="", help="comma-separated input columns to copy to output")
     parser.add_argument("--max-input-tokens", type=int, default=None,
                         help="truncate inputs to this many tokens (default: the encoder's max positions)")
+    parser.add_argument("--no-special-tokens", dest="add_special_tokens", action="store_false",
+                        help="tokenize the text alone, without the special tokens the checkpoint's tokenizer adds "
+                             "([CLS] ... [SEP] for BERT vocabularies; BertGeneration's SentencePiece adds none), "
+                             "as transformers' add_special_tokens=False")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"],
                         help="model weights and compute dtype")
     parser.add_argument("--rows-per-file", type=int, default=10_000,
@@ -54,7 +58,8 @@ def summarize_config(args: argparse.Namespace, input: str, output: str, **kwargs
     return SummarizeConfig(
         input=input, output=output, model=args.model, text_column=args.text_column, id_column=args.id_column,
         passthrough_columns=tuple(c for c in args.passthrough_columns.split(",") if c),
-        max_input_tokens=args.max_input_tokens, dtype=args.dtype, generation=generation_from_args(args),
+        max_input_tokens=args.max_input_tokens, add_special_tokens=args.add_special_tokens, dtype=args.dtype,
+        generation=generation_from_args(args),
         replicas=replicas_from_args(args), storage_options=args.storage_options,
         worker_wait_s=args.wait_for_workers_s, rows_per_file=args.rows_per_file, **kwargs)
 

@@ -230,9 +230,8 @@ def read_weights(folder: Folder, allow_pickle: bool = False) -> Iterable[tuple[s
         if not allow_pickle:
             raise ValueError(
                 f"{folder.name(PICKLE_NAME)}: pickle checkpoints can run arbitrary code and are not loaded by "
-                "default. Convert it once with "
-                "`EncoderDecoderModel.from_pretrained(path, allow_pickle=True).save_pretrained(new)` "
-                "(read with torch.load(weights_only=True)), or pass allow_pickle=True."
+                "default. Convert it once with `python -m model.convert SRC DST` (it reads the file with "
+                "torch.load(weights_only=True) and writes safetensors), or pass allow_pickle=True."
             )
         state = torch.load(io.BytesIO(folder.read_bytes(PICKLE_NAME)), map_location="cpu", weights_only=True)
         yield from ((folder.name(PICKLE_NAME), k, v) for k, v in state.items())

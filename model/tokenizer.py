@@ -1,4 +1,5 @@
-"""BERT WordPiece tokenizer on the `tokenizers` library, with transformers' BertTokenizerFast behaviour."""
+"""Tokenizers with transformers' behaviour: BERT WordPiece on the `tokenizers` library, SentencePiece
+(BertGeneration) in model.sentencepiece."""
 
 from __future__ import annotations
 
@@ -14,6 +15,9 @@ from tokenizers import decoders, normalizers, pre_tokenizers, processors
 from tokenizers.models import WordPiece
 
 from .checkpoint import Folder
+from .sentencepiece import SentencePieceVocab, token_content
+
+SPIECE_NAME = "spiece.model"
 
 SPECIAL = {"cls_token": "[CLS]", "sep_token": "[SEP]", "pad_token": "[PAD]", "unk_token": "[UNK]",
            "mask_token": "[MASK]"}
@@ -42,11 +46,15 @@ def _from_vocab(vocab_text: str, cfg: dict) -> Backend:
 
 
 def special_token_ids(path: str, storage_options: dict[str, Any] | None = None) -> dict[str, int | None]:
-    """decoder_start/pad/eos ids a BERT2BERT uses ([CLS], [PAD], [SEP]) from a checkpoint's vocabulary, if any."""
+    """decoder_start/pad/eos ids from a checkpoint's vocabulary, if any: [CLS], [PAD], [SEP] for BERT's,
+    <s>, <pad>, </s> for a SentencePiece one (BertGeneration)."""
     try:
         tok = Tokenizer.from_pretrained(path, storage_options)
     except FileNotFoundError:
         return {"decoder_start_token_id": None, "pad_token_id": None, "eos_token_id": None}
+    if tok.kind == "sentencepiece":
+        return {"decoder_start_token_id": tok.bos_token_id, "pad_token_id": tok.pad_token_id,
+                "eos_token_id": tok.eos_token_id}
     return {"decoder_start_token_id": tok.cls_token_id, "pad_token_id": tok.pad_token_id,
             "eos_token_id": tok.sep_token_id}
 
@@ -66,68 +74,104 @@ def pad_ids(rows: Sequence[Sequence[int]] | None, pad_id: int, flat: np.ndarray 
 
 
 class Tokenizer:
-    """`tok(texts)` and `tok.batch_decode(ids)` as transformers' BertTokenizerFast with its defaults."""
+    """`tok(texts)` and `tok.batch_decode(ids)` as transformers' tokenizer of the checkpoint with its defaults:
+    BertTokenizerFast for WordPiece vocabularies and tokenizer.json files, BertGenerationTokenizer for
+    SentencePiece ones."""
 
-    def __init__(self, backend: Backend, config: dict | None = None):
+    def __init__(self, backend: Backend | SentencePieceVocab, config: dict | None = None):
         self.backend = backend
         self.config = dict(config or {})
-        self.model_max_length = int(self.config.get("model_max_length", 512))
-        ids = {name: backend.token_to_id(self.config.get(name, tok)) for name, tok in SPECIAL.items()}
-        self.cls_token_id, self.sep_token_id = ids["cls_token"], ids["sep_token"]
-        self.pad_token_id, self.unk_token_id, self.mask_token_id = ids["pad_token"], ids["unk_token"], ids["mask_token"]
-        self.pad_token = self.config.get("pad_token", SPECIAL["pad_token"])
-        self.all_special_ids = sorted({i for i in ids.values() if i is not None})
+        self.model_max_length = int(min(self.config.get("model_max_length", 512), 2**62))
+        if isinstance(backend, SentencePieceVocab):
+            self.kind, tokens = "sentencepiece", backend.special
+            self.all_special_ids = backend.special_ids
+        else:
+            self.kind = "wordpiece"
+            tokens = {name: self.config.get(name, tok) for name, tok in SPECIAL.items()}
+        ids = {name: backend.token_to_id(token_content(tok)) for name, tok in tokens.items()}
+        if self.kind == "wordpiece":
+            self.all_special_ids = sorted({i for i in ids.values() if i is not None})
+        for name in ("cls", "sep", "pad", "unk", "mask", "bos", "eos"):
+            setattr(self, f"{name}_token_id", ids.get(f"{name}_token"))
+        self.pad_token = token_content(tokens.get("pad_token"))
 
     @property
     def vocab_size(self) -> int:
+        if isinstance(self.backend, SentencePieceVocab):
+            return self.backend.vocab_size
         return self.backend.get_vocab_size(with_added_tokens=False)
 
     def __len__(self) -> int:
         """Every id the tokenizer can produce, added tokens included (transformers' len(tokenizer))."""
+        if isinstance(self.backend, SentencePieceVocab):
+            return len(self.backend)
         return self.backend.get_vocab_size(with_added_tokens=True)
 
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike, storage_options: dict[str, Any] | None = None) -> Tokenizer:
-        """tokenizer.json if the folder (local or fsspec URL) has one, else WordPiece from vocab.txt and
-        tokenizer_config.json."""
+    def from_pretrained(cls, path: str | os.PathLike, storage_options: dict[str, Any] | None = None,
+                        **special_tokens: str) -> Tokenizer:
+        """tokenizer.json if the folder (local or fsspec URL) has one, else SentencePiece from spiece.model,
+        else WordPiece from vocab.txt; with tokenizer_config.json. Special tokens of a SentencePiece vocabulary
+        can be overridden as in transformers (pad_token="<pad>", eos_token="</s>", bos_token="<s>")."""
         folder = Folder(path, storage_options)
         config = json.loads(_read_text(folder, "tokenizer_config.json") or "{}")
+        if special_tokens and (folder.exists("tokenizer.json") or not folder.exists(SPIECE_NAME)):
+            raise ValueError("special token overrides apply to SentencePiece vocabularies (spiece.model) only")
         tokenizer_json = _read_text(folder, "tokenizer.json")
         if tokenizer_json is not None:
             return cls(Backend.from_str(tokenizer_json), config)
+        if folder.exists(SPIECE_NAME):
+            return cls(SentencePieceVocab(folder.read_bytes(SPIECE_NAME), config, special_tokens), config)
         vocab = _read_text(folder, "vocab.txt")
         if vocab is None:
-            raise FileNotFoundError(f"{folder.url}: no tokenizer.json or vocab.txt found")
+            raise FileNotFoundError(f"{folder.url}: no tokenizer.json, {SPIECE_NAME} or vocab.txt found")
         return cls(_from_vocab(vocab, config), config)
 
     def save_pretrained(self, path: str | os.PathLike, storage_options: dict[str, Any] | None = None) -> None:
         folder = Folder(path, storage_options)
-        vocab = sorted(self.backend.get_vocab(with_added_tokens=False).items(), key=lambda kv: kv[1])
         config = {**self.config, "model_max_length": self.model_max_length}
-        config.setdefault("tokenizer_class", "BertTokenizer")
-        files = {
-            "tokenizer.json": self.backend.to_str(),
-            "tokenizer_config.json": json.dumps(config, indent=2),
-            "special_tokens_map.json": json.dumps({k: config.get(k, v) for k, v in SPECIAL.items()}, indent=2),
-            "vocab.txt": "".join(tok + "\n" for tok, _ in vocab),
-        }
-        for name, text in files.items():
-            folder.write_atomic(name, text.encode("utf-8"))
+        if isinstance(self.backend, SentencePieceVocab):
+            files = self.backend.files(config)
+        else:
+            vocab = sorted(self.backend.get_vocab(with_added_tokens=False).items(), key=lambda kv: kv[1])
+            config.setdefault("tokenizer_class", "BertTokenizer")
+            files = {
+                "tokenizer.json": self.backend.to_str().encode(),
+                "tokenizer_config.json": json.dumps(config, indent=2).encode(),
+                "special_tokens_map.json": json.dumps({k: config.get(k, v) for k, v in SPECIAL.items()},
+                                                      indent=2).encode(),
+                "vocab.txt": "".join(tok + "\n" for tok, _ in vocab).encode(),
+            }
+        for name, data in files.items():
+            folder.write_atomic(name, data)
 
-    def encode_batch(self, texts: Sequence[str], max_length: int | None = None,
-                     truncation: bool = True) -> list[list[int]]:
-        """Token ids with [CLS] ... [SEP], unpadded; truncated to max_length (default model_max_length)."""
-        if truncation:
-            self.backend.enable_truncation(max_length or self.model_max_length)
+    def encode_truncated(self, texts: Sequence[str], max_length: int | None = None, truncation: bool = True,
+                         add_special_tokens: bool = True) -> tuple[list[list[int]], list[bool]]:
+        """Token ids, unpadded, and whether each text was cut to fit max_length (default model_max_length).
+        Special tokens are added as the checkpoint's tokenizer adds them ([CLS] ... [SEP] for BERT, none for
+        BertGeneration) unless add_special_tokens is False; truncation keeps them."""
+        limit = (max_length or self.model_max_length) if truncation else None
+        if isinstance(self.backend, SentencePieceVocab):
+            rows = self.backend.encode_batch(texts)
+            return [r[:limit] for r in rows], [limit is not None and len(r) > limit for r in rows]
+        if limit is not None:
+            self.backend.enable_truncation(limit)
         else:
             self.backend.no_truncation()
         self.backend.no_padding()
-        return [e.ids for e in self.backend.encode_batch(list(texts))]
+        encodings = self.backend.encode_batch(list(texts), add_special_tokens=add_special_tokens)
+        return [e.ids for e in encodings], [bool(e.overflowing) for e in encodings]
+
+    def encode_batch(self, texts: Sequence[str], max_length: int | None = None, truncation: bool = True,
+                     add_special_tokens: bool = True) -> list[list[int]]:
+        """Token ids, unpadded; see encode_truncated."""
+        return self.encode_truncated(texts, max_length, truncation, add_special_tokens)[0]
 
     def __call__(self, texts: str | Sequence[str], max_length: int | None = None, truncation: bool = True,
-                 padding: bool = True) -> dict[str, torch.Tensor | list[list[int]]]:
+                 padding: bool = True, add_special_tokens: bool = True) -> dict[str, torch.Tensor | list[list[int]]]:
         """input_ids and attention_mask; torch tensors padded to the longest text (lists when padding=False)."""
-        ids = self.encode_batch([texts] if isinstance(texts, str) else texts, max_length, truncation)
+        ids = self.encode_batch([texts] if isinstance(texts, str) else texts, max_length, truncation,
+                                add_special_tokens)
         if not padding:
             return {"input_ids": ids, "attention_mask": [[1] * len(row) for row in ids]}
         input_ids, attention_mask = pad_ids(ids, self.pad_token_id)
@@ -138,4 +182,6 @@ class Tokenizer:
 
     def batch_decode(self, ids: Sequence[Sequence[int]] | torch.Tensor, skip_special_tokens: bool = True) -> list[str]:
         rows = ids.tolist() if isinstance(ids, torch.Tensor) else [list(map(int, row)) for row in ids]
+        if isinstance(self.backend, SentencePieceVocab):
+            return [self.backend.decode(row, skip_special_tokens) for row in rows]
         return self.backend.decode_batch(rows, skip_special_tokens=skip_special_tokens)

@@ -85,6 +85,7 @@ class SummarizeConfig:
     id_column: str | None = None  # None: use "id" if the input has it, else derive one from path + row
     passthrough_columns: tuple[str, ...] = ()
     max_input_tokens: int | None = None  # None: the encoder's max_position_embeddings
+    add_special_tokens: bool = True  # False: the text's tokens only (transformers' add_special_tokens=False)
     dtype: str = "float32"
     generation: GenerationOverrides = field(default_factory=GenerationOverrides)
     replicas: Replicas = field(default_factory=Replicas)
@@ -98,7 +99,8 @@ class SummarizeConfig:
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
         if self.max_input_tokens is not None and self.max_input_tokens < 3:
-            raise ValueError(f"max_input_tokens must be >= 3 ([CLS], a token, [SEP]), got {self.max_input_tokens}")
+            raise ValueError(f"max_input_tokens must be >= 3 (a token and a tokenizer's special tokens), "
+                             f"got {self.max_input_tokens}")
         if self.rows_per_file < 1:
             raise ValueError(f"rows_per_file must be >= 1, got {self.rows_per_file}")
         if not self.text_column:

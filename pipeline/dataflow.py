@@ -32,7 +32,8 @@ def build(config: SummarizeConfig, plan: InputPlan, units: list[Unit], target: s
     ds = ds.map_batches(prepare, batch_size=1, batch_format="pyarrow", max_retries=-1, fn_kwargs={
         "input_url": config.input, "model_url": config.model, "columns": columns,
         "text_column": config.text_column, "id_column": plan.id_column, "derived_id": plan.derived_id,
-        "max_input_tokens": max_input_tokens, "storage_options": opts})
+        "max_input_tokens": max_input_tokens, "add_special_tokens": config.add_special_tokens,
+        "storage_options": opts})
     ds = ds.map_batches(
         Summarizer,
         fn_constructor_kwargs={"model_url": config.model, "generation": config.generation.as_kwargs(),

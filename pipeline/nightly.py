@@ -124,6 +124,7 @@ def _run_id(partition: Partition, fingerprint: str, template: SummarizeConfig) -
     settings = {"inputs": partition.manifest(), "weights": fingerprint, "model": template.model,
                 "text_column": template.text_column, "id_column": template.id_column,
                 "passthrough": template.passthrough_columns, "max_input_tokens": template.max_input_tokens,
+                "add_special_tokens": template.add_special_tokens,
                 "dtype": template.dtype, "generation": template.generation.as_kwargs()}
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
 

@@ -11,7 +11,14 @@ import re
 from typing import Any
 
 MASK = "***"
-SECRET_KEY = re.compile(r"key|secret|token|password|passwd|credential", re.IGNORECASE)
+# A secret word as a whole word of the key (snake_case, kebab-case or camelCase): `aws_secret_access_key`,
+# `sessionToken`, `password`, but not `max_input_tokens` or `keyspace`.
+SECRET_WORD = re.compile(r"(?:^|[^a-z])(?:key|secret|token|password|passwd|passphrase|credentials?|authorization)"
+                         r"(?:$|[^a-z])")
+
+
+def is_secret_key(key: Any) -> bool:
+    return isinstance(key, str) and bool(SECRET_WORD.search(re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", key).lower()))
 URL_PASSWORD = re.compile(r"(://[^/\s:@]*):[^@/\s]*@")
 
 
@@ -26,7 +33,7 @@ def redact(obj: Any) -> Any:
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         return redact({f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)})
     if isinstance(obj, dict):
-        return {k: MASK if isinstance(k, str) and SECRET_KEY.search(k) and v not in (None, "", {}) else redact(v)
+        return {k: MASK if is_secret_key(k) and v not in (None, "", {}) else redact(v)
                 for k, v in obj.items()}
     if isinstance(obj, list | tuple):
         return type(obj)(redact(v) for v in obj)
@@ -38,7 +45,7 @@ def secret_values(obj: Any) -> list[str]:
     if isinstance(obj, dict):
         found = []
         for k, v in obj.items():
-            if isinstance(k, str) and SECRET_KEY.search(k) and isinstance(v, str) and v:
+            if is_secret_key(k) and isinstance(v, str) and v:
                 found.append(v)
             else:
                 found.extend(secret_values(v))

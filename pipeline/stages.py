@@ -88,23 +88,21 @@ def _texts(column: pa.ChunkedArray) -> tuple[list[str | None], list[str | None],
     return texts, errors, cleaned
 
 
-def tokenize(batch: pa.Table, tokenizer: Tokenizer, text_column: str, max_input_tokens: int) -> pa.Table:
-    """Drop the text column; add input_ids (truncated to max_input_tokens), input_tokens, truncated, cleaned
-    and error. A row with an error gets no tokens and is passed through to the output as is."""
+def tokenize(batch: pa.Table, tokenizer: Tokenizer, text_column: str, max_input_tokens: int,
+             add_special_tokens: bool = True) -> pa.Table:
+    """Drop the text column; add input_ids (truncated to max_input_tokens, with the checkpoint's special tokens
+    unless add_special_tokens is False), input_tokens, truncated, cleaned and error. A row with an error gets no
+    tokens and is passed through to the output as is."""
     texts, errors, cleaned = _texts(batch.column(text_column))
     todo = [i for i, t in enumerate(texts) if t is not None]
-    cut = [len(texts[i]) > max_input_tokens * MAX_CHARS_PER_TOKEN for i in todo]
-    # One token over the limit tells a text that fits exactly from one that was cut.
-    encoded = tokenizer.encode_batch([texts[i][: max_input_tokens * MAX_CHARS_PER_TOKEN] for i in todo],
-                                     max_length=max_input_tokens + 1, truncation=True)
+    limit = max_input_tokens * MAX_CHARS_PER_TOKEN
+    encoded, cut = tokenizer.encode_truncated([texts[i][:limit] for i in todo], max_length=max_input_tokens,
+                                              add_special_tokens=add_special_tokens)
     input_ids: list[list[int] | None] = [None] * len(texts)
     truncated = [False] * len(texts)
     for i, ids, was_cut in zip(todo, encoded, cut, strict=True):
-        if len(ids) > max_input_tokens:
-            ids = ids[: max_input_tokens - 1] + [tokenizer.sep_token_id]
-            was_cut = True
         input_ids[i] = ids
-        truncated[i] = was_cut
+        truncated[i] = was_cut or len(texts[i]) > limit
     lengths = [None if ids is None else len(ids) for ids in input_ids]
     out = batch.drop_columns([text_column])
     return (out.append_column("input_ids", pa.array(input_ids, pa.list_(pa.int32())))
@@ -156,7 +154,8 @@ def derived_ids(shard_name: str, start: int, rows: int) -> pa.Array:
 
 
 def prepare(batch: pa.Table, *, input_url: str, model_url: str, columns: list[str], text_column: str,
-            id_column: str, derived_id: bool, max_input_tokens: int, storage_options: dict[str, Any]) -> pa.Table:
+            id_column: str, derived_id: bool, max_input_tokens: int, add_special_tokens: bool,
+            storage_options: dict[str, Any]) -> pa.Table:
     """Units in, units out with their tokenized rows as payload (read only the unit's row groups)."""
     fs, _ = storage.url_to_fs(input_url, storage_options)
     tokenizer = _tokenizer(model_url, json.dumps(storage_options, sort_keys=True))
@@ -166,7 +165,7 @@ def prepare(batch: pa.Table, *, input_url: str, model_url: str, columns: list[st
         table = read_rows(fs, unit, columns)
         if derived_id:
             table = table.append_column(id_column, derived_ids(unit.shard_name, unit.start, unit.rows))
-        payloads.append(to_ipc(tokenize(table, tokenizer, text_column, max_input_tokens)))
+        payloads.append(to_ipc(tokenize(table, tokenizer, text_column, max_input_tokens, add_special_tokens)))
     return _with(units, payload=payloads)
 
 

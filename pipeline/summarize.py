@@ -178,6 +178,7 @@ def run_identity(config: SummarizeConfig, plan: InputPlan, info: ModelInfo) -> d
         "input": config.input, "inputs_sha256": identity.inputs_digest(plan.shards), "model": config.model,
         "weights_sha256": info.fingerprint, "text_column": config.text_column, "id_column": plan.id_column,
         "passthrough_columns": list(config.passthrough_columns), "max_input_tokens": max_tokens(config, info),
+        "add_special_tokens": config.add_special_tokens,
         "dtype": config.dtype, "generation": {k: getattr(info.generation, k) for k in GENERATION_KEYS},
     }
 

@@ -194,5 +194,6 @@ def test_secrets_never_reach_logs_outputs_or_markers(s3_endpoint, tmp_path, bert
     fs.invalidate_cache()
     stored = [fs.cat(p).decode("latin-1") for p in fs.find("secrets/out")]
     assert any("rows_out" in text for text in stored) and "summarize config:" in logs[0]
+    assert "'max_input_tokens': 48" in logs[0] and "'secret': '***'" in logs[0]  # settings are not secrets
     for text in logs + stored:
         assert key not in text and secret not in text

@@ -69,5 +69,5 @@ def test_special_ids_and_save_round_trip(tmp_path):
 
 
 def test_missing_tokenizer_files_is_clear(tmp_path):
-    with pytest.raises(FileNotFoundError, match="no tokenizer.json or vocab.txt"):
+    with pytest.raises(FileNotFoundError, match="no tokenizer.json, spiece.model or vocab.txt"):
         Tokenizer.from_pretrained(tmp_path)
