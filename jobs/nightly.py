@@ -2,6 +2,11 @@
 
     ray job submit --working-dir . -- python -m jobs.nightly \\
         --corpus s3://bucket/corpus/ --output s3://bucket/summaries/ --model s3://bucket/models/bert2bert_cnn/
+
+A changed partition summarizes only its new and rewritten shards. Partitions done with another model or other
+settings are listed as stale and left alone unless --reprocess says otherwise. SIGTERM (`ray job stop`) ends
+the run after the current partition's lease is released, and the run's report is still written. See
+docs/nightly.md for a partition's life, the crash points and what readers see.
 """
 
 from __future__ import annotations
@@ -9,6 +14,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import signal
 import sys
 
 from jobs import common
@@ -26,6 +32,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-partitions", type=int, help="process at most this many partitions, oldest first")
     parser.add_argument("--dry-run", action="store_true",
                         help="list what would be processed and why, touching nothing (no Ray needed)")
+    parser.add_argument("--reprocess", choices=["none", "stale", "all"], default="none",
+                        help="also redo partitions done with another model or settings (stale), or every selected "
+                             "partition (all); default: list stale partitions in the report and leave them")
     parser.add_argument("--lease-ttl", type=float, default=600.0,
                         help="seconds a partition lease lasts unless renewed; a crashed run's partitions wait "
                              "this long before another run takes them")
@@ -43,6 +52,9 @@ def print_report(report: NightlyReport) -> None:
         failed = f", failed rows {o.failed_rows}" if o.failed_rows else ""
         seconds = f"  {o.seconds:.1f} s" if o.seconds else ""
         print(f"{o.action:>13}  {o.partition}  [{o.reason}] {o.detail}{rows}{failed}{seconds}")
+    print(f"discovery made {report.listings} listing(s)")
+    if report.stopped:
+        print(f"stopped: {report.stopped}")
     if report.ignored_files:
         print(f"ignored {len(report.ignored_files)} Parquet file(s) outside date=YYYY-MM-DD partitions, e.g. "
               f"{report.ignored_files[0]}")
@@ -57,11 +69,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         template = common.summarize_config(args, args.corpus, args.output)
         config = NightlyConfig(corpus=args.corpus, output=args.output, summarize=template, date=args.date,
-                               since=args.since, max_partitions=args.max_partitions, lease_ttl_s=args.lease_ttl)
+                               since=args.since, max_partitions=args.max_partitions, lease_ttl_s=args.lease_ttl,
+                               reprocess=args.reprocess)
         if not args.dry_run:
             common.init_ray(args.replicas, args.cpus_per_replica)
             config = dataclasses.replace(config, summarize=common.with_cluster_gpus(template, args))
         common.log_config("nightly config", config)
+        signal.signal(signal.SIGTERM, signal.default_int_handler)  # run_nightly writes its report on the way out
         report = run_nightly(config, dry_run=args.dry_run)
     except Exception as e:  # the job's contract: one clear line and a non-zero exit code
         return common.fail("nightly", e, args.storage_options)

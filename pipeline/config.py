@@ -91,6 +91,7 @@ class SummarizeConfig:
     replicas: Replicas = field(default_factory=Replicas)
     storage_options: dict[str, Any] = field(default_factory=dict)  # fsspec options for input, output and model
     overwrite: bool = False
+    only_shards: tuple[str, ...] = ()  # summarize only these shards (names relative to the input folder); (): all
     rows_per_file: int = 10_000  # rows per output file (and per unit of work); smaller shards give one file each
     actor_start_timeout_s: float = 600.0  # fail if the minimum replica pool is not up by then
     worker_wait_s: float = 0.0  # > 0: ask the autoscaler for the replicas' nodes and wait this long for them

@@ -7,6 +7,12 @@ the chain is a linear history and exactly one contender wins each step: taking a
 renewing a held one and releasing it are all the same compare-and-swap. Old generations are deleted; the
 newest never is.
 
+A write whose outcome is unclear is read back; owners are unique, so a generation with our owner is ours.
+That covers an S3 PUT whose response was lost (s3fs retries it and gets 412: the object exists, and it is
+ours) and a 409 or 503, which say nothing about whether the object was written. Storage errors are retried
+with backoff (`RETRIES`). A holder whose renewals keep failing until its expiry sets `lost`, which the nightly
+job watches to stop the partition's work.
+
 Limits: expiry compares wall clocks, so hosts must agree on time to well within the TTL; a holder that stalls
 past its expiry (a long GC pause, a frozen VM) loses the lease and learns it only at its next renewal or
 `check()`, so work done after that point must be safe to repeat (the nightly job checks before it commits).
@@ -25,9 +31,22 @@ from typing import Any
 
 from . import storage
 
+RETRIES = (0.2, 0.5, 1.0, 2.0)  # seconds between tries of one lease operation on a storage error
+
 
 class LeaseLost(RuntimeError):
     """Another owner took the lease over (ours had expired) or it could not be renewed."""
+
+
+def retried(op, *args):
+    """op(*args), tried again after each pause of RETRIES on an OSError (S3's 409, 503, a dropped connection);
+    the last error is raised."""
+    for pause in RETRIES:
+        try:
+            return op(*args)
+        except OSError:
+            time.sleep(pause)
+    return op(*args)
 
 
 def new_owner() -> str:
@@ -43,6 +62,7 @@ class Lease:
         self.generation = 0  # ours, once acquired
         self.expires_at = 0.0
         self._lock = threading.Lock()
+        self.lost = threading.Event()  # set once the lease is known lost (taken over, or expired unrenewed)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lost: str | None = None
@@ -76,12 +96,25 @@ class Lease:
         return None
 
     def _put(self, generation: int, state: str) -> bool:
+        """Create `generation`; True if it is ours, also when the write's outcome was unclear (read back)."""
         expires_at = time.time() + self.ttl_s if state == "held" else 0.0
         record = {"owner": self.owner, "state": state, "expires_at": expires_at,
                   "expires": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(expires_at))}
-        if not storage.write_bytes_atomic(self._name(generation), json.dumps(record).encode(), self.storage_options,
-                                          exclusive=True):
-            return False
+        failed: OSError | None = None
+        try:
+            written = storage.write_bytes_atomic(self._name(generation), json.dumps(record).encode(),
+                                                 self.storage_options, exclusive=True)
+        except OSError as e:
+            written, failed = False, e
+        if not written:
+            try:
+                there = storage.read_json(self._name(generation), self.storage_options)
+            except FileNotFoundError:  # listed, then deleted: superseded, so not ours
+                there = None
+            if there is None and failed is not None:  # the write failed outright; the caller retries
+                raise failed
+            if there is None or there.get("owner") != self.owner:  # owners are unique: ours is ours
+                return False
         self.generation, self.expires_at = generation, expires_at
         self._delete_older()
         return True
@@ -102,44 +135,66 @@ class Lease:
             if record and record["state"] == "held" and record["expires_at"] > time.time():
                 return record
             with self._lock:
-                if self._put(generation + 1, "held"):
+                if retried(self._put, generation + 1, "held"):
                     return None
         return self.current()[1]
 
+    def _lose(self, why: str) -> LeaseLost:
+        self._lost = self._lost or why
+        self.lost.set()
+        return LeaseLost(self._lost)
+
     def renew(self) -> None:
+        """Extend the lease by a TTL; LeaseLost if another owner has it; OSError if storage keeps failing."""
         with self._lock:
             if self._lost:
                 raise LeaseLost(self._lost)
-            if not self._put(self.generation + 1, "held"):
+            if not retried(self._put, self.generation + 1, "held"):
                 holder = self.current()[1] or {}
-                self._lost = f"lease {self.url} was taken over by {holder.get('owner')}"
-                raise LeaseLost(self._lost)
+                raise self._lose(f"lease {self.url} was taken over by {holder.get('owner')}")
+
+    def ensure_held(self) -> None:
+        """Raise LeaseLost if the lease is known lost or our expiry passed; no storage call (cheap enough to
+        call once per committed unit)."""
+        if self.lost.is_set():
+            raise LeaseLost(self._lost)
+        if time.time() >= self.expires_at:
+            raise self._lose(f"lease {self.url} expired at {self.expires_at:.0f} before it was renewed")
 
     def check(self) -> None:
         """Raise LeaseLost if a renewal failed or our expiry passed; renews otherwise."""
         if time.time() >= self.expires_at:
-            self._lost = self._lost or f"lease {self.url} expired at {self.expires_at:.0f} before it was renewed"
-        self.renew()
+            raise self._lose(f"lease {self.url} expired at {self.expires_at:.0f} before it was renewed")
+        try:
+            self.renew()
+        except OSError as e:
+            if time.time() >= self.expires_at:
+                raise self._lose(f"lease {self.url} expired at {self.expires_at:.0f}: renewals failed ({e})") from e
+            raise
 
     def release(self) -> None:
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
         with self._lock:
-            if not self._lost:
-                self._put(self.generation + 1, "released")
+            if not self._lost and self.generation:
+                retried(self._put, self.generation + 1, "released")
 
     def keep_alive(self) -> None:
         """Renew every third of the TTL in a background thread until `release()`."""
 
         def beat() -> None:
-            while not self._stop.wait(self.ttl_s / 3):
+            pause = self.ttl_s / 3
+            while not self._stop.wait(pause):
                 try:
+                    if time.time() >= self.expires_at:
+                        raise self._lose(f"lease {self.url} expired at {self.expires_at:.0f}: renewals failed")
                     self.renew()
+                    pause = self.ttl_s / 3
                 except LeaseLost:
                     return
-                except OSError:  # a storage hiccup: try again at the next beat, check() catches an expiry
-                    continue
+                except Exception:  # storage or credentials trouble: try again soon, before the expiry
+                    pause = max(0.05, min(self.ttl_s / 10, self.expires_at - time.time()))
 
         self._thread = threading.Thread(target=beat, name=f"lease {self.url}", daemon=True)
         self._thread.start()

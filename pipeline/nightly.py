@@ -1,12 +1,14 @@
 """Nightly corpus processing: summarize every dated partition that is new, changed or incomplete, exactly once.
 
-Per partition, under its lease: summarize the partition's shards into `<output>/_staging/<partition>/run-<id>/`
-(the summarize job's units of work make a re-run after a crash write only the uncommitted units; the run id
-hashes the input manifest, the weights and the settings, so a re-run finds its own staging), then publish it
-(`pipeline.commit.publish`): move the staged files next to the old ones under `<output>/<partition>/` (their
-names carry the attempt, so they never collide), write the marker `_SUCCESS.json` naming exactly those files
-(the switch, one atomic write), delete the old files and the staging. Every step is idempotent, so a run
-killed at any point is finished by the next one.
+Per partition, under its lease: summarize the partition's new or rewritten shards into
+`<output>/_staging/<partition>/run-<id>/` (the summarize job's units of work make a re-run after a crash write
+only the uncommitted units; the run id hashes the input manifest and the settings, so a re-run finds its own
+staging), then publish it (`pipeline.commit.publish`): move the staged files next to the old ones under
+`<output>/<partition>/` (their names carry the attempt, so they never collide), write the marker
+`_SUCCESS.json` naming exactly the new set of files (the switch, one atomic write), delete the files it no
+longer names and the staging. Every step is idempotent, so a run killed at any point is finished by the next
+one; a switch interrupted before its old files were deleted is repaired at the start of the next run, whatever
+partitions it selects. docs/nightly.md has the state diagram and the crash points.
 """
 
 from __future__ import annotations
@@ -17,27 +19,31 @@ import json
 import posixpath
 import re
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
 from . import commit, storage
 from .config import SummarizeConfig
 from .identity import code_version
-from .lease import Lease, new_owner
+from .ids import check_unique
+from .lease import Lease, new_owner, retried
 from .partitions import (
     LEASES,
     STAGING,
     Partition,
     PartitionState,
     discover,
+    partition_keys,
     rescan,
-    select,
     state_of,
 )
-from .summarize import ModelInfo, inspect_model, preflight
+from .summarize import GENERATION_KEYS, ModelInfo, inspect_model, preflight
 from .summarize import run as summarize
+from .units import inspect_input
 
 RUNS = "_runs"
+REPROCESS = ("none", "stale", "all")
 
 
 def _utc(t: float) -> str:
@@ -56,6 +62,7 @@ class NightlyConfig:
     since: str | None = None  # this date and later
     max_partitions: int | None = None  # process at most this many (oldest first); the rest wait for the next run
     lease_ttl_s: float = 600.0  # a partition lease lasts this long unless renewed (every third of it)
+    reprocess: str = "none"  # also redo partitions done with another model or settings ("stale"), or all ("all")
 
     def __post_init__(self) -> None:
         for name in ("date", "since"):
@@ -66,6 +73,8 @@ class NightlyConfig:
             raise ValueError("give --date or --since, not both")
         if self.max_partitions is not None and self.max_partitions < 1:
             raise ValueError(f"max_partitions must be >= 1, got {self.max_partitions}")
+        if self.reprocess not in REPROCESS:
+            raise ValueError(f"reprocess must be one of {REPROCESS}, got {self.reprocess!r}")
         if self.lease_ttl_s <= 0:
             raise ValueError(f"lease_ttl_s must be > 0, got {self.lease_ttl_s}")
         corpus, output = self.corpus.rstrip("/") + "/", self.output.rstrip("/") + "/"
@@ -76,8 +85,8 @@ class NightlyConfig:
 @dataclass
 class PartitionOutcome:
     partition: str
-    action: str  # "processed", "skipped", "failed", or "would-process" in a dry run
-    reason: str  # why it was (or would be) processed: new, changed, incomplete; or why not: done, leased, ...
+    action: str  # "processed", "skipped", "failed", "repaired", or "would-process" in a dry run
+    reason: str  # why it was (or would be) processed: new, changed, incomplete, stale; or why not: done, leased, ...
     detail: str = ""
     rows_in: int = 0
     rows_out: int = 0
@@ -97,6 +106,8 @@ class NightlyReport:
     wall_s: float = 0.0
     partitions: list[PartitionOutcome] = field(default_factory=list)
     ignored_files: list[str] = field(default_factory=list)  # Parquet files outside any dated partition
+    listings: int = 0  # listing calls that discovery made
+    stopped: str = ""  # why the run ended early (SIGTERM), if it did
     report_url: str | None = None
 
     def count(self, action: str) -> int:
@@ -104,29 +115,34 @@ class NightlyReport:
 
     @property
     def ok(self) -> bool:
-        return self.count("failed") == 0
+        return self.count("failed") == 0 and not self.stopped
 
     def to_dict(self) -> dict[str, Any]:
-        totals = {a: self.count(a) for a in ("processed", "skipped", "failed", "would-process")}
+        totals = {a: self.count(a) for a in ("processed", "skipped", "failed", "repaired", "would-process")}
         rows = {k: sum(getattr(o, k) for o in self.partitions) for k in ("rows_in", "rows_out", "rows_written")}
         return {**dataclasses.asdict(self), "totals": {**totals, **rows}}
 
 
-def plan(config: NightlyConfig) -> tuple[list[PartitionState], list[str]]:
-    """The selected partitions' states, oldest first, and the ignored files. Reads only."""
-    found = discover(config.corpus, config.summarize.storage_options)
-    partitions = select(found.partitions, config.date, config.since)
-    return [state_of(p, config.output, config.summarize.storage_options) for p in partitions], found.ignored
+def settings_of(template: SummarizeConfig, info: ModelInfo) -> dict[str, Any]:
+    """What a partition's summaries depend on besides its inputs: recorded in its marker, compared each run."""
+    return {"model": template.model, "weights_sha256": info.fingerprint, "text_column": template.text_column,
+            "id_column": template.id_column, "passthrough_columns": list(template.passthrough_columns),
+            "max_input_tokens": template.max_input_tokens, "add_special_tokens": template.add_special_tokens,
+            "dtype": template.dtype, "generation": {k: getattr(info.generation, k) for k in GENERATION_KEYS}}
 
 
-def _run_id(partition: Partition, fingerprint: str, template: SummarizeConfig) -> str:
-    """Same inputs, weights and settings -> same id, so a re-run resumes the staging of a killed one."""
-    settings = {"inputs": partition.manifest(), "weights": fingerprint, "model": template.model,
-                "text_column": template.text_column, "id_column": template.id_column,
-                "passthrough": template.passthrough_columns, "max_input_tokens": template.max_input_tokens,
-                "add_special_tokens": template.add_special_tokens,
-                "dtype": template.dtype, "generation": template.generation.as_kwargs()}
-    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+def plan(config: NightlyConfig, settings: dict[str, Any] | None = None
+         ) -> tuple[list[PartitionState], list[str], int]:
+    """The selected partitions' states, oldest first, the ignored files and the listings made. Reads only."""
+    found = discover(config.corpus, config.summarize.storage_options, config.date, config.since)
+    states = [state_of(p, config.output, config.summarize.storage_options, settings) for p in found.partitions]
+    return states, found.ignored, found.listings
+
+
+def _run_id(partition: Partition, settings: dict[str, Any]) -> str:
+    """Same inputs and settings -> same id, so a re-run resumes the staging of a killed one."""
+    key = {"inputs": partition.manifest(), "settings": settings}
+    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def _tidy(state: PartitionState, output: str, opts: dict[str, Any]) -> str:
@@ -147,51 +163,103 @@ def _drop_other_runs(folder: str, keep: str, opts: dict[str, Any]) -> None:
             fs.rm(path, recursive=True)
 
 
-def _summarize(config: NightlyConfig, partition: Partition, info: ModelInfo, outcome: PartitionOutcome,
-               lease: Lease) -> None:
-    """Summarize one partition into its staging and switch it into place; raises on any failure."""
-    opts, template = config.summarize.storage_options, config.summarize
-    fingerprint = info.fingerprint
-    run_id = _run_id(partition, fingerprint, template)
+def _reusable(state: PartitionState, settings: dict[str, Any]) -> dict[str, list[str]]:
+    """Shard name -> committed output files, for the shards of a done partition that are unchanged now
+    (same name, size and version, same settings): their summaries are kept, not redone."""
+    marker = state.marker or {}
+    if state.reason != "changed" or marker.get("settings") != settings or not marker.get("shard_files"):
+        return {}
+    before = {f["name"]: f for f in marker.get("inputs", [])}
+    return {f.name: marker["shard_files"][f.name] for f in state.partition.inputs
+            if before.get(f.name) == f.as_dict() and f.name in marker["shard_files"]}
+
+
+def _summarize(config: NightlyConfig, state: PartitionState, info: ModelInfo, settings: dict[str, Any],
+               outcome: PartitionOutcome, lease: Lease) -> None:
+    """Summarize the partition's new and rewritten shards into its staging and switch the new set of files
+    into place; raises on any failure, and stops (LeaseLost) as soon as the lease is lost."""
+    opts, template, partition = config.summarize.storage_options, config.summarize, state.partition
+    run_id = _run_id(partition, settings)
+    out = storage.join(config.output, partition.path)
     staging_root = storage.join(config.output, STAGING, partition.path)
     staged = storage.join(staging_root, f"run-{run_id}")
     _drop_other_runs(staging_root, f"run-{run_id}", opts)
     started = time.time()
+    kept = _reusable(state, settings)
+    todo = [f.name for f in partition.inputs if f.name not in kept]
     job = dataclasses.replace(template, input=storage.join(config.corpus, partition.path, "*.parquet"), output=staged,
-                              overwrite=False)
-    result = summarize(job, preflight(job, info))
+                              overwrite=False, only_shards=tuple(todo) if kept else ())
+    totals = {"rows_in": 0, "rows_out": 0, "failed_by_reason": Counter(), "truncated": 0}
+    shard_files = dict(kept)
+    kept_files = sorted(f for files in kept.values() for f in files)
+    for stats in commit.read_stats(out, kept_files, opts):
+        for key in ("rows_in", "rows_out"):
+            totals[key] += stats["rows"]
+        totals["failed_by_reason"].update(stats["failed_by_reason"])
+        totals["truncated"] += stats["truncated"]
+    if kept:
+        whole = inspect_input(dataclasses.replace(job, only_shards=()))
+        if not whole.derived_id:  # the new shards' ids must not repeat the kept shards' ones
+            check_unique(whole, job.input, opts)
+    staged_files, generation = [], {k: getattr(info.generation, k) for k in GENERATION_KEYS}
+    if todo:
+        result = summarize(job, preflight(job, info), guard=lease.ensure_held)
+        summary = storage.read_json(storage.join(staged, storage.MARKER_NAME), opts)
+        if summary is None or summary["rows_out"] != summary["rows_in"]:  # never mark a partial partition done
+            counts = f"{summary['rows_out']} rows for {summary['rows_in']} input rows" if summary else "no marker"
+            raise RuntimeError(f"staged output {staged} is incomplete: {counts}")
+        for key in ("rows_in", "rows_out", "truncated"):
+            totals[key] += summary[key]
+        totals["failed_by_reason"].update(summary.get("failed_by_reason", {}))
+        shard_files.update(summary["shard_files"])
+        staged_files, generation = summary["files"], result.generation
+        outcome.rows_written = result.rows_written
     now = rescan(config.corpus, partition, opts)
     if now is None or now.inputs != partition.inputs:
         raise RuntimeError(f"the inputs of {partition.path} changed during the run; the next run processes them")
-    summary = storage.read_json(storage.join(staged, storage.MARKER_NAME), opts)
-    if summary is None or summary["rows_out"] != summary["rows_in"]:  # never mark a partial partition done
-        counts = f"{summary['rows_out']} rows for {summary['rows_in']} input rows" if summary else "no marker"
-        raise RuntimeError(f"staged output {staged} is incomplete: {counts}")
     lease.check()  # renews: the switch below runs with a full TTL ahead
     marker = {
         "partition": partition.path, "keys": dict(partition.keys), "run_id": run_id, "inputs": partition.manifest(),
-        "rows_in": summary["rows_in"], "rows_out": summary["rows_out"],
-        "failed_rows": summary.get("failed_by_reason", {}), "truncated": summary.get("truncated", 0),
-        "id_column": summary.get("id_column"),
-        "model": {"path": template.model, "weights_sha256": fingerprint},
-        "generation": result.generation, "generation_overrides": template.generation.as_kwargs(),
+        "rows_in": totals["rows_in"], "rows_out": totals["rows_out"],
+        "failed_rows": dict(totals["failed_by_reason"]), "truncated": totals["truncated"],
+        "id_column": state.marker.get("id_column") if not todo else summary.get("id_column"),
+        "model": {"path": template.model, "weights_sha256": info.fingerprint}, "settings": settings,
+        "generation": generation, "generation_overrides": template.generation.as_kwargs(),
+        "shard_files": shard_files, "reused_shards": sorted(kept),
         "started_at": _utc(started), "ended_at": _utc(time.time()), "code_version": code_version(),
         "owner": lease.owner,
     }
-    commit.publish(staged, storage.join(config.output, partition.path), summary["files"], marker, opts)
+    commit.publish(staged, out, sorted(kept_files + staged_files), marker, opts)
     storage.remove_tree(staging_root, opts)
-    outcome.rows_in, outcome.rows_out = summary["rows_in"], summary["rows_out"]
-    outcome.rows_written, outcome.failed_rows = result.rows_written, marker["failed_rows"]
+    outcome.rows_in, outcome.rows_out = marker["rows_in"], marker["rows_out"]
+    outcome.failed_rows = marker["failed_rows"]
+    if kept:
+        outcome.detail += f" ({len(kept)} unchanged shard(s) kept, {len(todo)} summarized)"
 
 
-def _process(config: NightlyConfig, state: PartitionState, owner: str, info: ModelInfo) -> PartitionOutcome:
-    """Take the partition's lease, look again (another run may have done it), then summarize or tidy."""
+def _release(lease: Lease, outcome: PartitionOutcome) -> None:
+    """Release the lease; a storage error here fails nothing: the lease expires on its own."""
+    try:
+        lease.release()
+    except Exception as e:
+        outcome.detail += (f"; the lease was not released ({type(e).__name__}: {e}), it expires at "
+                           f"{_utc(lease.expires_at)}")
+
+
+def _process(config: NightlyConfig, state: PartitionState, owner: str, info: ModelInfo,
+             settings: dict[str, Any]) -> PartitionOutcome:
+    """Take the partition's lease, look again (another run may have done it), then summarize or tidy. Any
+    error, storage ones included, fails this partition only."""
     opts = config.summarize.storage_options
     partition = state.partition
     outcome = PartitionOutcome(partition.path, "processed", state.reason, state.detail)
     start = time.perf_counter()
     lease = Lease(storage.join(config.output, LEASES, partition.path), owner, config.lease_ttl_s, opts)
-    holder = lease.try_acquire()
+    try:
+        holder = lease.try_acquire()
+    except Exception as e:
+        outcome.action, outcome.detail = "failed", f"could not take the lease: {type(e).__name__}: {e}"
+        return outcome
     if holder is not None:
         outcome.action, outcome.reason = "skipped", "leased"
         outcome.detail = f"another run ({holder['owner']}) holds it until {holder['expires']}"
@@ -202,18 +270,57 @@ def _process(config: NightlyConfig, state: PartitionState, owner: str, info: Mod
         if current is None:
             outcome.action, outcome.reason, outcome.detail = "skipped", "gone", "its input files were removed"
             return outcome
-        fresh = state_of(current, config.output, opts)
-        if not fresh.todo:
-            outcome.action, outcome.reason = "skipped", "done"
-            outcome.detail = _tidy(fresh, config.output, opts) or "completed by another run"
+        fresh = state_of(current, config.output, opts, settings)
+        if not _wanted(fresh, config.reprocess):
+            outcome.action, outcome.reason = "skipped", fresh.reason
+            outcome.detail = _tidy(fresh, config.output, opts) or (
+                "completed by another run" if fresh.reason == "done" else fresh.detail)
             return outcome
-        _summarize(config, current, info, outcome, lease)
+        _summarize(config, fresh, info, settings, outcome, lease)
     except Exception as e:  # one partition's failure is reported; the others still run
         outcome.action, outcome.detail = "failed", f"{type(e).__name__}: {e}"
     finally:
-        lease.release()
+        _release(lease, outcome)
         outcome.seconds = round(time.perf_counter() - start, 3)
     return outcome
+
+
+def _wanted(state: PartitionState, reprocess: str) -> bool:
+    return state.todo or reprocess == "all" or (reprocess == "stale" and state.reason == "stale")
+
+
+def repair(config: NightlyConfig, owner: str) -> list[PartitionOutcome]:
+    """Finish switches that a crash interrupted, in any partition (selected or not): a partition whose marker
+    is current but whose folder still holds files the marker does not name. Such a partition still has its
+    staging folder, so one listing of `_staging/` finds them all; each is tidied under its lease."""
+    opts = config.summarize.storage_options
+    fs, root = storage.url_to_fs(storage.join(config.output, STAGING), opts)
+    root = root.rstrip("/")
+    try:
+        paths = fs.find(root, withdirs=True, detail=False)
+    except FileNotFoundError:
+        return []
+    folders = sorted({posixpath.dirname(p[len(root) + 1:]) for p in paths
+                      if posixpath.basename(p).startswith("run-") and fs.isdir(p)})
+    outcomes = []
+    for folder in folders:
+        keys = partition_keys(folder)
+        current = rescan(config.corpus, Partition(folder, keys, ()), opts) if keys else None
+        state = state_of(current, config.output, opts) if current else None
+        if state is None or state.reason != "done" or not state.stray_files:
+            continue
+        outcome = PartitionOutcome(folder, "repaired", "interrupted switch")
+        lease = Lease(storage.join(config.output, LEASES, folder), owner, config.lease_ttl_s, opts)
+        try:
+            if lease.try_acquire() is not None:
+                continue  # another run holds it and finishes the switch itself
+            outcome.detail = _tidy(state_of(current, config.output, opts), config.output, opts)
+        except Exception as e:
+            outcome.action, outcome.detail = "failed", f"repair: {type(e).__name__}: {e}"
+        finally:
+            _release(lease, outcome)
+        outcomes.append(outcome)
+    return outcomes
 
 
 def committed_files(output: str, storage_options: dict[str, Any] | None = None) -> list[str]:
@@ -230,35 +337,54 @@ def committed_files(output: str, storage_options: dict[str, Any] | None = None) 
 
 
 def run_nightly(config: NightlyConfig, dry_run: bool = False) -> NightlyReport:
-    """Process what is new, changed or incomplete, oldest first; write the report under `_runs/` unless a dry
-    run, which only reads. Ray must be initialized unless `dry_run`."""
+    """Repair interrupted switches, then process what is new, changed, incomplete (and stale, if asked),
+    oldest first; write the report under `_runs/` unless a dry run, which only reads. The report is written
+    also when the run is interrupted (KeyboardInterrupt: jobs.nightly turns SIGTERM into one). Ray must be
+    initialized unless `dry_run`."""
     start = time.time()
     owner = new_owner()
     opts = config.summarize.storage_options
-    states, ignored = plan(config)
-    report = NightlyReport(owner, config.corpus, config.output, dry_run, _utc(start), ignored_files=ignored)
     # the model, tokenizer and generation settings are checked once per run, before any partition
     info = inspect_model(dataclasses.replace(config.summarize, model=storage.absolute(config.summarize.model)))
-    budget = config.max_partitions if config.max_partitions is not None else len(states)
-    for state in states:
-        name = state.partition.path
-        if not state.todo and not (state.stray_files or state.staging):
-            report.partitions.append(PartitionOutcome(name, "skipped", "done", state.detail))
-        elif dry_run:
-            holder = Lease(storage.join(config.output, LEASES, name), owner, config.lease_ttl_s, opts).holder()
-            leased = f" (leased by {holder['owner']} until {holder['expires']})" if holder else ""
-            action = "would-process" if state.todo else "skipped"
-            reason = state.reason if state.todo else "done (would tidy)"
-            report.partitions.append(PartitionOutcome(name, action, reason, state.detail + leased))
-        elif state.todo and budget <= 0:
-            report.partitions.append(PartitionOutcome(name, "skipped", "over --max-partitions", state.reason))
-        else:
-            outcome = _process(config, state, owner, info)
-            budget -= outcome.action in ("processed", "failed")
-            report.partitions.append(outcome)
-    report.ended_at, report.wall_s = _utc(time.time()), round(time.time() - start, 3)
-    if not dry_run:
-        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(start))
-        report.report_url = storage.join(config.output, RUNS, f"{stamp}-{owner.rsplit(':', 1)[-1]}.json")
-        storage.write_json_atomic(report.report_url, report.to_dict(), opts)
+    settings = settings_of(config.summarize, info)
+    report = NightlyReport(owner, config.corpus, config.output, dry_run, _utc(start))
+    try:
+        if not dry_run:
+            report.partitions.extend(repair(config, owner))
+        states, report.ignored_files, report.listings = plan(config, settings)
+        budget = config.max_partitions if config.max_partitions is not None else len(states)
+        for state in states:
+            report.partitions.append(_step(config, state, owner, info, settings, dry_run, budget))
+            budget -= report.partitions[-1].action in ("processed", "failed")
+    except KeyboardInterrupt:
+        report.stopped = "interrupted (SIGTERM or Ctrl-C); partitions not reached wait for the next run"
+        if dry_run:
+            raise
+    finally:
+        report.ended_at, report.wall_s = _utc(time.time()), round(time.time() - start, 3)
+        if not dry_run:
+            stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(start))
+            report.report_url = storage.join(config.output, RUNS, f"{stamp}-{owner.rsplit(':', 1)[-1]}.json")
+            retried(storage.write_json_atomic, report.report_url, report.to_dict(), opts)
     return report
+
+
+def _step(config: NightlyConfig, state: PartitionState, owner: str, info: ModelInfo, settings: dict[str, Any],
+          dry_run: bool, budget: int) -> PartitionOutcome:
+    """One selected partition: skip it, say what a dry run would do, or process it."""
+    name = state.partition.path
+    wanted = _wanted(state, config.reprocess)
+    if not wanted and not (state.stray_files or state.staging):
+        hint = " (pass --reprocess stale to redo it)" if state.reason == "stale" else ""
+        return PartitionOutcome(name, "skipped", state.reason, state.detail + hint)
+    if dry_run:
+        lease = Lease(storage.join(config.output, LEASES, name), owner, config.lease_ttl_s,
+                      config.summarize.storage_options)
+        holder = lease.holder()
+        leased = f" (leased by {holder['owner']} until {holder['expires']})" if holder else ""
+        action = "would-process" if wanted else "skipped"
+        reason = state.reason if wanted else f"{state.reason} (would tidy)"
+        return PartitionOutcome(name, action, reason, state.detail + leased)
+    if wanted and budget <= 0:
+        return PartitionOutcome(name, "skipped", "over --max-partitions", state.reason)
+    return _process(config, state, owner, info, settings)

@@ -56,9 +56,10 @@ class Partition:
 class Discovery:
     partitions: list[Partition]  # oldest first
     ignored: list[str] = field(default_factory=list)  # Parquet files outside any dated partition
+    listings: int = 1  # listing calls made (a recursive one counts once)
 
 
-def _keys(folder: str) -> tuple[tuple[str, str], ...] | None:
+def partition_keys(folder: str) -> tuple[tuple[str, str], ...] | None:
     """('date', '2026-11-24'), ... for a relative folder made only of key=value parts with a valid date."""
     keys = []
     for part in folder.split("/"):
@@ -74,25 +75,49 @@ def _keys(folder: str) -> tuple[tuple[str, str], ...] | None:
     return tuple(keys) if date and len(date) == 10 else None
 
 
-def discover(corpus: str, storage_options: dict[str, Any] | None = None) -> Discovery:
-    """Every dated leaf partition under `corpus` with its shards (sizes and versions), oldest first."""
+def _find(fs, root: str, folder: str, by_folder: dict[str, list[InputFile]], ignored: list[str]) -> None:
+    """Add every Parquet shard under `root/folder` (one recursive listing) to its partition."""
+    base = f"{root}/{folder}".rstrip("/")
+    for path, info in sorted(fs.find(base, detail=True).items()):
+        rel = path[len(root) + 1:]
+        if info.get("type") != "file" or not rel.endswith(".parquet") or storage.is_hidden(rel):
+            continue
+        parent, name = posixpath.split(rel)
+        if not parent or partition_keys(parent) is None:
+            ignored.append(rel)
+            continue
+        by_folder.setdefault(parent, []).append(InputFile(name, int(info["size"]), storage.version_of(info)))
+
+
+def discover(corpus: str, storage_options: dict[str, Any] | None = None, date: str | None = None,
+             since: str | None = None) -> Discovery:
+    """The dated leaf partitions under `corpus` with their shards (sizes and versions), oldest first; with
+    `date` or `since`, only those. When every top-level folder is a `date=` one, only the selected dates are
+    listed (one listing of the root, one per date); otherwise the whole corpus is listed once, recursively."""
     fs, root = storage.url_to_fs(corpus, storage_options)
     root = root.rstrip("/")
     if not fs.isdir(root):
         raise FileNotFoundError(f"corpus {corpus} does not exist or is not a folder")
     by_folder: dict[str, list[InputFile]] = {}
-    ignored = []
-    for path, info in sorted(fs.find(root, detail=True).items()):
-        rel = path[len(root) + 1:]
-        if info.get("type") != "file" or not rel.endswith(".parquet") or storage.is_hidden(rel):
-            continue
-        folder, name = posixpath.split(rel)
-        if not folder or _keys(folder) is None:
-            ignored.append(rel)
-            continue
-        by_folder.setdefault(folder, []).append(InputFile(name, int(info["size"]), storage.version_of(info)))
-    partitions = [Partition(folder, _keys(folder), tuple(files)) for folder, files in by_folder.items()]
-    return Discovery(sorted(partitions, key=lambda p: p.sort_key), ignored)
+    ignored: list[str] = []
+    listings = 1
+    top = fs.ls(root, detail=True) if date or since else []
+    folders = [posixpath.basename(i["name"].rstrip("/")) for i in top if i.get("type") == "directory"]
+    visible = [f for f in folders if not storage.is_hidden(f)]
+    if visible and all(f.startswith("date=") for f in visible):
+        ignored = sorted(posixpath.basename(i["name"]) for i in top
+                         if i.get("type") == "file" and i["name"].endswith(".parquet"))
+        chosen = [f for f in visible
+                  if (date is None or f == f"date={date}") and (since is None or f >= f"date={since}")]
+        for folder in chosen:
+            _find(fs, root, folder, by_folder, ignored)
+        listings += len(chosen)
+    else:
+        listings = 2 if top else 1
+        _find(fs, root, "", by_folder, ignored)
+    found = [Partition(folder, partition_keys(folder), tuple(files)) for folder, files in by_folder.items()]
+    partitions = select(found, date, since)
+    return Discovery(sorted(partitions, key=lambda p: p.sort_key), sorted(ignored), listings)
 
 
 def rescan(corpus: str, partition: Partition, storage_options: dict[str, Any] | None = None) -> Partition | None:
@@ -114,7 +139,8 @@ class PartitionState:
     """What the output holds for one partition, and what a run must do about it."""
 
     partition: Partition
-    reason: str  # "new", "changed", "incomplete" (a run died before its marker) or "done"
+    reason: str  # "new", "changed", "incomplete" (a run died before its marker), "stale" (done with another model
+    # or settings: redone only when asked) or "done"
     detail: str = ""
     marker: dict[str, Any] | None = None
     stray_files: tuple[str, ...] = ()  # data files not named by the marker (an interrupted switch)
@@ -122,7 +148,7 @@ class PartitionState:
 
     @property
     def todo(self) -> bool:
-        return self.reason != "done"
+        return self.reason not in ("done", "stale")
 
 
 def _diff(old: list[dict[str, Any]], new: list[dict[str, Any]]) -> str:
@@ -136,8 +162,10 @@ def _diff(old: list[dict[str, Any]], new: list[dict[str, Any]]) -> str:
     return "; ".join(parts)
 
 
-def state_of(partition: Partition, output: str, storage_options: dict[str, Any] | None = None) -> PartitionState:
-    """Compare the partition's inputs with its marker; reads only (listings and the marker)."""
+def state_of(partition: Partition, output: str, storage_options: dict[str, Any] | None = None,
+             settings: dict[str, Any] | None = None) -> PartitionState:
+    """Compare the partition's inputs, and `settings` (model and what else the summaries depend on) if given,
+    with its marker; reads only (listings and the marker)."""
     out = storage.join(output, partition.path)
     marker = storage.read_json(storage.join(out, storage.MARKER_NAME), storage_options)
     staging = storage.exists(storage.join(output, STAGING, partition.path), storage_options)
@@ -149,6 +177,10 @@ def state_of(partition: Partition, output: str, storage_options: dict[str, Any] 
         return PartitionState(partition, "changed", _diff(marker.get("inputs", []), partition.manifest()),
                               marker, staging=staging)
     stray = tuple(name for name in storage.data_names(out, storage_options) if name not in marker["files"])
+    recorded = marker.get("settings") or {}
+    if settings is not None and recorded != settings:
+        keys = sorted(k for k in {*recorded, *settings} if recorded.get(k) != settings.get(k))
+        return PartitionState(partition, "stale", f"done with other {', '.join(keys)}", marker, stray, staging)
     return PartitionState(partition, "done", marker.get("ended_at", ""), marker, stray, staging)
 
 

@@ -14,6 +14,7 @@ import dataclasses
 import posixpath
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -223,9 +224,13 @@ def _finish_publish(config: SummarizeConfig) -> dict[str, Any] | None:
     return marker
 
 
-def run(config: SummarizeConfig, checked: Checked | None = None) -> SummarizeResult:
+def run(config: SummarizeConfig, checked: Checked | None = None,
+        guard: Callable[[], None] | None = None) -> SummarizeResult:
     """Summarize `config.input` into `config.output`, exactly once per row. Ray must be initialized.
-    `checked` (from `preflight` of the same input, model and output) skips a second preflight."""
+    `checked` (from `preflight` of the same input, model and output) skips a second preflight. `guard` is
+    called as each unit is committed and before the marker: whatever it raises stops the dataflow (Ray Data
+    shuts the execution down when its iterator is dropped) and propagates, with no marker written."""
+    guard = guard or (lambda: None)
     start = time.perf_counter()
     checked = preflight(config) if checked is None else dataclasses.replace(checked, config=dataclasses.replace(
         config, input=checked.config.input, output=checked.config.output, model=checked.config.model))
@@ -275,16 +280,22 @@ def run(config: SummarizeConfig, checked: Checked | None = None) -> SummarizeRes
         ds = dataflow.build(config, plan, todo, target, attempt, replicas, max_tokens(config, info))
         for stats in dataflow.stream(ds, config.actor_start_timeout_s):
             result.add(stats, by_replica=True)
+            guard()
         result.stats = ds.stats()
     if result.rows_out != plan.rows or result.units != len(units):
         raise RuntimeError(f"output {target} has {result.rows_out} rows in {result.units} files for {plan.rows} "
                            f"input rows in {len(units)} units")
+    guard()
     result.wall_s = time.perf_counter() - start
     files = sorted(commit.file_name(u.name, attempt) for u in units)
+    shard_files: dict[str, list[str]] = {}
+    for u in units:
+        shard_files.setdefault(u.shard_name, []).append(commit.file_name(u.name, attempt))
     marker = {
         "rows_in": result.rows_in, "rows_out": result.rows_out, "failed_by_reason": result.failed_by_reason,
         "truncated": result.truncated, "id_column": plan.id_column, "input": config.input, "model": config.model,
         "generation": result.generation, "identity": wanted, "attempt": attempt, "files": files,
+        "shard_files": shard_files,
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "code_version": identity.code_version(),
     }
     if config.overwrite:

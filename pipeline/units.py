@@ -86,6 +86,12 @@ def inspect_input(config: SummarizeConfig) -> InputPlan:
     """Shards, schema, row counts and id column from one listing and the footers; every problem raises naming
     the shard or the columns. Reads no rows."""
     root, files = storage.list_shards(config.input, config.storage_options)
+    if config.only_shards:
+        wanted = set(config.only_shards)
+        files = [f for f in files if f.path[len(root) + 1:] in wanted]
+        missing = wanted - {f.path[len(root) + 1:] for f in files}
+        if missing:
+            raise FileNotFoundError(f"input shard(s) not found under {config.input}: {', '.join(sorted(missing))}")
     fs, _ = storage.url_to_fs(config.input, config.storage_options)
     with ThreadPoolExecutor(FOOTER_THREADS) as pool:
         footers = list(pool.map(lambda f: _footer(fs, f.path), files))

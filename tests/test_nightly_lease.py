@@ -95,3 +95,52 @@ def test_discovery_orders_by_date_carries_keys_and_ignores_undated(root):
     assert [p.path for p in select(found.partitions, since="2026-01-02")] == ["date=2026-01-02/region=us",
                                                                                "region=eu/date=2026-01-03"]
     assert [p.path for p in select(found.partitions, date="2026-01-01")] == ["date=2026-01-01"]
+
+
+def test_discovery_lists_only_the_selected_dates_when_the_layout_allows(root):
+    fs, base = fsspec.core.url_to_fs(root)
+    for day in range(1, 8):
+        fs.makedirs(f"{base}/d/date=2026-02-0{day}", exist_ok=True)
+        fs.pipe_file(f"{base}/d/date=2026-02-0{day}/a.parquet", b"12345")
+    fs.pipe_file(f"{base}/d/loose.parquet", b"1")
+    one = discover(f"{root}/d", date="2026-02-03")
+    assert [p.path for p in one.partitions] == ["date=2026-02-03"] and one.listings == 2
+    recent = discover(f"{root}/d", since="2026-02-06")
+    assert [p.path for p in recent.partitions] == ["date=2026-02-06", "date=2026-02-07"] and recent.listings == 3
+    assert recent.ignored == ["loose.parquet"]
+    everything = discover(f"{root}/d")
+    assert len(everything.partitions) == 7 and everything.listings == 1
+
+
+def test_renewal_whose_response_is_lost_keeps_the_lease_and_storage_errors_are_retried(root, monkeypatch):
+    from pipeline import lease as lease_module
+    from pipeline import storage
+
+    write = storage.write_bytes_atomic
+    calls: list[str] = []
+
+    def lost_once(url, data, storage_options=None, exclusive=False):
+        done = write(url, data, storage_options, exclusive=exclusive)
+        calls.append(url)
+        if len(calls) == 1:  # written, response lost, s3fs's retry answered 412: "something is there"
+            return False
+        if len(calls) == 2:  # written, response lost, no retry: an error
+            raise OSError("injected: response lost")
+        return done
+
+    monkeypatch.setattr(lease_module, "RETRIES", (0.01, 0.01))
+    lease = Lease(f"{root}/_leases/date=2026-01-05", "me", ttl_s=60)
+    assert lease.try_acquire() is None
+    monkeypatch.setattr(storage, "write_bytes_atomic", lost_once)
+    lease.renew()  # generation 2 was written by us: read back, not "taken over"
+    assert lease.generation == 2 and not lease.lost.is_set()
+    lease.check()
+    assert lease.current()[1]["owner"] == "me" and lease.generation == 3 and len(calls) == 2
+
+    monkeypatch.setattr(storage, "write_bytes_atomic", lambda *a, **k: (_ for _ in ()).throw(OSError("409")))
+    other = Lease(f"{root}/_leases/date=2026-01-06", "other", ttl_s=60)
+    with pytest.raises(OSError, match="409"):
+        other.try_acquire()  # tried 1 + len(RETRIES) times, then the error is the caller's
+    monkeypatch.setattr(storage, "write_bytes_atomic", write)
+    lease.release()
+    assert lease.current()[1]["state"] == "released"

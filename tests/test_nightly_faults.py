@@ -1,0 +1,189 @@
+"""The nightly job under faults injected in the storage layer (moto S3 and a real local Ray): a lease that
+cannot be renewed, S3 409s at acquire and release, a renewal whose response is lost, a crash between a
+switch's copy and its delete; and a changed model."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import pytest
+
+from pipeline import storage
+from pipeline.config import GenerationOverrides, Replicas, SummarizeConfig
+from pipeline.lease import Lease
+from pipeline.nightly import NightlyConfig, run_nightly
+from tests.model_helpers import random_bert2bert
+from tests.test_nightly import DAY1, DAY2, actions, articles, put_shard, read_output
+
+DAY3 = "date=2026-11-03"
+
+
+def config(corpus: str, output: str, model, **kwargs) -> NightlyConfig:
+    template = SummarizeConfig(input=corpus, output=output, model=str(model),
+                               generation=GenerationOverrides(num_beams=1, max_length=8),
+                               replicas=Replicas(1, 1, batch_size=2))
+    return NightlyConfig(corpus=corpus, output=output, summarize=template, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def tiny_models(tmp_path_factory):
+    """Two small random bert2berts with MiniLM's vocabulary and different weights."""
+    root = tmp_path_factory.mktemp("models")
+    return (random_bert2bert(root / "a", hidden=32, layers=1, intermediate=64),
+            random_bert2bert(root / "b", hidden=48, layers=1, intermediate=64))
+
+
+class Faults:
+    """Wraps storage.write_bytes_atomic / remove_files: `rule(url, data)` returns an exception to raise instead
+    of the call ("fail") or after it ("lost": the write happened, its response did not arrive), or None."""
+
+    def __init__(self, monkeypatch):
+        self.rules: list = []
+        self.hits: list[str] = []
+        write, remove = storage.write_bytes_atomic, storage.remove_files
+
+        def faulty_write(url, data, storage_options=None, exclusive=False):
+            kind = self._match(url, data)
+            if kind == "fail":
+                raise OSError(f"injected: An error occurred (ConditionalRequestConflict) writing {url}")
+            done = write(url, data, storage_options, exclusive=exclusive)
+            if kind == "lost":
+                raise OSError(f"injected: connection reset after writing {url}")
+            return done
+
+        def faulty_remove(folder, names, storage_options=None):
+            if names and self._match(folder, b"") == "fail":
+                raise OSError(f"injected: crash before deleting {len(names)} file(s) in {folder}")
+            return remove(folder, names, storage_options)
+
+        monkeypatch.setattr(storage, "write_bytes_atomic", faulty_write)
+        monkeypatch.setattr(storage, "remove_files", faulty_remove)
+
+    def _match(self, url: str, data: bytes) -> str | None:
+        for rule in self.rules:
+            kind = rule(url, data)
+            if kind:
+                self.hits.append(f"{kind} {url}")
+                return kind
+        return None
+
+
+def lease_record(data: bytes) -> dict:
+    try:
+        return json.loads(data)
+    except ValueError:
+        return {}
+
+
+def test_lost_lease_stops_the_run_and_the_next_run_takes_over(local_ray, bucket, tiny_models, monkeypatch):
+    corpus, output = f"{bucket}/corpus", f"{bucket}/summaries"
+    for s in range(4):
+        put_shard(f"{corpus}/{DAY1}/part-{s}.parquet", articles(60 + s * 3, 3))
+    faults = Faults(monkeypatch)
+    victim: dict[str, str] = {}
+
+    def renewals_fail(url, data):  # every lease write of the first owner after its acquire fails
+        record = lease_record(data) if "/_leases/" in url else {}
+        if record.get("owner") and victim.setdefault("owner", record["owner"]) == record["owner"]:
+            victim["writes"] = victim.get("writes", 0) + 1
+            return "fail" if victim["writes"] > 1 else None
+        return None
+
+    faults.rules.append(renewals_fail)
+    reports: dict[str, dict] = {}
+    first = threading.Thread(target=lambda: reports.setdefault("first", run_nightly(
+        config(corpus, output, tiny_models[0], lease_ttl_s=2)).to_dict()))
+    first.start()
+    lease = Lease(f"{output}/_leases/{DAY1}", "observer", ttl_s=1)
+    deadline = time.monotonic() + 120
+    while (lease.current()[1] or {}).get("expires_at", time.time() + 1) > time.time():
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    second = run_nightly(config(corpus, output, tiny_models[0], lease_ttl_s=60)).to_dict()
+    first.join(timeout=300)
+    assert actions(reports["first"]) == {DAY1: ("failed", "new")}
+    assert "LeaseLost" in reports["first"]["partitions"][0]["detail"]
+    assert actions(second) == {DAY1: ("processed", "incomplete")}  # it resumed the first run's staging
+    marker = storage.read_json(f"{output}/{DAY1}/_SUCCESS.json")
+    assert marker["owner"] == second["run"] and marker["rows_out"] == 12
+    assert [r["id"] for r in read_output(output)] == list(range(60, 72))
+    third = run_nightly(config(corpus, output, tiny_models[0])).to_dict()
+    assert actions(third)[DAY1][0] == "skipped" and third["totals"]["rows_written"] == 0
+    assert [r["id"] for r in read_output(output)] == list(range(60, 72))
+
+
+def test_storage_errors_fail_one_partition_and_a_lost_renewal_response_keeps_the_lease(local_ray, bucket,
+                                                                                        tiny_models, monkeypatch):
+    corpus, output = f"{bucket}/corpus", f"{bucket}/summaries"
+    for k, day in enumerate((DAY1, DAY2, DAY3)):
+        put_shard(f"{corpus}/{day}/part-0.parquet", articles(80 + 2 * k, 2))
+    faults = Faults(monkeypatch)
+    renewed: dict[str, int] = {}
+
+    def rule(url, data):
+        record = lease_record(data) if "/_leases/" in url else {}
+        if f"/_leases/{DAY1}/" in url:
+            return "fail"  # 409 at every acquire try
+        if f"/_leases/{DAY2}/" in url and record.get("state") == "released":
+            return "fail"  # 409 at every release try
+        if f"/_leases/{DAY3}/" in url and record.get("state") == "held" and not url.endswith("000000000001.json"):
+            renewed[url] = renewed.get(url, 0) + 1
+            return "lost" if renewed[url] == 1 else None  # written, but the response is lost
+        return None
+
+    faults.rules.append(rule)
+    report = run_nightly(config(corpus, output, tiny_models[0])).to_dict()
+    got = actions(report)
+    assert got == {DAY1: ("failed", "new"), DAY2: ("processed", "new"), DAY3: ("processed", "new")}, report
+    assert "could not take the lease" in report["partitions"][0]["detail"]
+    assert "lease was not released" in report["partitions"][1]["detail"]
+    assert any(h.startswith("lost") for h in faults.hits)
+    assert storage.exists(report["report_url"])
+    assert sorted(r["id"] for r in read_output(output)) == [82, 83, 84, 85]
+
+
+def test_interrupted_switch_is_repaired_by_the_next_run_whatever_it_selects(local_ray, bucket, tiny_models,
+                                                                            monkeypatch):
+    corpus, output = f"{bucket}/corpus", f"{bucket}/summaries"
+    put_shard(f"{corpus}/{DAY1}/part-0.parquet", articles(90, 3))
+    put_shard(f"{corpus}/{DAY2}/part-0.parquet", articles(93, 2))
+    assert run_nightly(config(corpus, output, tiny_models[0])).ok
+    put_shard(f"{corpus}/{DAY1}/part-0.parquet", articles(95, 3))  # rewritten: new ids, new summaries
+    faults = Faults(monkeypatch)
+    faults.rules.append(lambda url, data: "fail" if url.rstrip("/").endswith(f"summaries/{DAY1}") else None)
+    crashed = run_nightly(config(corpus, output, tiny_models[0], date="2026-11-01")).to_dict()
+    assert actions(crashed) == {DAY1: ("failed", "changed")} and "crash before deleting" in str(crashed)
+    marker = storage.read_json(f"{output}/{DAY1}/_SUCCESS.json")
+    assert len(storage.data_files(f"{output}/{DAY1}")) == 2 and len(marker["files"]) == 1  # both sets there
+    faults.rules.clear()
+    repaired = run_nightly(config(corpus, output, tiny_models[0], date="2026-11-02")).to_dict()
+    assert actions(repaired) == {DAY1: ("repaired", "interrupted switch"), DAY2: ("skipped", "done")}
+    ids = [r["id"] for r in read_output(output)]
+    assert ids == [93, 94, 95, 96, 97]
+
+
+def test_changed_model_lists_stale_partitions_and_redoes_them_only_when_asked(local_ray, bucket, tiny_models):
+    corpus, output = f"{bucket}/corpus", f"{bucket}/summaries"
+    put_shard(f"{corpus}/{DAY1}/part-0.parquet", articles(100, 2))
+    put_shard(f"{corpus}/{DAY2}/part-0.parquet", articles(102, 2))
+    old, new = tiny_models
+    assert run_nightly(config(corpus, output, old)).ok
+    before = storage.read_json(f"{output}/{DAY1}/_SUCCESS.json")
+    dry = run_nightly(config(corpus, output, new), dry_run=True).to_dict()
+    assert actions(dry) == {DAY1: ("skipped", "stale"), DAY2: ("skipped", "stale")}
+    assert "model, weights_sha256" in dry["partitions"][0]["detail"]
+    left = run_nightly(config(corpus, output, new)).to_dict()
+    assert actions(left) == {DAY1: ("skipped", "stale"), DAY2: ("skipped", "stale")}
+    assert storage.read_json(f"{output}/{DAY1}/_SUCCESS.json") == before
+    dry = run_nightly(config(corpus, output, new, reprocess="stale"), dry_run=True).to_dict()
+    assert actions(dry) == {DAY1: ("would-process", "stale"), DAY2: ("would-process", "stale")}
+    redone = run_nightly(config(corpus, output, new, reprocess="stale", date="2026-11-01")).to_dict()
+    assert actions(redone) == {DAY1: ("processed", "stale")} and redone["listings"] == 2
+    after = storage.read_json(f"{output}/{DAY1}/_SUCCESS.json")
+    assert after["model"]["weights_sha256"] != before["model"]["weights_sha256"]
+    assert after["model"]["path"].endswith("/b") and after["settings"]["weights_sha256"] == after["model"][
+        "weights_sha256"]
+    assert storage.read_json(f"{output}/{DAY2}/_SUCCESS.json")["model"] == before["model"]
+    assert sorted(r["id"] for r in read_output(output)) == [100, 101, 102, 103]
