@@ -16,24 +16,22 @@ import ray.data
 from ray.data import ActorPoolStrategy
 
 from .config import Replicas, SummarizeConfig
-from .stages import Summarizer, prepare, unit_rows, write
-from .units import InputPlan, Unit
+from .stages import Summarizer, prepare, write
 
 
-def build(config: SummarizeConfig, plan: InputPlan, units: list[Unit], target: str, attempt: str,
-          replicas: Replicas, max_input_tokens: int) -> ray.data.Dataset:
-    """The dataflow that summarizes `units` into unit files of `attempt` under `target`."""
+def build(config: SummarizeConfig, rows: list[dict[str, Any]], replicas: Replicas,
+          max_input_tokens: int) -> ray.data.Dataset:
+    """The dataflow that summarizes units (`stages.unit_rows`, of one job or several with the same model and
+    settings) into each unit's file under its job's target."""
     opts = config.storage_options
-    columns = list(dict.fromkeys(
-        ([] if plan.derived_id else [plan.id_column]) + [config.text_column, *config.passthrough_columns]))
-    ds = ray.data.from_items(unit_rows(units), override_num_blocks=len(units))
+    ds = ray.data.from_items(rows, override_num_blocks=len(rows))
     # max_retries=-1 is Ray Data's default for tasks (retry on node loss). Set explicitly, it also keeps prepare
     # out of the model actors: Ray fuses a task stage into the next actor stage when their remote args are equal.
     ds = ds.map_batches(prepare, batch_size=1, batch_format="pyarrow", max_retries=-1, fn_kwargs={
-        "input_url": config.input, "model_url": config.model, "columns": columns,
-        "text_column": config.text_column, "id_column": plan.id_column, "derived_id": plan.derived_id,
-        "max_input_tokens": max_input_tokens, "add_special_tokens": config.add_special_tokens,
-        "storage_options": opts})
+        "input_url": config.input, "model_url": config.model,
+        "columns": list(dict.fromkeys([config.text_column, *config.passthrough_columns])),
+        "text_column": config.text_column, "max_input_tokens": max_input_tokens,
+        "add_special_tokens": config.add_special_tokens, "storage_options": opts})
     ds = ds.map_batches(
         Summarizer,
         fn_constructor_kwargs={"model_url": config.model, "generation": config.generation.as_kwargs(),
@@ -46,8 +44,7 @@ def build(config: SummarizeConfig, plan: InputPlan, units: list[Unit], target: s
         batch_size=1,
         batch_format="pyarrow",
     )
-    return ds.map_batches(write, batch_size=1, batch_format="pyarrow",
-                          fn_kwargs={"target": target, "attempt": attempt, "storage_options": opts})
+    return ds.map_batches(write, batch_size=1, batch_format="pyarrow", fn_kwargs={"storage_options": opts})
 
 
 def stream(ds: ray.data.Dataset, actor_start_timeout_s: float) -> Iterator[dict[str, Any]]:

@@ -27,7 +27,7 @@ from . import commit, storage
 from .config import SummarizeConfig
 from .identity import code_version
 from .ids import check_unique
-from .lease import Lease, new_owner, retried
+from .lease import Lease, LeaseLost, new_owner, retried
 from .partitions import (
     LEASES,
     STAGING,
@@ -38,8 +38,7 @@ from .partitions import (
     rescan,
     state_of,
 )
-from .summarize import GENERATION_KEYS, ModelInfo, inspect_model, preflight
-from .summarize import run as summarize
+from .summarize import GENERATION_KEYS, ModelInfo, Pending, begin, execute, finish, inspect_model, preflight
 from .units import inspect_input
 
 RUNS = "_runs"
@@ -174,36 +173,71 @@ def _reusable(state: PartitionState, settings: dict[str, Any]) -> dict[str, list
             if before.get(f.name) == f.as_dict() and f.name in marker["shard_files"]}
 
 
-def _summarize(config: NightlyConfig, state: PartitionState, info: ModelInfo, settings: dict[str, Any],
-               outcome: PartitionOutcome, lease: Lease) -> None:
-    """Summarize the partition's new and rewritten shards into its staging and switch the new set of files
-    into place; raises on any failure, and stops (LeaseLost) as soon as the lease is lost."""
+class _NothingLeft(Exception):
+    """Every partition of the run is switched or failed: the dataflow is stopped."""
+
+
+@dataclass
+class Work:
+    """One partition taken for this run, from its lease to its switch."""
+
+    state: PartitionState
+    lease: Lease
+    outcome: PartitionOutcome
+    run_id: str
+    started: float
+    settings: dict[str, Any]
+    kept: dict[str, list[str]] = field(default_factory=dict)  # unchanged shard -> its committed output files
+    totals: dict[str, Any] = field(default_factory=dict)
+    summarized: bool = False  # some shards are summarized (into the staging), not all kept
+    pending: Pending | None = None  # that summarize run, unless its staging was complete already
+    done: bool = False  # published, failed or skipped: nothing left to do
+
+
+def _start(config: NightlyConfig, state: PartitionState, info: ModelInfo, settings: dict[str, Any],
+           work: Work) -> None:
+    """Everything before the dataflow: reuse the unchanged shards' summaries, check ids over the whole
+    partition, plan the summarize run of the rest into the partition's staging."""
     opts, template, partition = config.summarize.storage_options, config.summarize, state.partition
-    run_id = _run_id(partition, settings)
     out = storage.join(config.output, partition.path)
     staging_root = storage.join(config.output, STAGING, partition.path)
-    staged = storage.join(staging_root, f"run-{run_id}")
-    _drop_other_runs(staging_root, f"run-{run_id}", opts)
-    started = time.time()
-    kept = _reusable(state, settings)
-    todo = [f.name for f in partition.inputs if f.name not in kept]
+    staged = storage.join(staging_root, f"run-{work.run_id}")
+    _drop_other_runs(staging_root, f"run-{work.run_id}", opts)
+    work.kept = _reusable(state, settings)
+    todo = [f.name for f in partition.inputs if f.name not in work.kept]
     job = dataclasses.replace(template, input=storage.join(config.corpus, partition.path, "*.parquet"), output=staged,
-                              overwrite=False, only_shards=tuple(todo) if kept else ())
-    totals = {"rows_in": 0, "rows_out": 0, "failed_by_reason": Counter(), "truncated": 0}
-    shard_files = dict(kept)
-    kept_files = sorted(f for files in kept.values() for f in files)
-    for stats in commit.read_stats(out, kept_files, opts):
-        for key in ("rows_in", "rows_out"):
-            totals[key] += stats["rows"]
+                              overwrite=False, only_shards=tuple(todo) if work.kept else ())
+    totals = {"rows_in": 0, "rows_out": 0, "failed_by_reason": Counter(), "truncated": 0, "rows_written": 0,
+              "shard_files": dict(work.kept), "files": sorted(f for files in work.kept.values() for f in files),
+              "generation": {k: getattr(info.generation, k) for k in GENERATION_KEYS},
+              "id_column": (state.marker or {}).get("id_column")}
+    for stats in commit.read_stats(out, totals["files"], opts):
+        totals["rows_in"] += stats["rows"]
+        totals["rows_out"] += stats["rows"]
         totals["failed_by_reason"].update(stats["failed_by_reason"])
         totals["truncated"] += stats["truncated"]
-    if kept:
+    work.totals = totals
+    if work.kept:
         whole = inspect_input(dataclasses.replace(job, only_shards=()))
         if not whole.derived_id:  # the new shards' ids must not repeat the kept shards' ones
             check_unique(whole, job.input, opts)
-    staged_files, generation = [], {k: getattr(info.generation, k) for k in GENERATION_KEYS}
+    work.summarized = bool(todo)
     if todo:
-        result = summarize(job, preflight(job, info), guard=lease.ensure_held)
+        begun = begin(job, preflight(job, info))
+        work.pending = begun if isinstance(begun, Pending) else None  # None: staged and complete already
+
+
+def _switch(config: NightlyConfig, work: Work) -> None:
+    """Check the staged run and switch the partition's new set of files into place; raises on any failure."""
+    opts, template, partition = config.summarize.storage_options, config.summarize, work.state.partition
+    out = storage.join(config.output, partition.path)
+    staging_root = storage.join(config.output, STAGING, partition.path)
+    staged = storage.join(staging_root, f"run-{work.run_id}")
+    totals = work.totals
+    if work.pending is not None:
+        result = finish(work.pending)
+        totals["rows_written"], totals["generation"] = result.rows_written, result.generation
+    if work.summarized:
         summary = storage.read_json(storage.join(staged, storage.MARKER_NAME), opts)
         if summary is None or summary["rows_out"] != summary["rows_in"]:  # never mark a partial partition done
             counts = f"{summary['rows_out']} rows for {summary['rows_in']} input rows" if summary else "no marker"
@@ -211,30 +245,31 @@ def _summarize(config: NightlyConfig, state: PartitionState, info: ModelInfo, se
         for key in ("rows_in", "rows_out", "truncated"):
             totals[key] += summary[key]
         totals["failed_by_reason"].update(summary.get("failed_by_reason", {}))
-        shard_files.update(summary["shard_files"])
-        staged_files, generation = summary["files"], result.generation
-        outcome.rows_written = result.rows_written
+        totals["shard_files"].update(summary["shard_files"])
+        totals["files"] = sorted(totals["files"] + summary["files"])
+        totals["id_column"] = summary.get("id_column")
     now = rescan(config.corpus, partition, opts)
     if now is None or now.inputs != partition.inputs:
         raise RuntimeError(f"the inputs of {partition.path} changed during the run; the next run processes them")
-    lease.check()  # renews: the switch below runs with a full TTL ahead
+    work.lease.check()  # renews: the switch below runs with a full TTL ahead
     marker = {
-        "partition": partition.path, "keys": dict(partition.keys), "run_id": run_id, "inputs": partition.manifest(),
-        "rows_in": totals["rows_in"], "rows_out": totals["rows_out"],
+        "partition": partition.path, "keys": dict(partition.keys), "run_id": work.run_id,
+        "inputs": partition.manifest(), "rows_in": totals["rows_in"], "rows_out": totals["rows_out"],
         "failed_rows": dict(totals["failed_by_reason"]), "truncated": totals["truncated"],
-        "id_column": state.marker.get("id_column") if not todo else summary.get("id_column"),
-        "model": {"path": template.model, "weights_sha256": info.fingerprint}, "settings": settings,
-        "generation": generation, "generation_overrides": template.generation.as_kwargs(),
-        "shard_files": shard_files, "reused_shards": sorted(kept),
-        "started_at": _utc(started), "ended_at": _utc(time.time()), "code_version": code_version(),
-        "owner": lease.owner,
+        "id_column": totals["id_column"],
+        "model": {"path": template.model, "weights_sha256": work.settings["weights_sha256"]},
+        "settings": work.settings, "generation": totals["generation"],
+        "generation_overrides": template.generation.as_kwargs(), "shard_files": totals["shard_files"],
+        "reused_shards": sorted(work.kept), "started_at": _utc(work.started), "ended_at": _utc(time.time()),
+        "code_version": code_version(), "owner": work.lease.owner,
     }
-    commit.publish(staged, out, sorted(kept_files + staged_files), marker, opts)
+    commit.publish(staged, out, totals["files"], marker, opts)
     storage.remove_tree(staging_root, opts)
-    outcome.rows_in, outcome.rows_out = marker["rows_in"], marker["rows_out"]
-    outcome.failed_rows = marker["failed_rows"]
-    if kept:
-        outcome.detail += f" ({len(kept)} unchanged shard(s) kept, {len(todo)} summarized)"
+    o = work.outcome
+    o.rows_in, o.rows_out, o.rows_written = marker["rows_in"], marker["rows_out"], totals["rows_written"]
+    o.failed_rows = marker["failed_rows"]
+    if work.kept:
+        o.detail += f" ({len(work.kept)} unchanged shard(s) kept, {len(partition.inputs) - len(work.kept)} summarized)"
 
 
 def _release(lease: Lease, outcome: PartitionOutcome) -> None:
@@ -246,43 +281,103 @@ def _release(lease: Lease, outcome: PartitionOutcome) -> None:
                            f"{_utc(lease.expires_at)}")
 
 
-def _process(config: NightlyConfig, state: PartitionState, owner: str, info: ModelInfo,
-             settings: dict[str, Any]) -> PartitionOutcome:
-    """Take the partition's lease, look again (another run may have done it), then summarize or tidy. Any
-    error, storage ones included, fails this partition only."""
+def _close(work: Work, action: str | None = None, detail: str = "") -> None:
+    """The partition is finished with (published, failed or skipped): release its lease, time it."""
+    if work.done:
+        return
+    if action is not None:
+        work.outcome.action = action
+    if detail:
+        work.outcome.detail = detail
+    work.done = True
+    _release(work.lease, work.outcome)
+    work.outcome.seconds = round(time.time() - work.started, 3)
+
+
+def _take(config: NightlyConfig, state: PartitionState, owner: str, info: ModelInfo,
+          settings: dict[str, Any]) -> Work:
+    """Take the partition's lease, look again (another run may have done it), then tidy it or start its work.
+    Any error, storage ones included, fails this partition only."""
     opts = config.summarize.storage_options
     partition = state.partition
     outcome = PartitionOutcome(partition.path, "processed", state.reason, state.detail)
-    start = time.perf_counter()
     lease = Lease(storage.join(config.output, LEASES, partition.path), owner, config.lease_ttl_s, opts)
+    work = Work(state, lease, outcome, _run_id(partition, settings), time.time(), settings)
     try:
         holder = lease.try_acquire()
     except Exception as e:
         outcome.action, outcome.detail = "failed", f"could not take the lease: {type(e).__name__}: {e}"
-        return outcome
+        work.done = True
+        return work
     if holder is not None:
         outcome.action, outcome.reason = "skipped", "leased"
         outcome.detail = f"another run ({holder['owner']}) holds it until {holder['expires']}"
-        return outcome
+        work.done = True
+        return work
     try:
         lease.keep_alive()
         current = rescan(config.corpus, partition, opts)
         if current is None:
-            outcome.action, outcome.reason, outcome.detail = "skipped", "gone", "its input files were removed"
-            return outcome
+            outcome.reason = "gone"
+            _close(work, "skipped", "its input files were removed")
+            return work
         fresh = state_of(current, config.output, opts, settings)
+        work.state, work.run_id = fresh, _run_id(current, settings)
         if not _wanted(fresh, config.reprocess):
-            outcome.action, outcome.reason = "skipped", fresh.reason
-            outcome.detail = _tidy(fresh, config.output, opts) or (
-                "completed by another run" if fresh.reason == "done" else fresh.detail)
-            return outcome
-        _summarize(config, fresh, info, settings, outcome, lease)
+            outcome.reason = fresh.reason
+            tidied = _tidy(fresh, config.output, opts)
+            _close(work, "skipped", tidied or ("completed by another run" if fresh.reason == "done" else fresh.detail))
+            return work
+        _start(config, fresh, info, settings, work)
     except Exception as e:  # one partition's failure is reported; the others still run
-        outcome.action, outcome.detail = "failed", f"{type(e).__name__}: {e}"
+        _close(work, "failed", f"{type(e).__name__}: {e}")
+    return work
+
+
+def _run_all(config: NightlyConfig, works: list[Work]) -> None:
+    """The remaining units of every taken partition through one dataflow and one actor pool; each partition
+    switches as soon as its units are committed, oldest first. A partition whose lease is lost is failed and
+    never switched (its units still flowing land in its staging, where the lease's next holder resumes them)."""
+    live = [w for w in works if not w.done]
+    by_pending = {id(w.pending): w for w in live if w.pending is not None}
+
+    def switch_ready() -> None:
+        for w in live:
+            if w.done:
+                continue
+            if w.pending is not None and not w.pending.complete:
+                return  # oldest first: a later partition waits for this one
+            try:
+                _switch(config, w)
+                _close(w)
+            except Exception as e:
+                _close(w, "failed", f"{type(e).__name__}: {e}")
+
+    def on_unit(pending: Pending) -> None:
+        w = by_pending[id(pending)]
+        try:
+            if not w.done:
+                w.lease.ensure_held()
+        except LeaseLost as e:
+            _close(w, "failed", f"LeaseLost: {e}; stopped before its switch")
+        switch_ready()
+        if all(w.done for w in live):
+            raise _NothingLeft  # cancel the dataflow: no partition wants its remaining units
+
+    switch_ready()
+    pendings = [w.pending for w in live if w.pending is not None and not w.done]
+    try:
+        if pendings:
+            execute(pendings, pendings[0].config, on_unit)
+        switch_ready()
+    except _NothingLeft:
+        pass
+    except Exception as e:
+        for w in live:
+            _close(w, "failed", f"{type(e).__name__}: {e}")
     finally:
-        _release(lease, outcome)
-        outcome.seconds = round(time.perf_counter() - start, 3)
-    return outcome
+        for w in live:
+            _close(w, "failed", "stopped before its switch")
 
 
 def _wanted(state: PartitionState, reprocess: str) -> bool:
@@ -337,10 +432,11 @@ def committed_files(output: str, storage_options: dict[str, Any] | None = None) 
 
 
 def run_nightly(config: NightlyConfig, dry_run: bool = False) -> NightlyReport:
-    """Repair interrupted switches, then process what is new, changed, incomplete (and stale, if asked),
-    oldest first; write the report under `_runs/` unless a dry run, which only reads. The report is written
-    also when the run is interrupted (KeyboardInterrupt: jobs.nightly turns SIGTERM into one). Ray must be
-    initialized unless `dry_run`."""
+    """Repair interrupted switches, then process what is new, changed, incomplete (and stale, if asked):
+    every selected partition's lease is taken, all of their remaining units flow through one actor pool, and
+    each partition switches on its own, oldest first. Writes the report under `_runs/` unless a dry run, which
+    only reads; also when the run is interrupted (KeyboardInterrupt: jobs.nightly turns SIGTERM into one).
+    Ray must be initialized unless `dry_run`."""
     start = time.time()
     owner = new_owner()
     opts = config.summarize.storage_options
@@ -348,19 +444,27 @@ def run_nightly(config: NightlyConfig, dry_run: bool = False) -> NightlyReport:
     info = inspect_model(dataclasses.replace(config.summarize, model=storage.absolute(config.summarize.model)))
     settings = settings_of(config.summarize, info)
     report = NightlyReport(owner, config.corpus, config.output, dry_run, _utc(start))
+    works: list[Work] = []
     try:
         if not dry_run:
             report.partitions.extend(repair(config, owner))
         states, report.ignored_files, report.listings = plan(config, settings)
         budget = config.max_partitions if config.max_partitions is not None else len(states)
         for state in states:
-            report.partitions.append(_step(config, state, owner, info, settings, dry_run, budget))
-            budget -= report.partitions[-1].action in ("processed", "failed")
+            outcome = _step(config, state, owner, dry_run, budget)
+            if outcome is None:
+                works.append(_take(config, state, owner, info, settings))
+                outcome = works[-1].outcome
+            report.partitions.append(outcome)
+            budget -= outcome.action in ("processed", "failed")
+        _run_all(config, works)
     except KeyboardInterrupt:
         report.stopped = "interrupted (SIGTERM or Ctrl-C); partitions not reached wait for the next run"
         if dry_run:
             raise
     finally:
+        for w in works:
+            _close(w, "failed", "stopped before its switch")
         report.ended_at, report.wall_s = _utc(time.time()), round(time.time() - start, 3)
         if not dry_run:
             stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(start))
@@ -369,9 +473,9 @@ def run_nightly(config: NightlyConfig, dry_run: bool = False) -> NightlyReport:
     return report
 
 
-def _step(config: NightlyConfig, state: PartitionState, owner: str, info: ModelInfo, settings: dict[str, Any],
-          dry_run: bool, budget: int) -> PartitionOutcome:
-    """One selected partition: skip it, say what a dry run would do, or process it."""
+def _step(config: NightlyConfig, state: PartitionState, owner: str, dry_run: bool,
+          budget: int) -> PartitionOutcome | None:
+    """A selected partition's outcome when it is skipped or a dry run; None when it is to be taken."""
     name = state.partition.path
     wanted = _wanted(state, config.reprocess)
     if not wanted and not (state.stray_files or state.staging):
@@ -387,4 +491,4 @@ def _step(config: NightlyConfig, state: PartitionState, owner: str, info: ModelI
         return PartitionOutcome(name, action, reason, state.detail + leased)
     if wanted and budget <= 0:
         return PartitionOutcome(name, "skipped", "over --max-partitions", state.reason)
-    return _process(config, state, owner, info, settings)
+    return None

@@ -123,9 +123,12 @@ def from_ipc(data: bytes) -> pa.Table:
     return pa.ipc.open_stream(pa.py_buffer(data)).read_all()
 
 
-def unit_rows(units: list[Unit]) -> list[dict[str, Any]]:
-    """Units as the dataset's rows (what `prepare` receives)."""
-    return [{f: getattr(u, f) for f in UNIT_FIELDS} for u in units]
+def unit_rows(units: list[Unit], job: int, target: str, attempt: str, id_column: str,
+              derived_id: bool) -> list[dict[str, Any]]:
+    """Units as the dataset's rows (what `prepare` receives), each with its job's index, output folder, attempt
+    and id column: one dataflow can serve several jobs (the nightly job's partitions)."""
+    extra = {"job": job, "target": target, "attempt": attempt, "id_column": id_column, "derived_id": derived_id}
+    return [{**{f: getattr(u, f) for f in UNIT_FIELDS}, **extra} for u in units]
 
 
 def _units(batch: pa.Table) -> list[dict[str, Any]]:
@@ -154,16 +157,17 @@ def derived_ids(shard_name: str, start: int, rows: int) -> pa.Array:
 
 
 def prepare(batch: pa.Table, *, input_url: str, model_url: str, columns: list[str], text_column: str,
-            id_column: str, derived_id: bool, max_input_tokens: int, add_special_tokens: bool,
-            storage_options: dict[str, Any]) -> pa.Table:
-    """Units in, units out with their tokenized rows as payload (read only the unit's row groups)."""
+            max_input_tokens: int, add_special_tokens: bool, storage_options: dict[str, Any]) -> pa.Table:
+    """Units in, units out with their tokenized rows as payload (read only the unit's row groups). `columns`
+    are the text and passthrough columns; the id column is the unit's."""
     fs, _ = storage.url_to_fs(input_url, storage_options)
     tokenizer = _tokenizer(model_url, json.dumps(storage_options, sort_keys=True))
     units, payloads = _units(batch), []
     for u in units:
-        unit = Unit(**{**u, "row_groups": tuple(u["row_groups"])})
-        table = read_rows(fs, unit, columns)
-        if derived_id:
+        unit = Unit(**{**{f: u[f] for f in UNIT_FIELDS}, "row_groups": tuple(u["row_groups"])})
+        id_column = u["id_column"]
+        table = read_rows(fs, unit, list(dict.fromkeys(([] if u["derived_id"] else [id_column]) + columns)))
+        if u["derived_id"]:
             table = table.append_column(id_column, derived_ids(unit.shard_name, unit.start, unit.rows))
         payloads.append(to_ipc(tokenize(table, tokenizer, text_column, max_input_tokens, add_special_tokens)))
     return _with(units, payload=payloads)
@@ -268,15 +272,16 @@ def unit_stats(out: pa.Table) -> dict[str, Any]:
     }
 
 
-def write(batch: pa.Table, *, target: str, attempt: str, storage_options: dict[str, Any]) -> pa.Table:
-    """Units in, their stats out: each unit's output written as its one file and committed atomically."""
+def write(batch: pa.Table, *, storage_options: dict[str, Any]) -> pa.Table:
+    """Units in, their stats out: each unit's output written as its one file (in its job's target folder,
+    named by unit and attempt) and committed atomically."""
     units, stats = _units(batch), []
     for u, data, s in zip(units, batch.column("payload").to_pylist(), batch.column("stats").to_pylist(), strict=True):
         table, record = from_ipc(data), json.loads(s)
         expected = u["stop"] - u["start"]
         if table.num_rows != expected:  # never commit a unit that lost or gained rows
             raise RuntimeError(f"unit {u['name']}: {table.num_rows} output rows for {expected} input rows")
-        record["file"] = commit.file_name(u["name"], attempt)
-        commit.write_unit(storage.join(target, record["file"]), table, record, storage_options)
+        record["file"], record["job"] = commit.file_name(u["name"], u["attempt"]), u["job"]
+        commit.write_unit(storage.join(u["target"], record["file"]), table, record, storage_options)
         stats.append(json.dumps(record))
     return _with(units, stats=stats)

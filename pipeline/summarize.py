@@ -23,7 +23,8 @@ from model import EncoderDecoderConfig, GenerationConfig, Tokenizer, check_gener
 from . import commit, dataflow, identity, ids, storage
 from .config import Replicas, SummarizeConfig
 from .scaling import cluster_resources, fit_replicas
-from .units import DEFAULT_ID_COLUMN, DERIVED_ID_COLUMN, InputPlan, inspect_input, plan_units
+from .stages import unit_rows
+from .units import DEFAULT_ID_COLUMN, DERIVED_ID_COLUMN, InputPlan, Unit, inspect_input, plan_units
 
 GENERATION_KEYS = ("num_beams", "max_length", "min_length", "length_penalty", "no_repeat_ngram_size",
                    "early_stopping")
@@ -224,13 +225,30 @@ def _finish_publish(config: SummarizeConfig) -> dict[str, Any] | None:
     return marker
 
 
-def run(config: SummarizeConfig, checked: Checked | None = None,
-        guard: Callable[[], None] | None = None) -> SummarizeResult:
-    """Summarize `config.input` into `config.output`, exactly once per row. Ray must be initialized.
-    `checked` (from `preflight` of the same input, model and output) skips a second preflight. `guard` is
-    called as each unit is committed and before the marker: whatever it raises stops the dataflow (Ray Data
-    shuts the execution down when its iterator is dropped) and propagates, with no marker written."""
-    guard = guard or (lambda: None)
+@dataclass
+class Pending:
+    """A run whose plan is made and whose target is ready: left to do are the dataflow over `todo`, then
+    `finish`."""
+
+    config: SummarizeConfig
+    plan: InputPlan
+    wanted: dict[str, Any]
+    result: SummarizeResult
+    target: str
+    attempt: str
+    units: list[Unit]
+    todo: list[Unit]
+    max_input_tokens: int
+    started: float
+
+    @property
+    def complete(self) -> bool:
+        return self.result.units == len(self.units)
+
+
+def begin(config: SummarizeConfig, checked: Checked | None = None) -> Pending | SummarizeResult:
+    """Everything of a run before its dataflow: finish a pending publish, plan the units, find the committed
+    ones, check the ids once. A SummarizeResult when the output is already complete."""
     start = time.perf_counter()
     checked = preflight(config) if checked is None else dataclasses.replace(checked, config=dataclasses.replace(
         config, input=checked.config.input, output=checked.config.output, model=checked.config.model))
@@ -273,35 +291,64 @@ def run(config: SummarizeConfig, checked: Checked | None = None,
     for stats in commit.read_stats(target, sorted(done.values()), opts):
         result.add(stats, by_replica=False)
     result.plan_s = time.perf_counter() - start
-    if todo:
-        replicas, notes = fit_replicas(config.replicas, cluster_resources(config.replicas, config.worker_wait_s))
-        result.replicas = replicas
-        result.notes.extend(notes)
-        ds = dataflow.build(config, plan, todo, target, attempt, replicas, max_tokens(config, info))
-        for stats in dataflow.stream(ds, config.actor_start_timeout_s):
-            result.add(stats, by_replica=True)
-            guard()
-        result.stats = ds.stats()
-    if result.rows_out != plan.rows or result.units != len(units):
-        raise RuntimeError(f"output {target} has {result.rows_out} rows in {result.units} files for {plan.rows} "
-                           f"input rows in {len(units)} units")
-    guard()
-    result.wall_s = time.perf_counter() - start
-    files = sorted(commit.file_name(u.name, attempt) for u in units)
+    return Pending(config, plan, wanted, result, target, attempt, units, todo, max_tokens(config, info), start)
+
+
+def execute(pendings: list[Pending], config: SummarizeConfig,
+            on_unit: Callable[[Pending], None] = lambda p: None) -> None:
+    """One dataflow and one actor pool for the remaining units of every pending run (same model and settings,
+    e.g. the nightly job's partitions); on_unit(pending) after each unit committed. Whatever on_unit raises
+    stops the dataflow (Ray Data shuts the execution down when its iterator is dropped) and propagates."""
+    rows = [row for i, p in enumerate(pendings) for row in
+            unit_rows(p.todo, i, p.target, p.attempt, p.plan.id_column, p.plan.derived_id)]
+    if not rows:
+        return
+    replicas, notes = fit_replicas(config.replicas, cluster_resources(config.replicas, config.worker_wait_s))
+    for p in pendings:
+        p.result.replicas = replicas
+        p.result.notes.extend(notes)
+    ds = dataflow.build(config, rows, replicas, pendings[0].max_input_tokens)
+    for stats in dataflow.stream(ds, config.actor_start_timeout_s):
+        pending = pendings[stats["job"]]
+        pending.result.add(stats, by_replica=True)
+        on_unit(pending)
+    text = ds.stats()
+    for p in pendings:
+        p.result.stats = text
+
+
+def finish(p: Pending) -> SummarizeResult:
+    """Check that every unit is committed, write the marker (and publish a staged --overwrite)."""
+    config, result, opts, attempt = p.config, p.result, p.config.storage_options, p.attempt
+    if result.rows_out != p.plan.rows or result.units != len(p.units):
+        raise RuntimeError(f"output {p.target} has {result.rows_out} rows in {result.units} files for "
+                           f"{p.plan.rows} input rows in {len(p.units)} units")
+    result.wall_s = time.perf_counter() - p.started
+    files = sorted(commit.file_name(u.name, attempt) for u in p.units)
     shard_files: dict[str, list[str]] = {}
-    for u in units:
+    for u in p.units:
         shard_files.setdefault(u.shard_name, []).append(commit.file_name(u.name, attempt))
     marker = {
         "rows_in": result.rows_in, "rows_out": result.rows_out, "failed_by_reason": result.failed_by_reason,
-        "truncated": result.truncated, "id_column": plan.id_column, "input": config.input, "model": config.model,
-        "generation": result.generation, "identity": wanted, "attempt": attempt, "files": files,
+        "truncated": result.truncated, "id_column": p.plan.id_column, "input": config.input, "model": config.model,
+        "generation": result.generation, "identity": p.wanted, "attempt": attempt, "files": files,
         "shard_files": shard_files,
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "code_version": identity.code_version(),
     }
     if config.overwrite:
-        storage.write_json_atomic(storage.join(target, storage.MARKER_NAME), marker, opts)
-        commit.publish(target, config.output, files, marker, opts)
+        storage.write_json_atomic(storage.join(p.target, storage.MARKER_NAME), marker, opts)
+        commit.publish(p.target, config.output, files, marker, opts)
     else:
         storage.write_json_atomic(storage.join(config.output, storage.MARKER_NAME), marker, opts)
-        storage.remove_tree(storage.join(target, commit.RUN_NAME), opts)
+        storage.remove_tree(storage.join(p.target, commit.RUN_NAME), opts)
     return result
+
+
+def run(config: SummarizeConfig, checked: Checked | None = None) -> SummarizeResult:
+    """Summarize `config.input` into `config.output`, exactly once per row. Ray must be initialized.
+    `checked` (from `preflight` of the same input, model and output) skips a second preflight."""
+    pending = begin(config, checked)
+    if isinstance(pending, SummarizeResult):
+        return pending
+    execute([pending], pending.config)
+    return finish(pending)

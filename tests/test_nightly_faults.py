@@ -8,6 +8,7 @@ import json
 import threading
 import time
 
+import pyarrow.parquet as pq
 import pytest
 
 from pipeline import storage
@@ -187,3 +188,17 @@ def test_changed_model_lists_stale_partitions_and_redoes_them_only_when_asked(lo
         "weights_sha256"]
     assert storage.read_json(f"{output}/{DAY2}/_SUCCESS.json")["model"] == before["model"]
     assert sorted(r["id"] for r in read_output(output)) == [100, 101, 102, 103]
+
+
+def test_backfill_runs_all_partitions_on_one_actor_pool(local_ray, bucket, tiny_models):
+    corpus, output = f"{bucket}/corpus", f"{bucket}/summaries"
+    days = [f"date=2026-10-0{d}" for d in range(1, 6)]
+    for k, day in enumerate(days):
+        put_shard(f"{corpus}/{day}/part-0.parquet", articles(110 + 2 * k, 2))
+    report = run_nightly(config(corpus, output, tiny_models[0])).to_dict()
+    assert actions(report) == {day: ("processed", "new") for day in days}
+    fs, path = storage.url_to_fs(output)
+    table = pq.read_table(path, filesystem=fs, partitioning="hive")
+    assert table.num_rows == 10 and len(set(table.column("replica").to_pylist())) == 1  # one model load
+    ended = [storage.read_json(f"{output}/{day}/_SUCCESS.json")["ended_at"] for day in days]
+    assert ended == sorted(ended)  # each partition switched on its own, oldest first
