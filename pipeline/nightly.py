@@ -294,44 +294,47 @@ def _close(work: Work, action: str | None = None, detail: str = "") -> None:
     work.outcome.seconds = round(time.time() - work.started, 3)
 
 
-def _take(config: NightlyConfig, state: PartitionState, owner: str, info: ModelInfo,
-          settings: dict[str, Any]) -> Work:
-    """Take the partition's lease, look again (another run may have done it), then tidy it or start its work.
-    Any error, storage ones included, fails this partition only."""
-    opts = config.summarize.storage_options
+def _work(config: NightlyConfig, state: PartitionState, owner: str, settings: dict[str, Any]) -> Work:
     partition = state.partition
     outcome = PartitionOutcome(partition.path, "processed", state.reason, state.detail)
-    lease = Lease(storage.join(config.output, LEASES, partition.path), owner, config.lease_ttl_s, opts)
-    work = Work(state, lease, outcome, _run_id(partition, settings), time.time(), settings)
+    lease = Lease(storage.join(config.output, LEASES, partition.path), owner, config.lease_ttl_s,
+                  config.summarize.storage_options)
+    return Work(state, lease, outcome, _run_id(partition, settings), time.time(), settings)
+
+
+def _take(config: NightlyConfig, work: Work, info: ModelInfo) -> None:
+    """Take the partition's lease, look again (another run may have done it), then tidy it or start its work.
+    Any error, storage ones included, fails this partition only."""
+    opts, settings, lease, outcome = config.summarize.storage_options, work.settings, work.lease, work.outcome
+    partition = work.state.partition
     try:
         holder = lease.try_acquire()
     except Exception as e:
         outcome.action, outcome.detail = "failed", f"could not take the lease: {type(e).__name__}: {e}"
         work.done = True
-        return work
+        return
     if holder is not None:
         outcome.action, outcome.reason = "skipped", "leased"
         outcome.detail = f"another run ({holder['owner']}) holds it until {holder['expires']}"
         work.done = True
-        return work
+        return
     try:
         lease.keep_alive()
         current = rescan(config.corpus, partition, opts)
         if current is None:
             outcome.reason = "gone"
             _close(work, "skipped", "its input files were removed")
-            return work
+            return
         fresh = state_of(current, config.output, opts, settings)
         work.state, work.run_id = fresh, _run_id(current, settings)
         if not _wanted(fresh, config.reprocess):
             outcome.reason = fresh.reason
             tidied = _tidy(fresh, config.output, opts)
             _close(work, "skipped", tidied or ("completed by another run" if fresh.reason == "done" else fresh.detail))
-            return work
+            return
         _start(config, fresh, info, settings, work)
     except Exception as e:  # one partition's failure is reported; the others still run
         _close(work, "failed", f"{type(e).__name__}: {e}")
-    return work
 
 
 def _run_all(config: NightlyConfig, works: list[Work]) -> None:
@@ -440,12 +443,13 @@ def run_nightly(config: NightlyConfig, dry_run: bool = False) -> NightlyReport:
     start = time.time()
     owner = new_owner()
     opts = config.summarize.storage_options
-    # the model, tokenizer and generation settings are checked once per run, before any partition
-    info = inspect_model(dataclasses.replace(config.summarize, model=storage.absolute(config.summarize.model)))
-    settings = settings_of(config.summarize, info)
     report = NightlyReport(owner, config.corpus, config.output, dry_run, _utc(start))
     works: list[Work] = []
+    finished = False  # the body ran to its end (or was stopped by SIGTERM): a failed report write then raises
     try:
+        # the model, tokenizer and generation settings are checked once per run, before any partition
+        info = inspect_model(dataclasses.replace(config.summarize, model=storage.absolute(config.summarize.model)))
+        settings = settings_of(config.summarize, info)
         if not dry_run:
             report.partitions.extend(repair(config, owner))
         states, report.ignored_files, report.listings = plan(config, settings)
@@ -453,13 +457,18 @@ def run_nightly(config: NightlyConfig, dry_run: bool = False) -> NightlyReport:
         for state in states:
             outcome = _step(config, state, owner, dry_run, budget)
             if outcome is None:
-                works.append(_take(config, state, owner, info, settings))
+                works.append(_work(config, state, owner, settings))  # first: a SIGTERM from here releases it
                 outcome = works[-1].outcome
-            report.partitions.append(outcome)
+                report.partitions.append(outcome)
+                _take(config, works[-1], info)
+            else:
+                report.partitions.append(outcome)
             budget -= outcome.action in ("processed", "failed")
         _run_all(config, works)
+        finished = True
     except KeyboardInterrupt:
         report.stopped = "interrupted (SIGTERM or Ctrl-C); partitions not reached wait for the next run"
+        finished = True
         if dry_run:
             raise
     finally:
@@ -469,7 +478,11 @@ def run_nightly(config: NightlyConfig, dry_run: bool = False) -> NightlyReport:
         if not dry_run:
             stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(start))
             report.report_url = storage.join(config.output, RUNS, f"{stamp}-{owner.rsplit(':', 1)[-1]}.json")
-            retried(storage.write_json_atomic, report.report_url, report.to_dict(), opts)
+            try:
+                retried(storage.write_json_atomic, report.report_url, report.to_dict(), opts)
+            except Exception:
+                if finished:
+                    raise  # otherwise the error that ended the run is the one to see
     return report
 
 

@@ -184,3 +184,24 @@ def test_concurrent_runs_process_each_partition_once(local_ray, bucket, bert2ber
     others = [(p["action"], p["reason"]) for r in reports for p in r["partitions"] if p["action"] != "processed"]
     assert len(others) == 2 and all(o in (("skipped", "leased"), ("skipped", "done")) for o in others)
     assert [r["id"] for r in read_output(output)] == list(range(40, 46))
+
+
+def test_sigterm_releases_the_lease_and_still_writes_the_report(local_ray, bucket, bert2bert_dir):
+    corpus, output = f"{bucket}/corpus", f"{bucket}/summaries"
+    for s in range(4):
+        put_shard(f"{corpus}/{DAY1}/part-{s}.parquet", articles(120 + s * 4, 4))
+    proc = nightly_process(corpus, output, bert2bert_dir)
+    lease = Lease(f"{output}/_leases/{DAY1}", "test", ttl_s=1)
+    deadline = time.monotonic() + 120
+    while (lease.current()[1] or {}).get("state") != "held" and proc.poll() is None:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)  # what `ray job stop` sends
+    log = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 1, log
+    fs = s3fs.S3FileSystem()
+    reports = [json.loads(fs.cat(p)) for p in fs.ls(f"{output}/_runs")]
+    assert len(reports) == 1 and reports[0]["stopped"].startswith("interrupted"), log
+    assert actions(reports[0]) == {DAY1: ("failed", "new")}
+    assert lease.current()[1]["state"] == "released"
+    assert not storage.exists(f"{output}/{DAY1}/_SUCCESS.json")
