@@ -4,8 +4,8 @@
         --corpus s3://bucket/corpus/ --output s3://bucket/summaries/ --model s3://bucket/models/bert2bert_cnn/
 
 A changed partition summarizes only its new and rewritten shards. Partitions done with another model or other
-settings are listed as stale and left alone unless --reprocess says otherwise. SIGTERM (`ray job stop`) ends
-the run after the current partition's lease is released, and the run's report is still written. See
+settings are listed as stale and left alone unless --reprocess says otherwise. SIGTERM (`ray job stop`) stops
+the run at once: the leases it took are released and its report is still written. See
 docs/nightly.md for a partition's life, the crash points and what readers see.
 """
 

@@ -16,9 +16,10 @@ from typing import Any
 
 import sentencepiece as spm
 
-# transformers' BertGenerationTokenizer defaults; `<::::>` is not in a trained vocabulary and becomes an added token.
-DEFAULT_SPECIAL = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<pad>",
-                   "sep_token": "<::::>"}
+# transformers' BertGenerationTokenizer defaults, in the order transformers adds the missing ones to the
+# vocabulary (its SPECIAL_TOKENS_ATTRIBUTES); `<::::>` is not in a trained vocabulary and becomes an added token.
+DEFAULT_SPECIAL = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "sep_token": "<::::>",
+                   "pad_token": "<pad>"}
 TOKENIZER_CLASSES = (None, "BertGenerationTokenizer")
 UNDERLINE = "\u2581"
 CLEANUPS = ((" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"), (" n't", "n't"), (" 'm", "'m"),
@@ -43,6 +44,8 @@ class SentencePieceVocab:
         self.special = {name: token_content(config.get(name, default)) for name, default in DEFAULT_SPECIAL.items()}
         self.special.update({k: token_content(config[k]) for k in ("cls_token", "mask_token") if config.get(k)})
         self.special.update(overrides or {})
+        order = [*DEFAULT_SPECIAL, "cls_token", "mask_token"]
+        self.special = {k: self.special[k] for k in sorted(self.special, key=order.index)}
         self.ids: dict[str, int] = {}  # added token -> id
         special_added = set()
         for index, token in (config.get("added_tokens_decoder") or {}).items():

@@ -115,6 +115,7 @@ class Lease:
                 raise failed
             if there is None or there.get("owner") != self.owner:  # owners are unique: ours is ours
                 return False
+            expires_at = there["expires_at"]  # what storage holds, not this try's (a retry's) later expiry
         self.generation, self.expires_at = generation, expires_at
         self._delete_older()
         return True

@@ -17,7 +17,6 @@ import dataclasses
 import hashlib
 import json
 import posixpath
-import re
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -28,6 +27,7 @@ from .config import SummarizeConfig
 from .identity import code_version
 from .ids import check_unique
 from .lease import Lease, LeaseLost, new_owner, retried
+from .nightly_config import NightlyConfig, NightlyReport, PartitionOutcome
 from .partitions import (
     LEASES,
     STAGING,
@@ -42,84 +42,10 @@ from .summarize import GENERATION_KEYS, ModelInfo, Pending, begin, execute, fini
 from .units import inspect_input
 
 RUNS = "_runs"
-REPROCESS = ("none", "stale", "all")
 
 
 def _utc(t: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
-
-
-@dataclass(frozen=True)
-class NightlyConfig:
-    """One nightly run. `summarize` carries the model, columns, generation, scaling and storage settings; its
-    input and output are replaced per partition."""
-
-    corpus: str  # root of the Hive-partitioned corpus (date=YYYY-MM-DD/...)
-    output: str  # root of the mirrored output
-    summarize: SummarizeConfig
-    date: str | None = None  # only this date
-    since: str | None = None  # this date and later
-    max_partitions: int | None = None  # process at most this many (oldest first); the rest wait for the next run
-    lease_ttl_s: float = 600.0  # a partition lease lasts this long unless renewed (every third of it)
-    reprocess: str = "none"  # also redo partitions done with another model or settings ("stale"), or all ("all")
-
-    def __post_init__(self) -> None:
-        for name in ("date", "since"):
-            value = getattr(self, name)
-            if value is not None and not re.fullmatch(r"\d{4}-\d{2}-\d{2}", value):
-                raise ValueError(f"{name} must be YYYY-MM-DD, got {value!r}")
-        if self.date and self.since:
-            raise ValueError("give --date or --since, not both")
-        if self.max_partitions is not None and self.max_partitions < 1:
-            raise ValueError(f"max_partitions must be >= 1, got {self.max_partitions}")
-        if self.reprocess not in REPROCESS:
-            raise ValueError(f"reprocess must be one of {REPROCESS}, got {self.reprocess!r}")
-        if self.lease_ttl_s <= 0:
-            raise ValueError(f"lease_ttl_s must be > 0, got {self.lease_ttl_s}")
-        corpus, output = self.corpus.rstrip("/") + "/", self.output.rstrip("/") + "/"
-        if corpus.startswith(output) or output.startswith(corpus):
-            raise ValueError(f"corpus {self.corpus} and output {self.output} must not contain each other")
-
-
-@dataclass
-class PartitionOutcome:
-    partition: str
-    action: str  # "processed", "skipped", "failed", "repaired", or "would-process" in a dry run
-    reason: str  # why it was (or would be) processed: new, changed, incomplete, stale; or why not: done, leased, ...
-    detail: str = ""
-    rows_in: int = 0
-    rows_out: int = 0
-    rows_written: int = 0  # by this run (fewer than rows_out when it resumed a killed run)
-    failed_rows: dict[str, int] = field(default_factory=dict)
-    seconds: float = 0.0
-
-
-@dataclass
-class NightlyReport:
-    run: str
-    corpus: str
-    output: str
-    dry_run: bool
-    started_at: str
-    ended_at: str = ""
-    wall_s: float = 0.0
-    partitions: list[PartitionOutcome] = field(default_factory=list)
-    ignored_files: list[str] = field(default_factory=list)  # Parquet files outside any dated partition
-    listings: int = 0  # listing calls that discovery made
-    stopped: str = ""  # why the run ended early (SIGTERM), if it did
-    report_url: str | None = None
-
-    def count(self, action: str) -> int:
-        return sum(o.action == action for o in self.partitions)
-
-    @property
-    def ok(self) -> bool:
-        return self.count("failed") == 0 and not self.stopped
-
-    def to_dict(self) -> dict[str, Any]:
-        totals = {a: self.count(a) for a in ("processed", "skipped", "failed", "repaired", "would-process")}
-        rows = {k: sum(getattr(o, k) for o in self.partitions) for k in ("rows_in", "rows_out", "rows_written")}
-        return {**dataclasses.asdict(self), "totals": {**totals, **rows}}
 
 
 def settings_of(template: SummarizeConfig, info: ModelInfo) -> dict[str, Any]:
@@ -222,6 +148,8 @@ def _start(config: NightlyConfig, state: PartitionState, info: ModelInfo, settin
         if not whole.derived_id:  # the new shards' ids must not repeat the kept shards' ones
             check_unique(whole, job.input, opts)
     work.summarized = bool(todo)
+    if not todo:  # shards only removed: a staging folder all the same, so that `repair` finds a crashed switch
+        storage.write_json_atomic(storage.join(staged, "_SWITCH.json"), {"partition": partition.path}, opts)
     if todo:
         begun = begin(job, preflight(job, info))
         work.pending = begun if isinstance(begun, Pending) else None  # None: staged and complete already
@@ -344,12 +272,14 @@ def _run_all(config: NightlyConfig, works: list[Work]) -> None:
     live = [w for w in works if not w.done]
     by_pending = {id(w.pending): w for w in live if w.pending is not None}
 
-    def switch_ready() -> None:
+    def switch_ready(in_order: bool = True) -> None:
         for w in live:
             if w.done:
                 continue
             if w.pending is not None and not w.pending.complete:
-                return  # oldest first: a later partition waits for this one
+                if in_order:
+                    return  # oldest first: a later partition waits for this one
+                continue
             try:
                 _switch(config, w)
                 _close(w)
@@ -376,11 +306,32 @@ def _run_all(config: NightlyConfig, works: list[Work]) -> None:
     except _NothingLeft:
         pass
     except Exception as e:
+        # The shared dataflow failed (a unit that cannot be read or written, say): the partitions that are
+        # complete switch anyway, and each unfinished one is retried alone, so one bad partition fails only
+        # itself and cannot block the newer ones night after night.
+        switch_ready(in_order=False)
+        shared_error = f"{type(e).__name__}: {e}"
         for w in live:
-            _close(w, "failed", f"{type(e).__name__}: {e}")
+            if not w.done:
+                _alone(config, w, shared_error)
     finally:
         for w in live:
             _close(w, "failed", "stopped before its switch")
+
+
+def _alone(config: NightlyConfig, w: Work, shared_error: str) -> None:
+    """Finish one partition in a dataflow of its own, after the shared one failed."""
+    try:
+        w.lease.ensure_held()
+        begun = begin(w.pending.config)  # a fresh look at what is committed
+        w.pending = begun if isinstance(begun, Pending) else None
+        if w.pending is not None:
+            execute([w.pending], w.pending.config, lambda p: w.lease.ensure_held())
+        _switch(config, w)
+        _close(w)
+    except Exception as e:
+        _close(w, "failed", f"{type(e).__name__}: {e} (retried alone after the shared dataflow failed: "
+                            f"{shared_error})")
 
 
 def _wanted(state: PartitionState, reprocess: str) -> bool:

@@ -11,9 +11,10 @@ import re
 from typing import Any
 
 MASK = "***"
-# A secret word as a whole word of the key (snake_case, kebab-case or camelCase): `aws_secret_access_key`,
-# `sessionToken`, `password`, but not `max_input_tokens` or `keyspace`.
-SECRET_WORD = re.compile(r"(?:^|[^a-z])(?:key|secret|token|password|passwd|passphrase|credentials?|authorization)"
+# A secret word as a whole word of the key (snake_case, kebab-case or camelCase), also joined to a prefix or
+# "file": `aws_secret_access_key`, `sessionToken`, `apikey`, `keyfile`, `password`; not `max_input_tokens`.
+SECRET_WORD = re.compile(r"(?:^|[^a-z])(?:api|access|secret|session|auth|private|client)?"
+                         r"(?:key|secret|token|password|passwd|passphrase|credentials?|authorization)(?:file)?"
                          r"(?:$|[^a-z])")
 
 

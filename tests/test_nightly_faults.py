@@ -202,3 +202,18 @@ def test_backfill_runs_all_partitions_on_one_actor_pool(local_ray, bucket, tiny_
     assert table.num_rows == 10 and len(set(table.column("replica").to_pylist())) == 1  # one model load
     ended = [storage.read_json(f"{output}/{day}/_SUCCESS.json")["ended_at"] for day in days]
     assert ended == sorted(ended)  # each partition switched on its own, oldest first
+
+
+def test_a_partition_whose_units_cannot_be_read_fails_alone(local_ray, bucket, tiny_models):
+    corpus, output = f"{bucket}/corpus", f"{bucket}/summaries"
+    put_shard(f"{corpus}/{DAY1}/part-0.parquet", articles(130, 2))
+    put_shard(f"{corpus}/{DAY2}/part-0.parquet", articles(132, 2))
+    fs, path = storage.url_to_fs(f"{corpus}/{DAY1}/part-0.parquet")
+    data = bytearray(fs.cat_file(path))
+    with fs.open(path) as f:  # the article column's first page header: footer and id column stay readable
+        offset = pq.ParquetFile(f).metadata.row_group(0).column(1).data_page_offset
+    data[offset:offset + 16] = b"\xff" * 16
+    fs.pipe_file(path, bytes(data))
+    report = run_nightly(config(corpus, output, tiny_models[0])).to_dict()
+    assert actions(report) == {DAY1: ("failed", "new"), DAY2: ("processed", "new")}, report
+    assert [r["id"] for r in read_output(output)] == [132, 133]
