@@ -15,7 +15,7 @@ from typing import Any
 import ray
 
 from pipeline import secrets
-from pipeline.config import GenerationOverrides, Replicas, SummarizeConfig
+from pipeline.config import DTYPES, GenerationOverrides, Replicas, SummarizeConfig
 from pipeline.scaling import CPU_HEADROOM
 from pipeline.summarize import SummarizeResult
 
@@ -46,8 +46,9 @@ def add_model_flags(parser: argparse.ArgumentParser) -> None:
                         help="tokenize the text alone, without the special tokens the checkpoint's tokenizer adds "
                              "([CLS] ... [SEP] for BERT vocabularies; BertGeneration's SentencePiece adds none), "
                              "as transformers' add_special_tokens=False")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"],
-                        help="model weights and compute dtype")
+    parser.add_argument("--dtype", default="auto", choices=DTYPES,
+                        help="model weights and compute dtype (auto: bfloat16 with TF32 matmuls on a GPU, float32 "
+                             "on a CPU; float32 gives transformers' float32 tokens on either)")
     parser.add_argument("--rows-per-file", type=int, default=10_000,
                         help="rows per output file, which is also the unit of work that is committed (and redone "
                              "after a crash) as a whole; a smaller shard gives one file of its own")
@@ -83,8 +84,13 @@ def add_scaling_flags(parser: argparse.ArgumentParser) -> None:
                    help="CPUs per replica; also the replica's torch thread count on CPU")
     g.add_argument("--batch-size", type=int, default=256,
                    help="most articles per generate call; a replica sorts each unit's rows by length first")
-    g.add_argument("--max-batch-tokens", type=int, default=65536,
-                   help="most input tokens x beams per generate call (an article longer than that runs alone)")
+    g.add_argument("--max-batch-tokens", type=int, default=Replicas.max_batch_tokens,
+                   help="most input tokens x beams per generate call (an article longer than that runs alone); "
+                        "a call that runs out of GPU memory is split in half and retried, down to one article, "
+                        "and an article that does not fit alone gets a per-row error")
+    g.add_argument("--compile", action="store_true",
+                   help="run the decode step under torch.compile (CUDA graphs on a GPU, one per power-of-two "
+                        "batch size; the first batches pay for compiling); the same tokens as without")
     g.add_argument("--wait-for-workers-s", type=float, default=0.0,
                    help="on an autoscaling cluster: request nodes for the replicas and wait up to this long")
 
@@ -128,7 +134,7 @@ def init_ray(replicas_flag: str, cpus_per_replica: float) -> None:
 
 def replicas_from_args(args: argparse.Namespace) -> Replicas:
     return Replicas.parse(args.replicas, gpus=args.gpus_per_replica or 0.0, cpus=args.cpus_per_replica,
-                          batch_size=args.batch_size, max_batch_tokens=args.max_batch_tokens)
+                          batch_size=args.batch_size, max_batch_tokens=args.max_batch_tokens, compile=args.compile)
 
 
 def with_cluster_gpus(config: SummarizeConfig, args: argparse.Namespace) -> SummarizeConfig:
@@ -178,6 +184,8 @@ def print_report(result: SummarizeResult, out=sys.stdout) -> None:
     p(f"output files (units of work): {result.units}  written by this run: {result.units_written}")
     p(f"failed rows: {failed}" + "".join(f"\n  {n}  {reason}" for reason, n in sorted(result.failed_by_reason.items())))
     p(f"truncated inputs: {result.truncated}")
+    if result.oom_splits:
+        p(f"generate calls split after running out of device memory: {result.oom_splits}")
     if result.status == "already-complete":
         return
     wall = max(result.wall_s, 1e-9)

@@ -2,18 +2,23 @@
 
 from .checkpoint import read_configs, write_atomic
 from .config import BertConfig, EncoderDecoderConfig, GenerationConfig
+from .decode_policy import DecodePolicy
 from .encoder_decoder import EncoderDecoderModel, Seq2SeqOutput
-from .generation import decode_step, static_decode_step
-from .generation import plan as check_generation
+from .generation import DEFAULT_BATCH_TOKENS, batches
+from .plan import plan as check_generation
+from .steps import decode_step, static_decode_step
 from .tokenizer import Tokenizer, pad_ids
 
 __all__ = [
+    "DEFAULT_BATCH_TOKENS",
     "BertConfig",
     "EncoderDecoderConfig",
     "EncoderDecoderModel",
     "GenerationConfig",
     "Seq2SeqOutput",
     "Tokenizer",
+    "DecodePolicy",
+    "batches",
     "check_generation",
     "decode_step",
     "pad_ids",

@@ -122,30 +122,36 @@ class EncoderDecoderModel(nn.Module):
 
     def decode(self, decoder_input_ids: torch.Tensor, memory_kv, memory_mask: torch.Tensor | None,
                decoder_attention_mask: torch.Tensor | None = None, cache: KVCache | None = None,
-               pos: int | torch.Tensor = 0, group: int = 1) -> torch.Tensor:
+               pos: int = 0, group: int = 1) -> torch.Tensor:
         """Decoder logits [N, T, V] for tokens at positions pos..pos+T-1.
 
         memory_kv and memory_mask ([B, 1, 1, S] bool or None) are per article; N = B * group rows.
-        With a cache, earlier positions are read from it and these are written into it. With pos a [1]
-        tensor (one token per row, with a cache) every shape is fixed: the whole cache is attended to, under
-        a mask that hides the positions after pos.
+        With a cache, earlier positions are read from it and these are written into it.
         """
         t = decoder_input_ids.shape[1]
         mask, is_causal = None, False
-        if isinstance(pos, torch.Tensor):
-            if cache is None or t != 1 or decoder_attention_mask is not None:
-                raise ValueError("a tensor position takes one token per row, a cache and no decoder mask")
-            mask = (torch.arange(cache.k.shape[3], device=pos.device) <= pos)[None, None, None, :]
-        elif decoder_attention_mask is not None:
+        if decoder_attention_mask is not None:
             causal = torch.ones(t, t, dtype=torch.bool, device=decoder_input_ids.device).tril()
             mask = causal[None, None] & decoder_attention_mask.bool()[:, None, None, :]
         elif t > 1:
             if pos:
                 raise ValueError("several new tokens after cached ones need an explicit mask")
             is_causal = True
-        x = self.decoder.embed(decoder_input_ids, start=pos)
+        write = cache.at(pos) if cache is not None else None
+        return self._decoder(decoder_input_ids, pos, mask, is_causal, write, memory_kv, memory_mask, group)
+
+    def decode_static(self, tokens: torch.Tensor, memory_kv, memory_mask: torch.Tensor | None, cache: KVCache,
+                      position: torch.Tensor, group: int = 1) -> torch.Tensor:
+        """Logits [N, 1, V] of one token per row at a [1] position tensor, with shapes that do not depend on
+        the position: every layer attends over the whole cache under a mask that hides what lies after it."""
+        mask = (torch.arange(cache.k.shape[3], device=position.device) <= position)[None, None, None, :]
+        return self._decoder(tokens, position, mask, False, cache.at_position(position), memory_kv, memory_mask,
+                             group)
+
+    def _decoder(self, ids, start, mask, is_causal, write, memory_kv, memory_mask, group) -> torch.Tensor:
+        x = self.decoder.embed(ids, start=start)
         for i, block in enumerate(self.decoder.layers):
-            x = block(x, mask, is_causal, cache, i, pos, memory_kv[i], memory_mask, group)
+            x = block(x, mask, is_causal, write, i, memory_kv[i], memory_mask, group)
         return self.lm_head(x, self.decoder.embed.tok.weight)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,

@@ -7,6 +7,7 @@ T new tokens, S keys, H heads, D head dim, C hidden size.
 from __future__ import annotations
 
 import platform
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -104,9 +105,9 @@ class Embeddings(nn.Module):
 class KVCache:
     """Preallocated self-attention keys/values of every decoder layer: [L, N, H, S, D], written by position.
 
-    Writes go to the first rows (as many as the new keys have). `reorder` moves beams in place and copies a
-    row's positions only from where its new prefix differs from the one it holds: the beams of one article
-    mostly share a long prefix, so beam search copies a small part of the cache per step and never allocates.
+    Writes go to the first rows (as many as the new keys have). `reorder` moves beams in place; given how
+    much of each row's prefix is already right, it copies only from where the new prefix differs: the beams
+    of one article mostly share a long prefix, so beam search copies a small part of the cache per step.
     """
 
     def __init__(self, layers: int, rows: int, heads: int, max_len: int, head_dim: int, dtype, device):
@@ -114,37 +115,45 @@ class KVCache:
         self.k = torch.zeros(shape, dtype=dtype, device=device)
         self.v = torch.zeros(shape, dtype=dtype, device=device)
 
-    def update(self, layer: int, pos: int | torch.Tensor, k: torch.Tensor, v: torch.Tensor):
-        """Write k, v [n, H, T, D] at positions pos.. and return the keys/values to attend to.
+    def at(self, pos: int) -> CacheWrite:
+        """Writes at positions pos.. that return the keys/values up to the last one written."""
+        def write(layer: int, k: torch.Tensor, v: torch.Tensor):
+            n, end = k.shape[0], pos + k.shape[2]
+            self.k[layer, :n, :, pos:end] = k
+            self.v[layer, :n, :, pos:end] = v
+            return self.k[layer, :n, :, :end], self.v[layer, :n, :, :end]
+        return write
 
-        With pos a [1] tensor (one new token), the whole cache comes back, whatever the position: fixed shapes
-        for CUDA graphs and torch.compile; the caller masks the positions after pos.
-        """
-        if isinstance(pos, torch.Tensor):
+    def at_position(self, position: torch.Tensor) -> CacheWrite:
+        """Writes of one token at a [1] position tensor that return the whole cache, whatever the position:
+        fixed shapes for CUDA graphs and torch.compile; the caller masks the positions after it."""
+        def write(layer: int, k: torch.Tensor, v: torch.Tensor):
             n = k.shape[0]
-            self.k[layer, :n].index_copy_(2, pos, k)
-            self.v[layer, :n].index_copy_(2, pos, v)
+            self.k[layer, :n].index_copy_(2, position, k)
+            self.v[layer, :n].index_copy_(2, position, v)
             return self.k[layer, :n], self.v[layer, :n]
-        n, end = k.shape[0], pos + k.shape[2]
-        self.k[layer, :n, :, pos:end] = k
-        self.v[layer, :n, :, pos:end] = v
-        return self.k[layer, :n, :, :end], self.v[layer, :n, :, :end]
+        return write
 
     def reorder(self, rows: torch.Tensor, length: int, shared: torch.Tensor | None = None) -> None:
         """New row i takes old row rows[i] (positions < length); rows may be fewer than before.
 
-        shared[i] counts the leading positions that row i already holds equal to rows[i]'s (None: none);
-        those need no copy.
+        shared[i] counts the leading positions that row i already holds equal to rows[i]'s; those are not
+        copied, at the price of reading the counts on the host. Without it all positions are copied and
+        nothing waits for the device.
         """
         need = torch.arange(rows.shape[0], device=rows.device)
+        first = 0
         if shared is not None:
             need = need[shared < length]
             if need.numel() == 0:
                 return
-        first = 0 if shared is None else int(shared[need].min())
+            first = int(shared[need].min())
         for buf in (self.k, self.v):
             part = buf[:, :, :, first:length]
             part.index_copy_(1, need, part.index_select(1, rows[need]))  # sources are read before any write
+
+
+CacheWrite = Callable[[int, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
 class Attention(nn.Module):
@@ -212,11 +221,12 @@ class Block(nn.Module):
         self.act = activation(cfg.hidden_act)
         self.drop = nn.Dropout(cfg.hidden_dropout_prob)
 
-    def forward(self, x, mask=None, is_causal=False, cache=None, layer=0, pos=0, memory_kv=None,
+    def forward(self, x, mask=None, is_causal=False, write: CacheWrite | None = None, layer=0, memory_kv=None,
                 memory_mask=None, group=1) -> torch.Tensor:
+        """write: where this layer's self-attention keys/values go (a KVCache's `at`), None without a cache."""
         q, k, v = self.attn.project_qkv(x)
-        if cache is not None:
-            k, v = cache.update(layer, pos, k, v)
+        if write is not None:
+            k, v = write(layer, k, v)
         x = self.attn(x, q, k, v, mask, is_causal=is_causal)
         if self.cross is not None:
             x = self.cross(x, self.cross.q(x), *memory_kv, memory_mask, group=group)

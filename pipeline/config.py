@@ -11,7 +11,9 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-DTYPES = ("float32", "float16", "bfloat16")
+from model import DEFAULT_BATCH_TOKENS
+
+DTYPES = ("auto", "float32", "float16", "bfloat16")  # auto: bfloat16 on a GPU, float32 on a CPU
 
 
 @dataclass(frozen=True)
@@ -51,7 +53,9 @@ class Replicas:
     gpus: float = 0.0
     cpus: float = 1.0
     batch_size: int = 256  # most articles per generate call
-    max_batch_tokens: int = 65536  # most input tokens x beams per generate call (one longer article runs alone)
+    max_batch_tokens: int = DEFAULT_BATCH_TOKENS  # most input tokens x beams per generate call (a longer
+    # article runs alone)
+    compile: bool = False  # the static decode step under torch.compile (CUDA graphs on a GPU)
 
     def __post_init__(self) -> None:
         if not 1 <= self.min <= self.max:
@@ -86,7 +90,7 @@ class SummarizeConfig:
     passthrough_columns: tuple[str, ...] = ()
     max_input_tokens: int | None = None  # None: the encoder's max_position_embeddings
     add_special_tokens: bool = True  # False: the text's tokens only (transformers' add_special_tokens=False)
-    dtype: str = "float32"
+    dtype: str = "auto"
     generation: GenerationOverrides = field(default_factory=GenerationOverrides)
     replicas: Replicas = field(default_factory=Replicas)
     storage_options: dict[str, Any] = field(default_factory=dict)  # fsspec options for input, output and model

@@ -134,6 +134,7 @@ def _start(config: NightlyConfig, state: PartitionState, info: ModelInfo, settin
     job = dataclasses.replace(template, input=storage.join(config.corpus, partition.path, "*.parquet"), output=staged,
                               overwrite=False, only_shards=tuple(todo) if work.kept else ())
     totals = {"rows_in": 0, "rows_out": 0, "failed_by_reason": Counter(), "truncated": 0, "rows_written": 0,
+              "oom_splits": 0,
               "shard_files": dict(work.kept), "files": sorted(f for files in work.kept.values() for f in files),
               "generation": {k: getattr(info.generation, k) for k in GENERATION_KEYS},
               "id_column": (state.marker or {}).get("id_column")}
@@ -165,6 +166,7 @@ def _switch(config: NightlyConfig, work: Work) -> None:
     if work.pending is not None:
         result = finish(work.pending)
         totals["rows_written"], totals["generation"] = result.rows_written, result.generation
+        totals["oom_splits"] = result.oom_splits
     if work.summarized:
         summary = storage.read_json(storage.join(staged, storage.MARKER_NAME), opts)
         if summary is None or summary["rows_out"] != summary["rows_in"]:  # never mark a partial partition done
@@ -195,7 +197,7 @@ def _switch(config: NightlyConfig, work: Work) -> None:
     storage.remove_tree(staging_root, opts)
     o = work.outcome
     o.rows_in, o.rows_out, o.rows_written = marker["rows_in"], marker["rows_out"], totals["rows_written"]
-    o.failed_rows = marker["failed_rows"]
+    o.failed_rows, o.oom_splits = marker["failed_rows"], totals["oom_splits"]
     if work.kept:
         o.detail += f" ({len(work.kept)} unchanged shard(s) kept, {len(partition.inputs) - len(work.kept)} summarized)"
 

@@ -53,6 +53,7 @@ class PartitionOutcome:
     rows_in: int = 0
     rows_out: int = 0
     rows_written: int = 0  # by this run (fewer than rows_out when it resumed a killed run)
+    oom_splits: int = 0  # generate calls split in half after running out of device memory
     failed_rows: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
 

@@ -4,8 +4,8 @@ it (the Summarizer, one model per actor) and commit it (write its file, CPU task
 Between stages a unit travels as one row whose `payload` is its rows as an Arrow IPC stream, so that Ray Data
 can never split a unit across batches: a unit's file is written whole or not at all. `tokenize` and
 `Summarizer.summarize` work on plain pyarrow Tables and can be tried without a cluster. A row that cannot be
-summarized keeps its id and carries its reason in `error`; only errors that concern the whole replica (out of
-memory, a broken model) propagate.
+summarized keeps its id and carries its reason in `error` (an article that runs out of device memory even
+alone too); only errors that concern the whole replica (a broken model) propagate.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import logging
 import os
 import re
 import socket
@@ -24,10 +25,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
-from model import EncoderDecoderModel, Tokenizer, pad_ids
+from model import DEFAULT_BATCH_TOKENS, EncoderDecoderModel, Tokenizer, batches, pad_ids, static_decode_step
 
 from . import commit, storage
 from .units import Unit, read_rows
+
+log = logging.getLogger(__name__)
 
 # C0/C1 control characters other than tab, newline and carriage return.
 CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
@@ -39,6 +42,7 @@ ERR_NULL = "text is null"
 ERR_EMPTY = "text is empty or whitespace only"
 ERR_UTF8 = "text is not valid UTF-8"
 ERR_NOT_STRING = "text is not a string"
+ERR_OOM = "out of device memory even alone"
 
 TOKENIZED_COLUMNS = ("input_ids", "input_tokens", "truncated", "cleaned", "error")
 UNIT_FIELDS = ("shard", "shard_name", "name", "start", "stop", "row_groups", "offset")
@@ -173,38 +177,39 @@ def prepare(batch: pa.Table, *, input_url: str, model_url: str, columns: list[st
     return _with(units, payload=payloads)
 
 
-def chunks(lengths: np.ndarray, beams: int, max_rows: int, max_tokens: int) -> list[np.ndarray]:
-    """Row indices sorted longest first, cut into generate calls of at most max_rows rows and max_tokens
-    (rows x beams x longest input); a row longer than the budget alone still gets a call of its own."""
-    order = np.argsort(-lengths, kind="stable")
-    out, start = [], 0
-    while start < len(order):
-        longest = max(int(lengths[order[start]]), 1)
-        fit = max(1, min(max_rows, max_tokens // (longest * beams)))
-        out.append(order[start:start + fit])
-        start += fit
-    return out
+def resolve_dtype(dtype: str, device: str) -> torch.dtype:
+    """"auto": bfloat16 on a GPU, float32 on a CPU; a name: that dtype."""
+    if dtype == "auto":
+        return torch.bfloat16 if device == "cuda" else torch.float32
+    return getattr(torch, dtype)
 
 
 class Summarizer:
     """One model replica: the model and tokenizer load once per actor; then each call summarizes whole units,
-    sorting a unit's rows by length and cutting them into generate calls by rows and token budget."""
+    sorting a unit's rows by length and cutting them into generate calls by rows and token budget. A call
+    that runs out of device memory is split in half and retried, down to one article; an article that does
+    not fit alone gets a per-row error."""
 
-    def __init__(self, model_url: str, generation: dict, dtype: str = "float32", threads: int | None = None,
-                 storage_options: dict | None = None, batch_size: int = 256, max_batch_tokens: int = 65536):
+    def __init__(self, model_url: str, generation: dict, dtype: str = "auto", threads: int | None = None,
+                 storage_options: dict | None = None, batch_size: int = 256,
+                 max_batch_tokens: int = DEFAULT_BATCH_TOKENS, compile: bool = False):
         if threads:
             torch.set_num_threads(threads)
         device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.model = EncoderDecoderModel.from_pretrained(model_url, dtype=getattr(torch, dtype), device=device,
-                                                         storage_options=storage_options)
+        if device == "cuda":  # float32 matmuls (the logits' softmax inputs under bf16) on tensor cores
+            torch.backends.cuda.matmul.allow_tf32 = dtype == "auto"
+        self.model = EncoderDecoderModel.from_pretrained(model_url, dtype=resolve_dtype(dtype, device),
+                                                         device=device, storage_options=storage_options)
         self.tokenizer = Tokenizer.from_pretrained(model_url, storage_options)
         self.generation = dict(generation)
         self.beams = int(self.generation.get("num_beams") or self.model.generation_config.num_beams or 1)
         self.batch_size, self.max_batch_tokens = batch_size, max_batch_tokens
         self.special = torch.tensor(sorted(self.tokenizer.all_special_ids), device=device)
+        self.step = compiled_step(self.model, device) if compile else None
         self.replica = f"{socket.gethostname()}:{os.getpid()}"
         self.generate_s = 0.0
         self.calls = 0
+        self.oom_splits = 0
 
     @torch.inference_mode()
     def generate(self, input_ids: pa.ChunkedArray | pa.Array) -> tuple[list[str], list[int]]:
@@ -215,11 +220,28 @@ class Summarizer:
         tokens, mask = pad_ids(None, self.tokenizer.pad_token_id, flat=flat, lengths=lengths)
         device = self.model.device
         start = time.perf_counter()
-        out = self.model.generate(tokens.to(device), mask.to(device), bucket_size=len(lengths), **self.generation)
-        counts = (~torch.isin(out, self.special)).sum(dim=1).tolist()
-        self.generate_s += time.perf_counter() - start
-        self.calls += 1
+        try:
+            out = self.model.generate(tokens.to(device), mask.to(device), max_batch_tokens=None, step=self.step,
+                                      **self.generation)
+            counts = (~torch.isin(out, self.special)).sum(dim=1).tolist()
+        finally:
+            self.generate_s += time.perf_counter() - start
+            self.calls += 1
         return self.tokenizer.batch_decode(out, skip_special_tokens=True), counts
+
+    def generate_or_split(self, ids: pa.ChunkedArray | pa.Array) -> list[tuple[str | None, int | None, str | None]]:
+        """(summary, summary tokens, error) per row; out of device memory, each half is tried on its own."""
+        try:
+            texts, counts = self.generate(ids)
+            return [(t, c, None) for t, c in zip(texts, counts, strict=True)]
+        except torch.cuda.OutOfMemoryError as e:  # torch.OutOfMemoryError since 2.5, the same class
+            free_device_memory()
+            if len(ids) == 1:
+                log.warning("one article of %d tokens does not fit alone: %s", len(ids[0]), str(e).splitlines()[0])
+                return [(None, None, ERR_OOM)]
+            self.oom_splits += 1
+            half = len(ids) // 2
+            return self.generate_or_split(ids.slice(0, half)) + self.generate_or_split(ids.slice(half))
 
     def summarize(self, batch: pa.Table) -> pa.Table:
         """Tokenized rows in (any order, any count), output rows out in the same order."""
@@ -230,9 +252,11 @@ class Summarizer:
         if len(todo):
             lengths = batch.column("input_tokens").to_numpy(zero_copy_only=False)[todo]
             ids = batch.column("input_ids").take(pa.array(todo))
-            for part in chunks(lengths, self.beams, self.batch_size, self.max_batch_tokens):
-                texts, counts = self.generate(ids.take(pa.array(part)))
-                summaries[todo[part]], summary_tokens[todo[part]] = texts, counts
+            errors = errors.to_numpy(zero_copy_only=False).astype(object)
+            for part in batches(lengths, self.beams, self.max_batch_tokens, self.batch_size):
+                rows, results = todo[part], self.generate_or_split(ids.take(pa.array(part)))
+                summaries[rows], summary_tokens[rows], errors[rows] = zip(*results, strict=True)
+            errors = pa.array(errors, pa.string())
         out = batch.drop_columns(list(TOKENIZED_COLUMNS))
         columns = {
             "summary": pa.array(summaries, OUTPUT_TYPES["summary"]),
@@ -251,13 +275,24 @@ class Summarizer:
         """Units in, units out: each payload's rows summarized, with the unit's stats."""
         units, payloads, stats = _units(batch), [], []
         for data in batch.column("payload").to_pylist():
-            start, generate_s, calls = time.perf_counter(), self.generate_s, self.calls
+            start, generate_s, calls, splits = time.perf_counter(), self.generate_s, self.calls, self.oom_splits
             out = self.summarize(from_ipc(data))
             payloads.append(to_ipc(out))
             stats.append(json.dumps({**unit_stats(out), "replica": self.replica, "generate_calls": self.calls - calls,
-                                     "generate_s": self.generate_s - generate_s,
+                                     "generate_s": self.generate_s - generate_s, "oom_splits": self.oom_splits - splits,
                                      "busy_s": time.perf_counter() - start}))
         return _with(units, payload=payloads, stats=stats)
+
+
+def compiled_step(model: EncoderDecoderModel, device: str):
+    """The static decode step under torch.compile: CUDA graphs on a GPU (one per row bucket), Inductor on a CPU."""
+    mode = "reduce-overhead" if device == "cuda" else None
+    return static_decode_step(model, lambda f: torch.compile(f, mode=mode, dynamic=False))
+
+
+def free_device_memory() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def unit_stats(out: pa.Table) -> dict[str, Any]:

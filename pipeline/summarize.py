@@ -51,6 +51,7 @@ class SummarizeResult:
     units_written: int = 0  # by this run
     failed_by_reason: dict[str, int] = field(default_factory=dict)
     truncated: int = 0
+    oom_splits: int = 0  # generate calls this run split in half after running out of device memory
     rows_by_replica: dict[str, int] = field(default_factory=dict)
     tokens_by_replica: dict[str, int] = field(default_factory=dict)
     generate_s_by_replica: dict[str, float] = field(default_factory=dict)  # inside model.generate
@@ -75,6 +76,7 @@ class SummarizeResult:
         replica = unit["replica"]
         self.rows_written += unit["rows"]
         self.units_written += 1
+        self.oom_splits += unit.get("oom_splits", 0)
         for table, value in ((self.rows_by_replica, unit["rows"]),
                              (self.tokens_by_replica, unit["input_tokens"] + unit["summary_tokens"]),
                              (self.generate_s_by_replica, unit["generate_s"]),

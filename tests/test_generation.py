@@ -12,13 +12,23 @@ import torch
 import transformers
 
 from model import EncoderDecoderModel, Tokenizer, decode_step, static_decode_step
-from model.generation import first_argmax, top_candidates
+from model import generation as generation_module
+from model.decode_policy import POLICIES
+from model.select import first_argmax, top_candidates
 from tests.generation_reference import reference_beam_search
 from tests.model_helpers import MINILM, padded_batch
 
 VOCAB, EOS = 60, 2
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 transformers.logging.set_verbosity_error()
+
+
+@pytest.fixture(autouse=True, params=["cpu", "gpu"])
+def decode_policy(request, monkeypatch):
+    """Every test here runs under both decode policies: the CPU's, and the GPU's forced on the CPU."""
+    forced = POLICIES[request.param]
+    monkeypatch.setattr(generation_module, "policy_for", lambda device, override=None: override or forced)
+    return forced
 
 
 @functools.cache
@@ -124,8 +134,8 @@ def test_batch_invariance(kwargs):
     _, ours = twins("bert", 0)
     ids, mask = padded_batch(VOCAB, [9, 3, 14, 6, 11], 7)
     together = ours.generate(ids, mask, **kwargs)
-    for bucket in (1, 2, 64):
-        assert up_to_eos(ours.generate(ids, mask, bucket_size=bucket, **kwargs)) == up_to_eos(together)
+    for budget in (1, 40, 200, None):  # one article per search, some, all
+        assert up_to_eos(ours.generate(ids, mask, max_batch_tokens=budget, **kwargs)) == up_to_eos(together)
     for i in range(ids.shape[0]):
         n = int(mask[i].sum())
         alone = ours.generate(ids[i:i + 1, :n], **kwargs)

@@ -9,8 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from model.beam_search import shared_prefix
 from model.config import BertConfig
-from model.generation import shared_prefix
 from model.layers import ONEDNN, Attention, KVCache, Linear
 
 needs_onednn = pytest.mark.skipif(not ONEDNN, reason="this torch build has no oneDNN")
@@ -91,21 +91,21 @@ def test_cache_reorder_gathers_and_drops_rows():
     cache = KVCache(2, 4, 3, 8, 5, torch.float32, "cpu")
     k, v = torch.randn(2, 4, 3, 6, 5), torch.randn(2, 4, 3, 6, 5)
     for layer in range(2):
-        cache.update(layer, 0, k[layer], v[layer])
+        cache.at(0)(layer, k[layer], v[layer])
     rows = torch.tensor([3, 3, 0])
     cache.reorder(rows, 6)
     for layer in range(2):
-        got_k, got_v = cache.update(layer, 6, torch.zeros(3, 3, 1, 5), torch.zeros(3, 3, 1, 5))
+        got_k, got_v = cache.at(6)(layer, torch.zeros(3, 3, 1, 5), torch.zeros(3, 3, 1, 5))
         assert torch.equal(got_k[:, :, :6], k[layer, rows]) and torch.equal(got_v[:, :, :6], v[layer, rows])
 
 
 def test_cache_reorder_skips_shared_positions():
     cache = KVCache(1, 4, 2, 8, 3, torch.float32, "cpu")
     k = torch.randn(1, 4, 2, 6, 3)
-    cache.update(0, 0, k[0], k[0].neg())
+    cache.at(0)(0, k[0], k[0].neg())
     rows, shared = torch.tensor([1, 1, 2, 0]), torch.tensor([6, 4, 6, 0])
     cache.reorder(rows, 6, shared)
-    got_k, got_v = cache.update(0, 6, torch.zeros(4, 2, 1, 3), torch.zeros(4, 2, 1, 3))
+    got_k, got_v = cache.at(6)(0, torch.zeros(4, 2, 1, 3), torch.zeros(4, 2, 1, 3))
     want = k[0].clone()
     for i in (1, 3):  # rows 0 and 2 share everything; rows 1 and 3 take rows 1 and 0 from position min(4, 0)
         want[i] = k[0, rows[i]]

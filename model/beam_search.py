@@ -1,0 +1,155 @@
+"""Beam search with transformers' semantics, as named steps over a small state: score the candidates, select
+the running beams, finalize the hypotheses. The shared loop (search_loop.run) compacts finished articles.
+
+Layout: [n] articles with k beams each; the first step decodes one row per article (all its beams hold the
+start token alone) and its logits serve all k beams.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import torch
+import torch.nn.functional as F
+
+from .decode_policy import DecodePolicy
+from .logits import process
+from .plan import NEG, Plan
+from .select import top_candidates
+
+
+@dataclass
+class Beams:
+    running: torch.Tensor  # [n, k, M] the running beams' tokens
+    running_scores: torch.Tensor  # [n, k] their log-prob sums
+    held: torch.Tensor  # [n, k, M] the tokens the cache rows hold (the running beams before this step)
+    parent: torch.Tensor  # [n, k] which beam of the article each running beam continues
+    hyps: torch.Tensor  # [n, k, M] the best finished hypotheses
+    hyp_scores: torch.Tensor  # [n, k] their length-penalised scores (NEG: an empty place)
+    hyp_lengths: torch.Tensor  # [n, k]
+    hyp_filled: torch.Tensor  # [n, k] bool
+    open: torch.Tensor  # [n, 1] a running beam may still beat the worst hypothesis (transformers' heuristic)
+    done: torch.Tensor  # [n] the hypotheses are final
+    slot: torch.Tensor  # [n] input row (-1: padding)
+
+
+class BeamSearch:
+    def __init__(self, p: Plan, policy: DecodePolicy, articles: int, rows: int, device: torch.device,
+                 generator: torch.Generator | None = None):
+        r, k = p.rules, p.num_beams
+        m = r.max_length
+        self.p, self.k, self.m, self.group, self.generator = p, k, m, k, generator
+        self.keep = max(2, 1 + len(r.eos)) * k  # candidates per article: enough to keep k running beams after EOS
+        self.in_top_k = torch.arange(self.keep, device=device) < k
+        self.eos = torch.tensor(r.eos, device=device, dtype=torch.long)
+        self.topk = top_candidates if policy.blocked_topk else torch.topk
+        self.shared_prefix = policy.shared_prefix_reorder
+        running = torch.full((rows, k, m), p.fill, dtype=torch.long, device=device)
+        running[:, :, 0] = p.start
+        scores = torch.zeros(rows, k, device=device)
+        scores[:, 1:] = NEG  # only beam 0 expands at the first step
+        slot = torch.arange(rows, device=device).masked_fill_(torch.arange(rows, device=device) >= articles, -1)
+        self.s = Beams(running=running, running_scores=scores, held=running, parent=torch.zeros_like(scores).long(),
+                       hyps=running.clone(), hyp_scores=torch.full((rows, k), NEG, device=device),
+                       hyp_lengths=torch.ones(rows, k, dtype=torch.long, device=device),
+                       hyp_filled=torch.zeros(rows, k, dtype=torch.bool, device=device),
+                       open=torch.ones(rows, 1, dtype=torch.bool, device=device), done=slot < 0, slot=slot)
+
+    @property
+    def done(self) -> torch.Tensor:
+        return self.s.done
+
+    @property
+    def slot(self) -> torch.Tensor:
+        return self.s.slot
+
+    def inputs(self, cur: int) -> tuple[torch.Tensor, int, int]:
+        running = self.s.running
+        if cur == 1:
+            return running[:, 0, :1], 0, 1
+        return running[:, :, cur - 1].reshape(-1, 1), cur - 1, self.k
+
+    def advance(self, cur: int, logits: torch.Tensor) -> None:
+        if cur == 1:
+            logits = logits.repeat_interleave(self.k, 0)
+        top, beam, tok = self.score(cur, logits)
+        candidates = self.s.running.gather(1, beam[:, :, None].expand(-1, -1, self.m))  # [n, keep, M]
+        candidates[:, :, cur] = tok
+        ends = torch.isin(tok, self.eos) | (cur + 1 >= self.m)
+        self.s.held = self.s.running
+        self.select(top, beam, candidates, ends)
+        self.finalize(cur, top, tok, candidates, ends)
+
+    def score(self, cur: int, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The `keep` best continuations of each article: their scores, source beams and tokens, [n, keep] each."""
+        s, r, n = self.s, self.p.rules, self.s.running.shape[0]
+        logp = process(s.running[:, :, :cur].reshape(n * self.k, cur), F.log_softmax(logits, dim=-1), r)
+        v = logp.shape[-1]
+        logp = logp.view(n, self.k, v).add_(s.running_scores[:, :, None]).view(n, self.k * v)  # fresh: in place
+        if r.do_sample:
+            idx = torch.multinomial(logp.softmax(-1), self.keep, generator=self.generator)
+            top, order = logp.gather(1, idx).sort(-1, descending=True)
+            idx = idx.gather(1, order)
+        else:
+            top, idx = self.topk(logp, self.keep)
+        return top, idx // v, idx % v
+
+    def select(self, top, beam, candidates, ends) -> None:
+        """The k best candidates that did not end keep running."""
+        s = self.s
+        scores = top + ends.float() * NEG
+        best = torch.topk(scores, self.k).indices
+        s.running = candidates.gather(1, best[:, :, None].expand(-1, -1, self.m))
+        s.running_scores = scores.gather(1, best)
+        s.parent = beam.gather(1, best)
+
+    def finalize(self, cur, top, tok, candidates, ends) -> None:
+        """Ended candidates among the top k join the hypotheses if they rank within k; articles whose running
+        beams cannot beat their worst hypothesis are done, and done articles' hypotheses stay as they are."""
+        s, p = self.s, self.p
+        ended = ends & self.in_top_k
+        scores = top / (cur ** p.length_penalty)
+        scores += (s.hyp_filled.all(-1, keepdim=True) & (p.early_stopping is True)).float() * NEG
+        scores += (~s.open).float() * NEG
+        scores += (~ended) * NEG
+        merged = torch.cat((s.hyp_scores, scores), 1)
+        best = torch.topk(merged, self.k).indices
+        frozen = s.done[:, None]
+        s.hyps = torch.where(frozen[:, :, None], s.hyps,
+                             torch.cat((s.hyps, candidates), 1).gather(1, best[:, :, None].expand(-1, -1, self.m)))
+        s.hyp_scores = torch.where(frozen, s.hyp_scores, merged.gather(1, best))
+        s.hyp_lengths = torch.where(frozen, s.hyp_lengths,
+                                    torch.cat((s.hyp_lengths, torch.full_like(tok, cur + 1)), 1).gather(1, best))
+        s.hyp_filled = torch.where(frozen, s.hyp_filled, torch.cat((s.hyp_filled, ended), 1).gather(1, best))
+
+        best_len = self.m - 1 if p.early_stopping == "never" and p.length_penalty > 0.0 else cur
+        best_running = s.running_scores[:, :1] / (best_len ** p.length_penalty)
+        worst = torch.where(s.hyp_filled, s.hyp_scores.min(1, keepdim=True).values, NEG)
+        s.open = s.open & (best_running > worst).any(-1, keepdim=True)
+        s.done = s.done | ~s.open[:, 0] | (s.hyp_filled.all(-1) & (p.early_stopping is True)) | (cur + 1 >= self.m)
+
+    def cache_sources(self, cur: int, live: torch.Tensor):
+        if cur == 1:  # the cache holds one row per article
+            return live.repeat_interleave(self.k), None
+        src = (live[:, None] * self.k + self.s.parent[live]).flatten()
+        if not self.shared_prefix:
+            return src, None
+        n = self.s.held.shape[0]
+        return src, shared_prefix(self.s.held.view(n * self.k, self.m)[:, :cur], src, self.k)
+
+    def take(self, rows: torch.Tensor) -> None:
+        for f in fields(self.s):
+            setattr(self.s, f.name, getattr(self.s, f.name)[rows])
+
+    def results(self) -> tuple[torch.Tensor, ...]:
+        return self.s.hyps, self.s.hyp_scores, self.s.hyp_lengths
+
+
+def shared_prefix(tokens: torch.Tensor, rows: torch.Tensor, group: int) -> torch.Tensor:
+    """For KVCache.reorder: leading positions equal between old row rows[i] and old row i (tokens [R, t]).
+
+    Equal tokens of the same article give equal keys/values; rows of different articles share nothing.
+    """
+    dst = torch.arange(rows.shape[0], device=rows.device)
+    same = (tokens[rows] == tokens[: rows.shape[0]]).cumprod(1).sum(1)
+    return torch.where(rows // group == dst // group, same, 0)

@@ -1,0 +1,125 @@
+"""The decode loop that greedy search and beam search share: step, check, emit finished articles, compact.
+
+A search keeps [n] articles of state (plus n * group decoder rows in the cache) and knows how to advance
+them by one token; this loop decides, by policy, when finished articles leave the batch and where their
+results go.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+
+from .decode_policy import DecodePolicy, bucket
+from .layers import KVCache
+from .steps import DecodeStep, MemoryKV
+
+
+def move_rows_(t: torch.Tensor, live: torch.Tensor, chunk: int | None) -> None:
+    """Rows live[i] of t move to row i, in place; live is increasing, so live[i] >= i and a row is read before
+    any chunk writes over it. chunk bounds the temporary copy (None: one copy of all live rows)."""
+    step = live.shape[0] if chunk is None else chunk
+    for start in range(0, live.shape[0], max(step, 1)):
+        idx = live[start:start + step]
+        t[start:start + idx.shape[0]] = t.index_select(0, idx)
+
+
+class Memory:
+    """The per-article cross-attention keys/values and padding mask ([n, ...] rows of buffers allocated
+    once per batch: compaction moves rows within them, so the addresses a CUDA graph captured stay valid)."""
+
+    def __init__(self, kv: MemoryKV, mask: torch.Tensor | None, rows: int):
+        def padded(t: torch.Tensor) -> torch.Tensor:  # extra rows repeat article 0: finite and never emitted
+            extra = rows - t.shape[0]
+            return t if extra == 0 else torch.cat((t, t[:1].expand(extra, *t.shape[1:])))
+        self.buffers = [padded(t) for pair in kv for t in pair] + ([padded(mask)] if mask is not None else [])
+        self.has_mask = mask is not None
+        self.rows = rows
+
+    @property
+    def kv(self) -> MemoryKV:
+        layers = self.buffers[: len(self.buffers) - self.has_mask]
+        return [(k[: self.rows], v[: self.rows]) for k, v in zip(layers[::2], layers[1::2], strict=True)]
+
+    @property
+    def mask(self) -> torch.Tensor | None:
+        return self.buffers[-1][: self.rows] if self.has_mask else None
+
+    def keep(self, live: torch.Tensor, rows: int, chunk: int | None) -> None:
+        for t in self.buffers:
+            move_rows_(t, live, chunk)
+        self.rows = rows
+
+
+class Search(Protocol):
+    """The state of one search over [n] articles; `slot` maps each to its input row (-1: padding)."""
+
+    group: int  # decoder rows per article
+    done: torch.Tensor  # [n] bool: this article's result is final
+    slot: torch.Tensor  # [n] long
+
+    def inputs(self, cur: int) -> tuple[torch.Tensor, int, int]:
+        """Step inputs at length cur: tokens [rows, 1], the position they go to and the rows per article."""
+
+    def advance(self, cur: int, logits: torch.Tensor) -> None:
+        """Take step cur's logits [rows, V]: choose tokens, update the state and `done`."""
+
+    def cache_sources(self, cur: int, live: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+        """Old cache row of each new row once `live` articles stay (None: the cache is right as it is), and,
+        for a shared-prefix reorder, the leading positions each new row already holds."""
+
+    def take(self, rows: torch.Tensor) -> None:
+        """Keep the articles at `rows`, in that order."""
+
+    def results(self) -> tuple[torch.Tensor, ...]:
+        """Per-article result tensors, [n, ...] each, in the order of `Results`."""
+
+
+class Results:
+    """Sequences [B, G, M], scores [B, G], lengths [B, G] by input row, filled as articles finish."""
+
+    def __init__(self, b: int, g: int, m: int, fill: int, device: torch.device):
+        self.tensors = (torch.full((b, g, m), fill, dtype=torch.long, device=device),
+                        torch.zeros(b, g, device=device), torch.ones(b, g, dtype=torch.long, device=device))
+
+    def emit(self, search: Search, which: torch.Tensor | None = None) -> None:
+        """Write the results of the articles `which` selects ([n] bool; None: all), padding excluded."""
+        real = search.slot >= 0 if which is None else which & (search.slot >= 0)
+        rows = real.nonzero()[:, 0]
+        g = self.tensors[0].shape[1]
+        for out, value in zip(self.tensors, search.results(), strict=True):
+            out[search.slot[rows]] = value[rows, :g]
+
+
+def run(search: Search, memory: Memory, cache: KVCache, step: DecodeStep, policy: DecodePolicy,
+        max_length: int, results: Results) -> None:
+    """Decode until every article is done or max_length is reached, writing into results."""
+    for cur in range(1, max_length):
+        tokens, pos, group = search.inputs(cur)
+        search.advance(cur, step(tokens, memory.kv, memory.mask, cache, pos, group))
+        n, live = search.done.shape[0], None
+        if cur + 1 >= max_length:
+            break
+        if cur % policy.check_every == 0:
+            live_count = n - int(search.done.sum())
+            if live_count == 0:
+                break
+            rows = bucket(live_count) if policy.row_buckets else live_count
+            if rows < n:
+                results.emit(search, search.done)
+                live = (~search.done).nonzero()[:, 0]
+                fill = torch.arange(rows - live_count, device=live.device)  # padding: any rows, marked below
+                sources = search.cache_sources(cur, live)
+                search.take(torch.cat((live, fill)))
+                search.done[live_count:], search.slot[live_count:] = True, -1
+                memory.keep(live, rows, policy.move_chunk)
+                if sources is not None:  # the padding rows after the live ones keep stale (finite) values
+                    src, shared = sources
+                    kept = live_count * search.group
+                    cache.reorder(src[:kept], cur, None if shared is None else shared[:kept])
+                continue
+        sources = search.cache_sources(cur, torch.arange(n, device=search.done.device))
+        if sources is not None:
+            cache.reorder(sources[0], cur, sources[1])
+    results.emit(search)

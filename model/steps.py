@@ -1,0 +1,74 @@
+"""What generation needs from a model (`Seq2Seq`), and the one-token decode steps it calls.
+
+Generation depends on this narrow interface only, never on the model class, so the model can offer
+`generate` without the two modules importing each other.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol
+
+import torch
+
+from .config import EncoderDecoderConfig, GenerationConfig
+from .layers import KVCache
+
+MemoryKV = list[tuple[torch.Tensor, torch.Tensor]]
+
+# (tokens [N, 1], memory_kv, memory_mask, cache, pos, group) -> float logits [N, V]
+DecodeStep = Callable[[torch.Tensor, MemoryKV, "torch.Tensor | None", KVCache, int, int], torch.Tensor]
+
+
+class Seq2Seq(Protocol):
+    config: EncoderDecoderConfig
+    generation_config: GenerationConfig
+
+    @property
+    def device(self) -> torch.device: ...
+
+    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor: ...
+
+    def memory_kv(self, memory: torch.Tensor) -> MemoryKV: ...
+
+    def new_cache(self, rows: int, max_len: int) -> KVCache: ...
+
+    def decode(self, decoder_input_ids: torch.Tensor, memory_kv: MemoryKV, memory_mask: torch.Tensor | None,
+               decoder_attention_mask: torch.Tensor | None = None, cache: KVCache | None = None,
+               pos: int = 0, group: int = 1) -> torch.Tensor: ...
+
+    def decode_static(self, tokens: torch.Tensor, memory_kv: MemoryKV, memory_mask: torch.Tensor | None,
+                      cache: KVCache, position: torch.Tensor, group: int = 1) -> torch.Tensor: ...
+
+
+def decode_step(model: Seq2Seq) -> DecodeStep:
+    """The default one-token step; pass another step to generate to change how it runs."""
+    def step(tokens, memory_kv, memory_mask, cache, pos, group):
+        return model.decode(tokens, memory_kv, memory_mask, cache=cache, pos=pos, group=group)[:, -1].float()
+    return step
+
+
+def static_decode_step(model: Seq2Seq, wrap: Callable[[Callable], Callable] | None = None) -> DecodeStep:
+    """A one-token step whose shapes do not change from one position to the next (only with the row count).
+
+    The position reaches the model as a [1] tensor, kept and updated in place, and every layer attends over
+    the whole preallocated cache under a mask, so `wrap` (for example
+    `lambda f: torch.compile(f, mode="reduce-overhead")`, which captures CUDA graphs) compiles or captures
+    the core once per row count instead of once per position.
+    """
+    def core(tokens, memory_kv, memory_mask, cache, position, group):
+        return model.decode_static(tokens, memory_kv, memory_mask, cache, position, group)[:, -1].float()
+
+    core = wrap(core) if wrap is not None else core
+    positions: dict[torch.device, torch.Tensor] = {}
+
+    def step(tokens, memory_kv, memory_mask, cache, pos, group):
+        position = positions.get(tokens.device)
+        if position is None:
+            position = positions[tokens.device] = torch.zeros(1, dtype=torch.long, device=tokens.device)
+        position.fill_(pos)  # no host synchronisation: a fill with a scalar argument
+        if wrap is not None:  # CUDA graphs then read the cache, cross K/V and position in place
+            for t in (position, cache.k, cache.v, *(t for kv in memory_kv for t in kv)):
+                torch._dynamo.mark_static_address(t)
+        return core(tokens, memory_kv, memory_mask, cache, position, group)
+    return step

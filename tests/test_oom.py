@@ -1,0 +1,53 @@
+"""Out of device memory in a replica, injected from outside the code (tests/faults/sitecustomize.py): calls
+are split in half until they fit, an article too big alone gets a per-row error, nothing else changes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+import transformers
+
+from model import Tokenizer
+from pipeline.stages import ERR_OOM
+from tests.test_pipeline_run import articles
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MAX_TOKENS, GEN = 128, {"num_beams": 2, "max_length": 12}
+
+
+def test_out_of_memory_splits_calls_and_fails_only_the_article_too_big_alone(bert2bert_dir, tmp_path):
+    texts = [r["article"][:150 + 20 * i] for i, r in enumerate(articles(8))] + [articles(9)[8]["article"]]
+    pq.write_table(pa.table({"id": list(range(9)), "article": texts}), tmp_path / "part-0.parquet")
+    tok = Tokenizer.from_pretrained(bert2bert_dir)
+    widths = tok(texts, max_length=MAX_TOKENS)["attention_mask"].sum(1).tolist()
+    assert max(widths[:8]) < 100 and widths[8] == MAX_TOKENS  # only the last one is wider than the limit below
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.path.join(ROOT, "tests", "faults"), ROOT]),
+           "FAULT_OOM_ROWS": "4", "FAULT_OOM_WIDTH": "100"}
+    env.pop("RAY_ADDRESS", None)
+    done = subprocess.run([sys.executable, "-m", "jobs.summarize", "--input", str(tmp_path / "part-0.parquet"),
+                           "--output", str(tmp_path / "out"), "--model", str(bert2bert_dir),
+                           "--max-input-tokens", str(MAX_TOKENS), "--num-beams", "2", "--max-length", "12"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    # One call of 9 articles (2 decoder rows each, at most 4 rows fit): 9 -> 4 + 5, 4 -> 2 + 2, the 2 holding the
+    # wide article -> 1 + 1 (it fails alone), 5 -> 2 + 3, 3 -> 1 + 2: five splits.
+    assert "generate calls split after running out of device memory: 5" in done.stdout, done.stdout
+    assert f"1  {ERR_OOM}" in done.stdout
+
+    rows = sorted(pq.read_table(tmp_path / "out").to_pylist(), key=lambda r: r["id"])
+    assert [r["id"] for r in rows] == list(range(9))
+    assert rows[8]["error"] == ERR_OOM and rows[8]["summary"] is None
+    hf = transformers.EncoderDecoderModel.from_pretrained(bert2bert_dir).eval()
+    for row, text in zip(rows[:8], texts[:8], strict=True):
+        enc = tok([text], max_length=MAX_TOKENS)
+        with torch.no_grad():
+            want = hf.generate(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
+                               decoder_start_token_id=tok.cls_token_id, eos_token_id=tok.sep_token_id,
+                               pad_token_id=tok.pad_token_id, **GEN)
+        assert row["error"] is None and row["summary"] == tok.batch_decode(want, skip_special_tokens=True)[0]
