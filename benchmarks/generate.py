@@ -2,9 +2,15 @@
 
 Prints, per workload, the median seconds of each side, the throughput ratio, the identical-output rate
 (token for token up to each sequence's EOS) and, for (a), how close we come to the machine's floor.
+(a) and (b) use the MiniLM warm start; (c) is a bert-base-sized bert2bert with random weights (nothing to
+download), 512 tokens in, the CNN/DM recipe: ours eager, ours compiled and transformers at each batch
+size, with peak GPU memory, then ours against transformers in float32 at the first batch size.
+--compare-fp32 measures what a lower precision changes: the share of summaries identical to float32 and
+the ROUGE-L of the lower-precision summaries against the float32 ones, on the repo's CNN/DM articles.
 
     .venv/bin/python -m benchmarks.generate --device cpu --dtype fp32 --workloads a,b
-    python -m benchmarks.generate --device cuda --dtype bf16 --workloads a,b,c
+    .venv/bin/python -m benchmarks.generate --device cpu --dtype bf16 --compare-fp32 --workloads none
+    python -m benchmarks.generate --device cuda --dtype bf16 --workloads c --compare-fp32   # within 8 minutes
 """
 
 from __future__ import annotations
@@ -23,13 +29,20 @@ import transformers
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from model import BertConfig, EncoderDecoderConfig, EncoderDecoderModel, Tokenizer  # noqa: E402
-from model.generation import decode_step  # noqa: E402
+from model import (  # noqa: E402
+    BertConfig,
+    EncoderDecoderConfig,
+    EncoderDecoderModel,
+    Tokenizer,
+    compiled_decode_step,
+    decode_step,
+)
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 SHORT = dict(num_beams=4, max_length=64)
 CNNDM = dict(num_beams=4, max_length=142, min_length=56, no_repeat_ngram_size=3, length_penalty=2.0,
              early_stopping=True)
+START = time.monotonic()
 
 
 def minilm_path() -> pathlib.Path:
@@ -92,33 +105,72 @@ def matmul_rate(device: str, dtype: torch.dtype) -> float:
     return max(rates)
 
 
-def compare(name: str, ours, hf, inputs, settings: dict, repeats: int, device: str, floor: bool = False) -> None:
+def settings_of(model: EncoderDecoderModel, settings: dict) -> dict:
+    g = model.generation_config
+    return dict(decoder_start_token_id=g.decoder_start_token_id, eos_token_id=g.eos_token_id,
+                pad_token_id=g.pad_token_id, **settings)
+
+
+def peak_gib(device: str, fn) -> tuple[object, float]:
+    """fn's result and the most GPU memory allocated while it ran (0 on a CPU)."""
+    if device != "cuda":
+        return fn(), 0.0
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    out = fn()
+    torch.cuda.synchronize()
+    return out, torch.cuda.max_memory_allocated() / 2**30
+
+
+def compare(name: str, ours, hf, inputs, settings: dict, repeats: int, device: str, floor: bool = False,
+            compiled: bool = False) -> None:
     inputs = {k: v.to(device) for k, v in inputs.items()}
-    kwargs = dict(decoder_start_token_id=ours.generation_config.decoder_start_token_id,
-                  eos_token_id=ours.generation_config.eos_token_id, pad_token_id=ours.generation_config.pad_token_id,
-                  **settings)
-    run_ours = lambda: ours.generate(inputs["input_ids"], inputs["attention_mask"], **kwargs)  # noqa: E731
-    run_hf = lambda: hf.generate(**inputs, **kwargs)  # noqa: E731
+    kwargs = settings_of(ours, settings)
+    runs = {"ours": lambda: ours.generate(inputs["input_ids"], inputs["attention_mask"], max_batch_tokens=None,
+                                          **kwargs)}
+    if compiled:
+        step = compiled_decode_step(ours)
+        runs["ours compiled"] = lambda: ours.generate(inputs["input_ids"], inputs["attention_mask"],
+                                                      max_batch_tokens=None, step=step, policy="gpu", **kwargs)
+    if hf is not None:
+        runs["transformers"] = lambda: hf.generate(**inputs, **kwargs)
     with torch.inference_mode():
-        a, b = run_ours(), run_hf()  # warm-up
-        ours_t, hf_t, ours_cpu, hf_cpu = [], [], [], []
+        outs, peaks = {}, {}
+        for label, fn in runs.items():  # warm-up (and compilation), with peak memory
+            start = time.perf_counter()
+            outs[label], peaks[label] = peak_gib(device, fn)
+            if label == "ours compiled":
+                print(f"    compiled warm-up {time.perf_counter() - start:.1f}s")
+        wall = {label: [] for label in runs}
+        cpu = {label: [] for label in runs}
         for _ in range(repeats):
-            for fn, wall, cpu in ((run_ours, ours_t, ours_cpu), (run_hf, hf_t, hf_cpu)):
+            for label, fn in runs.items():
                 c = time.process_time()
-                wall.append(timed(fn, device)[1])
-                cpu.append(time.process_time() - c)
-    same = same_up_to_eos(a, b, kwargs["eos_token_id"])
+                wall[label].append(timed(fn, device)[1])
+                cpu[label].append(time.process_time() - c)
     n = inputs["input_ids"].shape[0]
-    to, th = statistics.median(ours_t), statistics.median(hf_t)
-    co, ch = statistics.median(ours_cpu), statistics.median(hf_cpu)
     print(f"({name}) {n} articles x {inputs['input_ids'].shape[1]} tokens {settings}")
-    print(f"    ours {to:.3f}s ({n / to:.2f} summaries/s)  transformers {th:.3f}s ({n / th:.2f} summaries/s)  "
-          f"speed-up {th / to:.2f}x  identical {sum(same)}/{len(same)} ({100 * sum(same) / len(same):.0f}%)")
-    pairs = sorted(h / o for o, h in zip(ours_t, hf_t, strict=True))  # each run against the one right after it
-    print(f"    per-pair speed-up (this VM's speed drifts between runs): median {statistics.median(pairs):.2f}x, "
+    med = {label: statistics.median(t) for label, t in wall.items()}
+    print("    " + "  ".join(f"{label} {t:.3f}s ({n / t:.2f} summaries/s"
+                             + (f", peak {peaks[label]:.1f} GiB)" if device == "cuda" else ")")
+                             for label, t in med.items()))
+    if "ours compiled" in outs:
+        same = same_up_to_eos(outs["ours compiled"], outs["ours"], kwargs["eos_token_id"])
+        print(f"    compiled against eager: identical {sum(same)}/{len(same)}")
+    if hf is None:
+        return
+    same = same_up_to_eos(outs["ours"], outs["transformers"], kwargs["eos_token_id"])
+    th = med["transformers"]
+    print("    speed-up over transformers: " + "  ".join(f"{label} {th / t:.2f}x" for label, t in med.items()
+                                                         if label != "transformers")
+          + f"  identical {sum(same)}/{len(same)} ({100 * sum(same) / len(same):.0f}%)")
+    pairs = sorted(h / o for o, h in zip(wall["ours"], wall["transformers"], strict=True))
+    print(f"    per-pair speed-up (this machine's speed drifts between runs): median {statistics.median(pairs):.2f}x, "
           f"range {pairs[0]:.2f}x-{pairs[-1]:.2f}x")
+    co, ch = statistics.median(cpu["ours"]), statistics.median(cpu["transformers"])
     print(f"    process CPU time: ours {co:.3f}s  transformers {ch:.3f}s  ratio {ch / co:.2f}x  "
-          f"(wall times per run: ours {[round(t, 2) for t in ours_t]}, transformers {[round(t, 2) for t in hf_t]})")
+          f"(wall times per run: ours {[round(t, 2) for t in wall['ours']]}, "
+          f"transformers {[round(t, 2) for t in wall['transformers']]})")
     if floor:
         steps = []
 
@@ -133,18 +185,68 @@ def compare(name: str, ours, hf, inputs, settings: dict, repeats: int, device: s
         rate = matmul_rate(device, ours.dtype)
         base = flops / rate
         print(f"    floor: {flops / 1e9:.1f} GFLOP at {rate / 1e9:.0f} GFLOP/s (1024^3 matmul) = {base:.3f}s; "
-              f"ours is {base / to:.0%} of the floor rate")
+              f"ours is {base / med['ours']:.0%} of the floor rate")
+
+
+def agreement(device: str, dtype_name: str, n: int) -> None:
+    """Summaries of the MiniLM warm start in dtype against float32 on n CNN/DM articles: identical share, ROUGE-L."""
+    from rouge_score import rouge_scorer
+
+    path = minilm_path()
+    tok = Tokenizer.from_pretrained(path)
+    inputs = {k: v.to(device) for k, v in articles(tok, n, 400).items()}
+    base = EncoderDecoderModel.from_encoder_decoder_pretrained(path, path).to(device)
+    texts = {}
+    for name, dtype in (("fp32", torch.float32), (dtype_name, DTYPES[dtype_name])):
+        model = base.to(dtype)
+        with torch.inference_mode():
+            start = time.perf_counter()
+            out = model.generate(inputs["input_ids"], inputs["attention_mask"], **settings_of(model, CNNDM))
+            print(f"    {name}: {n} summaries in {time.perf_counter() - start:.1f}s")
+        texts[name] = tok.batch_decode(out, skip_special_tokens=True)
+    scorer = rouge_scorer.RougeScorer(["rougeL"])
+    scores = [scorer.score(a, b)["rougeL"].fmeasure for a, b in zip(texts["fp32"], texts[dtype_name], strict=True)]
+    same = sum(a == b for a, b in zip(texts["fp32"], texts[dtype_name], strict=True))
+    print(f"(agreement) {dtype_name} against fp32, {n} CNN/DM articles x 400 tokens {CNNDM}: identical {same}/{n} "
+          f"({100 * same / n:.0f}%), ROUGE-L F1 mean {statistics.mean(scores):.4f}, min {min(scores):.4f}")
+
+
+def bert_base(layers: int) -> EncoderDecoderModel:
+    torch.manual_seed(0)
+    bert = BertConfig(num_hidden_layers=layers)
+    return EncoderDecoderModel(EncoderDecoderConfig.from_encoder_decoder_configs(
+        bert, bert, decoder_start_token_id=101, pad_token_id=0, eos_token_id=102))
+
+
+def workload_c(args, dtype: torch.dtype) -> None:
+    tok = Tokenizer.from_pretrained(minilm_path())
+    sizes = list(map(int, args.batch_sizes.split(",")))
+    ours, hf = twins(bert_base(args.layers), args.device, dtype)
+    for bs in sizes:
+        if time.monotonic() - START > args.budget_s:
+            print(f"(c, batch {bs}) skipped: past the {args.budget_s:.0f}s budget")
+            continue
+        compare(f"c, batch {bs}, {args.dtype}", ours, hf if bs <= args.hf_max_batch else None,
+                articles(tok, bs, 512), CNNDM, args.repeats, args.device, compiled=args.device == "cuda")
+    del ours, hf
+    if args.dtype != "fp32" and time.monotonic() - START < args.budget_s:
+        ours, hf = twins(bert_base(args.layers), args.device, torch.float32)
+        compare(f"c, batch {sizes[0]}, fp32 parity", ours, hf, articles(tok, sizes[0], 512), CNNDM, 1, args.device)
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where both models run")
     ap.add_argument("--dtype", choices=tuple(DTYPES), default="fp32", help="weights and activations dtype")
-    ap.add_argument("--workloads", default="a,b", help="comma-separated subset of a,b,c (c needs --device cuda)")
+    ap.add_argument("--workloads", default="a,b", help="comma-separated subset of a,b,c, or none")
     ap.add_argument("--repeats", type=int, default=3, help="timed runs per side (alternating); medians reported")
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     ap.add_argument("--batch-sizes", default="32,64,128,256", help="(c): articles per generate call")
-    ap.add_argument("--hf-max-batch", type=int, default=64, help="(c): largest batch also run with transformers")
+    ap.add_argument("--hf-max-batch", type=int, default=256, help="(c): largest batch also run with transformers")
+    ap.add_argument("--layers", type=int, default=12, help="(c): layers of encoder and decoder (12: bert-base)")
+    ap.add_argument("--budget-s", type=float, default=420.0, help="(c): skip the remaining batch sizes after this")
+    ap.add_argument("--compare-fp32", action="store_true", help="also measure --dtype's agreement with fp32")
+    ap.add_argument("--agreement-articles", type=int, default=48, help="articles for --compare-fp32")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     transformers.logging.set_verbosity_error()
@@ -162,28 +264,11 @@ def main() -> int:
             compare("a", ours, hf, articles(tok, 8, 110), SHORT, args.repeats, args.device, floor=True)
         if "b" in work:
             compare("b", ours, hf, articles(tok, 32, 400), CNNDM, args.repeats, args.device)
-
     if "c" in work:
-        if args.device != "cuda":
-            raise SystemExit("workload (c) needs --device cuda")
-        torch.manual_seed(0)
-        bert = BertConfig()
-        config = EncoderDecoderConfig.from_encoder_decoder_configs(bert, bert, decoder_start_token_id=101,
-                                                                   pad_token_id=0, eos_token_id=102)
-        ours, hf = twins(EncoderDecoderModel(config), args.device, dtype)
-        tok = Tokenizer.from_pretrained(minilm_path())
-        for bs in map(int, args.batch_sizes.split(",")):
-            inputs = articles(tok, bs, 512)
-            if bs <= args.hf_max_batch:
-                compare(f"c, batch {bs}", ours, hf, inputs, CNNDM, args.repeats, args.device)
-                continue
-            kwargs = dict(decoder_start_token_id=101, eos_token_id=102, pad_token_id=0, **CNNDM)
-            inputs = {k: v.to(args.device) for k, v in inputs.items()}
-            with torch.inference_mode():
-                ours.generate(**inputs, **kwargs)
-                t = statistics.median(timed(lambda: ours.generate(**inputs, **kwargs), args.device)[1]  # noqa: B023
-                                      for _ in range(args.repeats))
-            print(f"(c, batch {bs}) ours only: {t:.3f}s ({bs / t:.1f} summaries/s)")
+        workload_c(args, dtype)
+    if args.compare_fp32 and args.dtype != "fp32":
+        agreement(args.device, args.dtype, args.agreement_articles)
+    print(f"total {time.monotonic() - START:.0f}s")
     return 0
 
 

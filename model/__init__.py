@@ -6,7 +6,7 @@ from .decode_policy import DecodePolicy
 from .encoder_decoder import EncoderDecoderModel, Seq2SeqOutput
 from .generation import DEFAULT_BATCH_TOKENS, batches
 from .plan import plan as check_generation
-from .steps import decode_step, static_decode_step
+from .steps import compiled_decode_step, decode_step, static_decode_step
 from .tokenizer import Tokenizer, pad_ids
 
 __all__ = [
@@ -20,6 +20,7 @@ __all__ = [
     "DecodePolicy",
     "batches",
     "check_generation",
+    "compiled_decode_step",
     "decode_step",
     "pad_ids",
     "read_configs",

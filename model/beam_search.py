@@ -44,6 +44,7 @@ class BeamSearch:
         self.eos = torch.tensor(r.eos, device=device, dtype=torch.long)
         self.topk = top_candidates if policy.blocked_topk else torch.topk
         self.shared_prefix = policy.shared_prefix_reorder
+        self.keeps_done = policy.check_every > 1 or policy.row_buckets  # else done articles leave at once
         running = torch.full((rows, k, m), p.fill, dtype=torch.long, device=device)
         running[:, :, 0] = p.start
         scores = torch.zeros(rows, k, device=device)
@@ -114,13 +115,15 @@ class BeamSearch:
         scores += (~ended) * NEG
         merged = torch.cat((s.hyp_scores, scores), 1)
         best = torch.topk(merged, self.k).indices
-        frozen = s.done[:, None]
-        s.hyps = torch.where(frozen[:, :, None], s.hyps,
-                             torch.cat((s.hyps, candidates), 1).gather(1, best[:, :, None].expand(-1, -1, self.m)))
-        s.hyp_scores = torch.where(frozen, s.hyp_scores, merged.gather(1, best))
-        s.hyp_lengths = torch.where(frozen, s.hyp_lengths,
-                                    torch.cat((s.hyp_lengths, torch.full_like(tok, cur + 1)), 1).gather(1, best))
-        s.hyp_filled = torch.where(frozen, s.hyp_filled, torch.cat((s.hyp_filled, ended), 1).gather(1, best))
+        new = (torch.cat((s.hyps, candidates), 1).gather(1, best[:, :, None].expand(-1, -1, self.m)),
+               merged.gather(1, best),
+               torch.cat((s.hyp_lengths, torch.full_like(tok, cur + 1)), 1).gather(1, best),
+               torch.cat((s.hyp_filled, ended), 1).gather(1, best))
+        if self.keeps_done:
+            frozen = s.done[:, None]
+            new = tuple(torch.where(frozen[:, :, None] if n.dim() == 3 else frozen, old, n)
+                        for old, n in zip((s.hyps, s.hyp_scores, s.hyp_lengths, s.hyp_filled), new, strict=True))
+        s.hyps, s.hyp_scores, s.hyp_lengths, s.hyp_filled = new
 
         best_len = self.m - 1 if p.early_stopping == "never" and p.length_penalty > 0.0 else cur
         best_running = s.running_scores[:, :1] / (best_len ** p.length_penalty)
@@ -128,10 +131,15 @@ class BeamSearch:
         s.open = s.open & (best_running > worst).any(-1, keepdim=True)
         s.done = s.done | ~s.open[:, 0] | (s.hyp_filled.all(-1) & (p.early_stopping is True)) | (cur + 1 >= self.m)
 
-    def cache_sources(self, cur: int, live: torch.Tensor):
+    def cache_sources(self, cur: int, live: torch.Tensor | None):
+        if live is None:
+            live = torch.arange(self.s.done.shape[0], device=self.s.done.device)
+            parent = self.s.parent
+        else:
+            parent = self.s.parent[live]
         if cur == 1:  # the cache holds one row per article
             return live.repeat_interleave(self.k), None
-        src = (live[:, None] * self.k + self.s.parent[live]).flatten()
+        src = (live[:, None] * self.k + parent).flatten()
         if not self.shared_prefix:
             return src, None
         n = self.s.held.shape[0]

@@ -50,8 +50,8 @@ class GreedySearch:
         self.running = self.running & ~ended
         self.done = self.done | ~self.running.any(-1) | (cur + 1 >= self.m)
 
-    def cache_sources(self, cur: int, live: torch.Tensor):
-        if live.shape[0] == self.seq.shape[0]:
+    def cache_sources(self, cur: int, live: torch.Tensor | None):
+        if live is None:
             return None  # rows never change places while every article runs
         g = self.group
         src = (live[:, None] * g + torch.arange(g, device=live.device)).flatten()

@@ -6,6 +6,7 @@ forced BOS, forced EOS, then (sampling only) temperature, top-k, top-p.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -62,9 +63,16 @@ def bad_words(ids: torch.Tensor, scores: torch.Tensor, words: list[list[int]], e
         if not prefix:
             scores[:, last] = -math.inf
             continue
-        match = (ids[:, ids.shape[1] - len(prefix):] == torch.tensor(prefix, device=ids.device)).all(-1)
+        match = (ids[:, ids.shape[1] - len(prefix):] == device_ids(tuple(prefix), ids.device)).all(-1)
         scores[:, last] = scores[:, last].masked_fill(match, -math.inf)
     return scores
+
+
+@functools.lru_cache(maxsize=256)
+def device_ids(ids: tuple[int, ...], device: torch.device) -> torch.Tensor:
+    """Token ids as a tensor on device, made once: a copy from host memory at every step would make the host
+    wait for the device on a GPU."""
+    return torch.tensor(ids, dtype=torch.long, device=device)
 
 
 def forced(scores: torch.Tensor, token: int | list[int]) -> torch.Tensor:
@@ -96,8 +104,7 @@ def process(ids: torch.Tensor, scores: torch.Tensor, rules: Rules) -> torch.Tens
     if rules.bad_words_ids:
         scores = bad_words(ids, scores, rules.bad_words_ids, rules.eos)
     if rules.eos and t < rules.min_length:
-        scores = scores.clone()
-        scores[:, rules.eos] = -math.inf
+        scores = scores.index_fill(1, device_ids(tuple(rules.eos), scores.device), -math.inf)
     if rules.forced_bos_token_id is not None and t == 1:
         scores = forced(scores, rules.forced_bos_token_id)
     if rules.forced_eos_token_id is not None and t == rules.max_length - 1:

@@ -33,23 +33,17 @@ class Memory:
         def padded(t: torch.Tensor) -> torch.Tensor:  # extra rows repeat article 0: finite and never emitted
             extra = rows - t.shape[0]
             return t if extra == 0 else torch.cat((t, t[:1].expand(extra, *t.shape[1:])))
-        self.buffers = [padded(t) for pair in kv for t in pair] + ([padded(mask)] if mask is not None else [])
-        self.has_mask = mask is not None
-        self.rows = rows
-
-    @property
-    def kv(self) -> MemoryKV:
-        layers = self.buffers[: len(self.buffers) - self.has_mask]
-        return [(k[: self.rows], v[: self.rows]) for k, v in zip(layers[::2], layers[1::2], strict=True)]
-
-    @property
-    def mask(self) -> torch.Tensor | None:
-        return self.buffers[-1][: self.rows] if self.has_mask else None
+        self.kv_buffers = [(padded(k), padded(v)) for k, v in kv]
+        self.mask_buffer = padded(mask) if mask is not None else None
+        self.kv, self.mask = self.kv_buffers, self.mask_buffer
 
     def keep(self, live: torch.Tensor, rows: int, chunk: int | None) -> None:
-        for t in self.buffers:
-            move_rows_(t, live, chunk)
-        self.rows = rows
+        """Move the articles at `live` to the first rows and keep `rows` rows (the live ones, then padding)."""
+        for t in (*(t for kv in self.kv_buffers for t in kv), self.mask_buffer):
+            if t is not None:
+                move_rows_(t, live, chunk)
+        self.kv = [(k[:rows], v[:rows]) for k, v in self.kv_buffers]
+        self.mask = None if self.mask_buffer is None else self.mask_buffer[:rows]
 
 
 class Search(Protocol):
@@ -65,9 +59,9 @@ class Search(Protocol):
     def advance(self, cur: int, logits: torch.Tensor) -> None:
         """Take step cur's logits [rows, V]: choose tokens, update the state and `done`."""
 
-    def cache_sources(self, cur: int, live: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None] | None:
-        """Old cache row of each new row once `live` articles stay (None: the cache is right as it is), and,
-        for a shared-prefix reorder, the leading positions each new row already holds."""
+    def cache_sources(self, cur: int, live: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+        """Old cache row of each new row once `live` articles stay (None: all of them) or None when the cache
+        is right as it is, and, for a shared-prefix reorder, the leading positions each new row already holds."""
 
     def take(self, rows: torch.Tensor) -> None:
         """Keep the articles at `rows`, in that order."""
@@ -98,7 +92,7 @@ def run(search: Search, memory: Memory, cache: KVCache, step: DecodeStep, policy
     for cur in range(1, max_length):
         tokens, pos, group = search.inputs(cur)
         search.advance(cur, step(tokens, memory.kv, memory.mask, cache, pos, group))
-        n, live = search.done.shape[0], None
+        n = search.done.shape[0]
         if cur + 1 >= max_length:
             break
         if cur % policy.check_every == 0:
@@ -119,7 +113,7 @@ def run(search: Search, memory: Memory, cache: KVCache, step: DecodeStep, policy
                     kept = live_count * search.group
                     cache.reorder(src[:kept], cur, None if shared is None else shared[:kept])
                 continue
-        sources = search.cache_sources(cur, torch.arange(n, device=search.done.device))
+        sources = search.cache_sources(cur, None)
         if sources is not None:
             cache.reorder(sources[0], cur, sources[1])
     results.emit(search)

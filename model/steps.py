@@ -72,3 +72,10 @@ def static_decode_step(model: Seq2Seq, wrap: Callable[[Callable], Callable] | No
                 torch._dynamo.mark_static_address(t)
         return core(tokens, memory_kv, memory_mask, cache, position, group)
     return step
+
+
+def compiled_decode_step(model: Seq2Seq) -> DecodeStep:
+    """The static step under torch.compile: CUDA graphs on a GPU (one per row count: run it under the "gpu"
+    decode policy, whose row buckets bound the counts), Inductor's code on a CPU."""
+    mode = "reduce-overhead" if model.device.type == "cuda" else None
+    return static_decode_step(model, lambda f: torch.compile(f, mode=mode, dynamic=False))

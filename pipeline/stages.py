@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
-from model import DEFAULT_BATCH_TOKENS, EncoderDecoderModel, Tokenizer, batches, pad_ids, static_decode_step
+from model import DEFAULT_BATCH_TOKENS, EncoderDecoderModel, Tokenizer, batches, compiled_decode_step, pad_ids
 
 from . import commit, storage
 from .units import Unit, read_rows
@@ -205,7 +205,9 @@ class Summarizer:
         self.beams = int(self.generation.get("num_beams") or self.model.generation_config.num_beams or 1)
         self.batch_size, self.max_batch_tokens = batch_size, max_batch_tokens
         self.special = torch.tensor(sorted(self.tokenizer.all_special_ids), device=device)
-        self.step = compiled_step(self.model, device) if compile else None
+        self.step = compiled_decode_step(self.model) if compile else None
+        # compiled shapes must repeat: row buckets, whatever the device
+        self.policy = "gpu" if compile else None
         self.replica = f"{socket.gethostname()}:{os.getpid()}"
         self.generate_s = 0.0
         self.calls = 0
@@ -222,6 +224,7 @@ class Summarizer:
         start = time.perf_counter()
         try:
             out = self.model.generate(tokens.to(device), mask.to(device), max_batch_tokens=None, step=self.step,
+                                      policy=self.policy,
                                       **self.generation)
             counts = (~torch.isin(out, self.special)).sum(dim=1).tolist()
         finally:
@@ -282,12 +285,6 @@ class Summarizer:
                                      "generate_s": self.generate_s - generate_s, "oom_splits": self.oom_splits - splits,
                                      "busy_s": time.perf_counter() - start}))
         return _with(units, payload=payloads, stats=stats)
-
-
-def compiled_step(model: EncoderDecoderModel, device: str):
-    """The static decode step under torch.compile: CUDA graphs on a GPU (one per row bucket), Inductor on a CPU."""
-    mode = "reduce-overhead" if device == "cuda" else None
-    return static_decode_step(model, lambda f: torch.compile(f, mode=mode, dynamic=False))
 
 
 def free_device_memory() -> None:

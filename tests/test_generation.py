@@ -27,7 +27,8 @@ transformers.logging.set_verbosity_error()
 def decode_policy(request, monkeypatch):
     """Every test here runs under both decode policies: the CPU's, and the GPU's forced on the CPU."""
     forced = POLICIES[request.param]
-    monkeypatch.setattr(generation_module, "policy_for", lambda device, override=None: override or forced)
+    monkeypatch.setattr(generation_module, "policy_for",
+                        lambda device, override=None: POLICIES.get(override, override) or forced)
     return forced
 
 
@@ -257,6 +258,26 @@ def test_static_step_traces_once_for_every_position():
     for a, b in zip(compiled, eager, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
     torch._dynamo.reset()
+
+
+def test_compiled_static_step_sees_only_power_of_two_article_counts_under_the_gpu_policy():
+    _, ours = twins("bert", 1)
+    rows = []
+
+    def counting_backend(gm, example_inputs):
+        tokens = [t for t in example_inputs if isinstance(t, torch.Tensor) and t.dtype == torch.long and t.dim() == 2]
+        rows.append(tokens[0].shape[0])  # the step's tokens [rows, 1]
+        return gm.forward
+
+    torch._dynamo.reset()
+    step = static_decode_step(ours, lambda f: torch.compile(f, backend=counting_backend, dynamic=False))
+    ids, mask = padded_batch(VOCAB, [9, 3, 14, 6, 11], 7)
+    kwargs = dict(num_beams=3, max_length=24, min_length=4)
+    compiled = ours.generate(ids, mask, step=step, policy="gpu", **kwargs)
+    torch._dynamo.reset()
+    assert up_to_eos(compiled) == up_to_eos(ours.generate(ids, mask, **kwargs))
+    # 5 articles run as 8 (first step: one row per article, then 3 beams each), compacted into 4, 2, 1
+    assert len(rows) == len(set(rows)) and set(rows) <= {8, 24, 12, 6, 3} and {8, 24} <= set(rows)
 
 
 def test_top_candidates_equal_torch_topk_on_long_rows():

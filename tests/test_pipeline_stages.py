@@ -79,3 +79,22 @@ def test_summarizer_matches_direct_generate_and_passes_errors_through(bert2bert_
         assert row["summary"] == tok.batch_decode(ids, skip_special_tokens=True)[0]
         special = set(tok.all_special_ids)
         assert row["summary_tokens"] == sum(1 for t in ids[0].tolist() if t not in special)
+
+
+def test_compiled_summarizer_gives_the_same_summaries(bert2bert_dir, tok, articles, monkeypatch):
+    """--compile: dynamo traces the static step (Inductor's code generation swapped for a counting backend, to
+    keep the test fast) and the summaries do not change."""
+    graphs, compile_ = [], torch.compile
+
+    def counting(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    monkeypatch.setattr(torch, "compile", lambda f, mode=None, **kw: compile_(f, backend=counting, **kw))
+    tokenized = tokenize(pa.table({"id": ["a", "b", "c"], "article": [a[:400] for a in articles]}), tok, "article",
+                         max_input_tokens=64)
+    torch._dynamo.reset()
+    compiled = Summarizer(str(bert2bert_dir), GEN, compile=True).summarize(tokenized)
+    torch._dynamo.reset()
+    assert graphs and compiled.column("summary") == Summarizer(str(bert2bert_dir), GEN).summarize(tokenized).column(
+        "summary")

@@ -149,5 +149,5 @@ def test_help_documents_every_flag():
     for flag in ("--input", "--output", "--model", "--text-column", "--id-column", "--num-beams", "--max-length",
                  "--min-length", "--length-penalty", "--no-repeat-ngram-size", "--early-stopping",
                  "--max-input-tokens", "--batch-size", "--replicas", "--gpus-per-replica", "--cpus-per-replica",
-                 "--dtype", "--storage-options", "--overwrite", "--rows-per-file", "--max-batch-tokens"):
+                 "--dtype", "--storage-options", "--overwrite", "--rows-per-file", "--max-batch-tokens", "--compile"):
         assert flag in text
