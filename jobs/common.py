@@ -16,7 +16,7 @@ import ray
 
 from pipeline import secrets
 from pipeline.config import DTYPES, GenerationOverrides, Replicas, SummarizeConfig
-from pipeline.scaling import CPU_HEADROOM
+from pipeline.scaling import CPU_HEADROOM, autoscaler_node_types, default_gpus_per_replica
 from pipeline.summarize import SummarizeResult
 
 
@@ -25,6 +25,9 @@ def _early_stopping(text: str) -> bool | str:
     if value not in ("true", "false", "never"):
         raise argparse.ArgumentTypeError(f"expected true, false or never, got {text!r}")
     return {"true": True, "false": False}.get(value, value)
+
+
+DEFAULT_WORKER_WAIT_S = 900.0  # a GPU instance takes minutes to boot and join
 
 
 def job_parser(module: str, doc: str | None) -> argparse.ArgumentParser:
@@ -62,7 +65,7 @@ def summarize_config(args: argparse.Namespace, input: str, output: str, **kwargs
         max_input_tokens=args.max_input_tokens, add_special_tokens=args.add_special_tokens, dtype=args.dtype,
         generation=generation_from_args(args),
         replicas=replicas_from_args(args), storage_options=args.storage_options,
-        worker_wait_s=args.wait_for_workers_s, rows_per_file=args.rows_per_file, **kwargs)
+        worker_wait_s=args.wait_for_workers_s or 0.0, rows_per_file=args.rows_per_file, **kwargs)
 
 
 def add_generation_flags(parser: argparse.ArgumentParser) -> None:
@@ -79,7 +82,8 @@ def add_scaling_flags(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("scaling")
     g.add_argument("--replicas", default="1", help="model replicas: N, or MIN-MAX for an autoscaling actor pool")
     g.add_argument("--gpus-per-replica", type=float, default=None,
-                   help="GPUs per replica, fractional allowed (default: 1 if the cluster has GPUs, else 0)")
+                   help="GPUs per replica, fractional allowed (default: 1 if the cluster has GPUs or its "
+                        "autoscaler can start nodes with GPUs, else 0)")
     g.add_argument("--cpus-per-replica", type=float, default=1.0,
                    help="CPUs per replica; also the replica's torch thread count on CPU")
     g.add_argument("--batch-size", type=int, default=256,
@@ -91,8 +95,10 @@ def add_scaling_flags(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--compile", action="store_true",
                    help="run the decode step under torch.compile (CUDA graphs on a GPU, one per power-of-two "
                         "batch size; the first batches pay for compiling); the same tokens as without")
-    g.add_argument("--wait-for-workers-s", type=float, default=0.0,
-                   help="on an autoscaling cluster: request nodes for the replicas and wait up to this long")
+    g.add_argument("--wait-for-workers-s", type=float, default=None,
+                   help="request nodes for the replicas from the autoscaler and wait up to this long for them "
+                        f"(default: {DEFAULT_WORKER_WAIT_S:g} when the cluster has an autoscaler that can start "
+                        "worker nodes, else 0: no request, the job fits the pool to what is there)")
 
 
 def _json_object(text: str) -> dict:
@@ -125,7 +131,7 @@ def init_ray(replicas_flag: str, cpus_per_replica: float) -> None:
         return
     address = os.environ.get("RAY_ADDRESS")
     if address:
-        ray.init(address=address, log_to_driver=False)
+        ray.init(address=address)  # the replicas' output and tracebacks reach `ray job submit` / `ray job logs`
         return
     most = Replicas.parse(replicas_flag, cpus=cpus_per_replica).max
     num_cpus = max(os.cpu_count() or 1, int(most * cpus_per_replica + 0.999) + CPU_HEADROOM)
@@ -137,11 +143,18 @@ def replicas_from_args(args: argparse.Namespace) -> Replicas:
                           batch_size=args.batch_size, max_batch_tokens=args.max_batch_tokens, compile=args.compile)
 
 
-def with_cluster_gpus(config: SummarizeConfig, args: argparse.Namespace) -> SummarizeConfig:
-    """Without --gpus-per-replica, each replica takes one GPU when the cluster has any."""
-    if args.gpus_per_replica is not None or not ray.cluster_resources().get("GPU", 0):
-        return config
-    return dataclasses.replace(config, replicas=dataclasses.replace(config.replicas, gpus=1.0))
+def with_cluster_defaults(config: SummarizeConfig, args: argparse.Namespace) -> SummarizeConfig:
+    """The scaling flags left unset, from the cluster: one GPU per replica when the cluster has GPUs or its
+    autoscaler can start nodes with some (GPU workers that scale from zero have none at submit time), and a
+    wait for worker nodes when the autoscaler can start any."""
+    node_types = autoscaler_node_types()
+    if args.gpus_per_replica is None:
+        gpus = default_gpus_per_replica(ray.cluster_resources(), node_types)
+        config = dataclasses.replace(config, replicas=dataclasses.replace(config.replicas, gpus=gpus))
+    if args.wait_for_workers_s is None:
+        wait = DEFAULT_WORKER_WAIT_S if any(t.max_workers > 0 for t in node_types) else 0.0
+        config = dataclasses.replace(config, worker_wait_s=wait)
+    return config
 
 
 def log_config(name: str, config: Any) -> None:

@@ -27,6 +27,7 @@ from .config import SummarizeConfig
 from .identity import code_version
 from .ids import check_unique
 from .lease import Lease, LeaseLost, new_owner, retried
+from .metrics import record_partitions
 from .nightly_config import NightlyConfig, NightlyReport, PartitionOutcome
 from .partitions import (
     LEASES,
@@ -429,6 +430,7 @@ def run_nightly(config: NightlyConfig, dry_run: bool = False) -> NightlyReport:
             _close(w, "failed", "stopped before its switch")
         report.ended_at, report.wall_s = _utc(time.time()), round(time.time() - start, 3)
         if not dry_run:
+            record_partitions(report.partitions)
             stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(start))
             report.report_url = storage.join(config.output, RUNS, f"{stamp}-{owner.rsplit(':', 1)[-1]}.json")
             try:

@@ -23,11 +23,13 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import ray
 import torch
 
 from model import DEFAULT_BATCH_TOKENS, EncoderDecoderModel, Tokenizer, batches, compiled_decode_step, pad_ids
 
 from . import commit, storage
+from .metrics import replica_metrics
 from .units import Unit, read_rows
 
 log = logging.getLogger(__name__)
@@ -209,6 +211,12 @@ class Summarizer:
         # compiled shapes must repeat: row buckets, whatever the device
         self.policy = "gpu" if compile else None
         self.replica = f"{socket.gethostname()}:{os.getpid()}"
+        self.metrics = replica_metrics(self.replica)
+        given = ray.get_gpu_ids() if ray.is_initialized() else []
+        if given and device == "cpu":
+            log.warning("Ray assigned GPU(s) %s to this replica but torch sees no CUDA device: running on CPU",
+                        given)
+        log.info("replica %s: %s, %s", self.replica, device, self.model.dtype)
         self.generate_s = 0.0
         self.calls = 0
         self.oom_splits = 0
@@ -228,8 +236,11 @@ class Summarizer:
                                       **self.generation)
             counts = (~torch.isin(out, self.special)).sum(dim=1).tolist()
         finally:
-            self.generate_s += time.perf_counter() - start
+            seconds = time.perf_counter() - start
+            self.generate_s += seconds
             self.calls += 1
+            if self.metrics:
+                self.metrics.generate.observe(seconds)
         return self.tokenizer.batch_decode(out, skip_special_tokens=True), counts
 
     def generate_or_split(self, ids: pa.ChunkedArray | pa.Array) -> list[tuple[str | None, int | None, str | None]]:
@@ -277,6 +288,8 @@ class Summarizer:
     def __call__(self, batch: pa.Table) -> pa.Table:
         """Units in, units out: each payload's rows summarized, with the unit's stats."""
         units, payloads, stats = _units(batch), [], []
+        if self.metrics:
+            self.metrics.busy.set(1)
         for data in batch.column("payload").to_pylist():
             start, generate_s, calls, splits = time.perf_counter(), self.generate_s, self.calls, self.oom_splits
             out = self.summarize(from_ipc(data))
@@ -284,6 +297,10 @@ class Summarizer:
             stats.append(json.dumps({**unit_stats(out), "replica": self.replica, "generate_calls": self.calls - calls,
                                      "generate_s": self.generate_s - generate_s, "oom_splits": self.oom_splits - splits,
                                      "busy_s": time.perf_counter() - start}))
+            if self.metrics:
+                self.metrics.unit(stats=json.loads(stats[-1]))
+        if self.metrics:
+            self.metrics.busy.set(0)
         return _with(units, payload=payloads, stats=stats)
 
 

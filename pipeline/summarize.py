@@ -305,15 +305,17 @@ def execute(pendings: list[Pending], config: SummarizeConfig,
             unit_rows(p.todo, i, p.target, p.attempt, p.plan.id_column, p.plan.derived_id)]
     if not rows:
         return
-    replicas, notes = fit_replicas(config.replicas, cluster_resources(config.replicas, config.worker_wait_s))
-    for p in pendings:
-        p.result.replicas = replicas
-        p.result.notes.extend(notes)
-    ds = dataflow.build(config, rows, replicas, pendings[0].max_input_tokens)
-    for stats in dataflow.stream(ds, config.actor_start_timeout_s):
-        pending = pendings[stats["job"]]
-        pending.result.add(stats, by_replica=True)
-        on_unit(pending)
+    with cluster_resources(config.replicas, config.worker_wait_s) as (resources, release):
+        replicas, notes = fit_replicas(config.replicas, resources)
+        for p in pendings:
+            p.result.replicas = replicas
+            p.result.notes.extend(notes)
+        ds = dataflow.build(config, rows, replicas, pendings[0].max_input_tokens)
+        for stats in dataflow.stream(ds, config.actor_start_timeout_s):
+            release()  # a unit is committed: the pool is up and its nodes are busy, so none scales down
+            pending = pendings[stats["job"]]
+            pending.result.add(stats, by_replica=True)
+            on_unit(pending)
     text = ds.stats()
     for p in pendings:
         p.result.stats = text

@@ -1,0 +1,74 @@
+"""The cluster path on a real multi-node autoscaling cluster (tests/fake_cluster.py): GPU workers that scale
+from zero, replicas on worker nodes, a node lost mid-job."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import urllib.request
+
+import pyarrow.parquet as pq
+import pytest
+import s3fs
+
+from tests import fake_cluster
+from tests.conftest import AWS_ENV
+from tests.test_pipeline_run import articles, direct_summaries
+from tests.test_summarize_job import ROOT, write_shards
+
+RAY = fake_cluster.RAY
+GEN = ["--num-beams", "2", "--max-length", "12", "--max-input-tokens", "96"]
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    c = fake_cluster.start()
+    try:
+        yield c
+    finally:
+        c.stop()
+
+
+def actors(cluster: fake_cluster.FakeCluster, name: str) -> list[dict]:
+    with urllib.request.urlopen(f"{cluster.address}/api/v0/actors?detail=1&limit=1000", timeout=10) as r:
+        found = json.load(r)["data"]["result"]["result"]
+    return [a for a in found if name in a["class_name"]]
+
+
+def submit(cluster, s3_endpoint, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    runtime_env = {"env_vars": {**AWS_ENV, "AWS_ENDPOINT_URL": s3_endpoint}}
+    cmd = [RAY, "job", "submit", "--address", cluster.address, "--runtime-env-json", json.dumps(runtime_env), "--",
+           sys.executable, *args]
+    return subprocess.run(cmd, env=cluster.env, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+
+
+def test_readme_command_scales_gpu_workers_from_zero_and_back(cluster, s3_endpoint, bert2bert_dir, tmp_path):
+    rows = [{"id": f"doc-{i}", "article": r["article"][:400]} for i, r in enumerate(articles(12))]
+    write_shards(tmp_path / "in", rows, per_shard=3)
+    fs = s3fs.S3FileSystem()
+    fs.mkdir("cluster")
+    fs.put(str(tmp_path / "in"), "cluster/articles", recursive=True)
+    fs.put(str(bert2bert_dir), "cluster/models/b2b", recursive=True)
+    assert cluster.gpu_nodes() == 0
+
+    done = submit(cluster, s3_endpoint, "-m", "jobs.summarize", "--input", "s3://cluster/articles/",
+                  "--output", "s3://cluster/summaries/", "--model", "s3://cluster/models/b2b", "--replicas", "1-2",
+                  *GEN)
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-3000:]
+    assert "rows in: 12  rows out: 12  written by this run: 12" in done.stdout
+    assert "torch sees no CUDA device: running on CPU" in done.stdout  # a replica's own log reached the job's
+
+    replicas = actors(cluster, "Summarizer")
+    head = next(n["node_id"] for n in cluster.nodes() if n["is_head_node"])
+    assert replicas and all(a["node_id"] != head for a in replicas)
+    assert all(a["required_resources"].get("GPU") == 1 for a in replicas)
+    fs.invalidate_cache()
+    table = pq.read_table("cluster/summaries/", filesystem=fs)
+    assert sorted(table.column("id").to_pylist()) == sorted(r["id"] for r in rows)
+    pids = {int(r.rsplit(":", 1)[1]) for r in table.column("replica").to_pylist()}
+    assert pids <= {a["pid"] for a in replicas}
+    got = dict(zip(table.column("id").to_pylist(), table.column("summary").to_pylist(), strict=True))
+    assert [got[r["id"]] for r in rows] == direct_summaries(bert2bert_dir, [r["article"] for r in rows],
+                                                           num_beams=2, max_length=12)
+    cluster.wait(lambda: cluster.gpu_nodes() == 0, 90, "GPU nodes did not scale back to zero after the job")
