@@ -43,6 +43,7 @@ def ray_head(tmp_path):
     temp_dir = tempfile.mkdtemp(prefix="rayh", dir="/tmp")
     cmd = [RAY, "start", "--head", "--block", "--node-ip-address", "127.0.0.1", "--dashboard-host", "127.0.0.1",
            "--num-cpus", "6", "--num-gpus", "1", "--include-dashboard", "true", "--temp-dir", temp_dir,
+           "--system-config", json.dumps({"metrics_report_interval_ms": 1000}),
            *[f"--{k}={v}" for k, v in ports.items()]]
     proc = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     address = f"http://127.0.0.1:{ports['dashboard-port']}"
@@ -57,7 +58,7 @@ def ray_head(tmp_path):
                 raise RuntimeError("ray head did not start") from None
             time.sleep(0.5)
     try:
-        yield address, env
+        yield address, env, ports["metrics-export-port"]
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         try:
@@ -67,7 +68,7 @@ def ray_head(tmp_path):
 
 
 def test_job_submit_end_to_end_on_s3(s3_endpoint, ray_head, bert2bert_dir, tmp_path):
-    address, env = ray_head
+    address, env, metrics_port = ray_head
     rows = [{"id": f"doc-{i}", "article": r["article"][:500]} for i, r in enumerate(articles(8))]
     write_shards(tmp_path / "in", rows, per_shard=3)
     fs = s3fs.S3FileSystem()
@@ -91,6 +92,28 @@ def test_job_submit_end_to_end_on_s3(s3_endpoint, ray_head, bert2bert_dir, tmp_p
     expected = direct_summaries(bert2bert_dir, [r["article"] for r in rows], num_beams=2, max_length=12)
     assert [got[r["id"]] for r in rows] == expected
     assert json.loads(fs.cat("e2e/summaries/_SUCCESS.json"))["rows_out"] == 8
+    # the replicas' metrics, from the node's Prometheus endpoint
+    deadline, totals = time.monotonic() + 60, {}
+    while time.monotonic() < deadline:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).read().decode()
+        totals = metric_totals(text)
+        if totals.get("ray_bert2bert_rows_summarized_total") == 8:
+            break
+        time.sleep(1)
+    assert totals.get("ray_bert2bert_rows_summarized_total") == 8, totals
+    assert totals.get("ray_bert2bert_generate_seconds_count", 0) >= 1
+    assert totals.get("ray_bert2bert_input_tokens_total", 0) > 8
+
+
+def metric_totals(text: str) -> dict[str, float]:
+    """Prometheus text -> each sample name's sum over its labels."""
+    totals: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith("ray_bert2bert_"):
+            name = re.match(r"[a-zA-Z0-9_:]+", line).group(0)
+            value = (line.rsplit("}", 1)[1] if "}" in line else line[len(name):]).split()[0]
+            totals[name] = totals.get(name, 0.0) + float(value)
+    return totals
 
 
 def job(args: list[str], **kwargs) -> subprocess.Popen:
