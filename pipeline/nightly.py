@@ -16,7 +16,9 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import posixpath
+import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -102,6 +104,9 @@ def _reusable(state: PartitionState, settings: dict[str, Any]) -> dict[str, list
 
 class _NothingLeft(Exception):
     """Every partition of the run is switched or failed: the dataflow is stopped."""
+
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -220,6 +225,8 @@ def _close(work: Work, action: str | None = None, detail: str = "") -> None:
         work.outcome.action = action
     if detail:
         work.outcome.detail = detail
+    if action == "failed":  # the report holds one line; the job's log gets the traceback
+        log.warning("partition %s failed: %s", work.outcome.partition, detail, exc_info=sys.exc_info()[0] is not None)
     work.done = True
     _release(work.lease, work.outcome)
     work.outcome.seconds = round(time.time() - work.started, 3)

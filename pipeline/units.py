@@ -110,8 +110,9 @@ def inspect_input(config: SummarizeConfig) -> InputPlan:
         if not is_text(kind):
             raise ValueError(f"the text column {config.text_column!r} of input shard {storage.to_url(fs, file.path)} "
                              f"is {kind}, not text (string, large_string, binary or a dictionary of those)")
-    shards = [Shard(f.path, posixpath.relpath(f.path, root), f.size, f.version, m.num_rows,
-                    tuple(m.row_group(i).num_rows for i in range(m.num_row_groups)))
+    # both made absolute: relpath of relative paths (S3 keys) reads the process's cwd, which may be gone
+    shards = [Shard(f.path, posixpath.relpath("/" + f.path.lstrip("/"), "/" + root.lstrip("/")), f.size,
+                    f.version, m.num_rows, tuple(m.row_group(i).num_rows for i in range(m.num_row_groups)))
               for f, m in zip(files, footers, strict=True)]
     rows = sum(s.rows for s in shards)
     id_column = config.id_column or (DEFAULT_ID_COLUMN if all(DEFAULT_ID_COLUMN in s.names for s in schemas)

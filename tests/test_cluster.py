@@ -14,6 +14,8 @@ import s3fs
 
 from tests import fake_cluster
 from tests.conftest import AWS_ENV
+from tests.test_nightly import articles as numbered
+from tests.test_nightly import put_shard
 from tests.test_pipeline_run import articles, direct_summaries
 from tests.test_summarize_job import ROOT, write_shards
 
@@ -72,3 +74,69 @@ def test_readme_command_scales_gpu_workers_from_zero_and_back(cluster, s3_endpoi
     assert [got[r["id"]] for r in rows] == direct_summaries(bert2bert_dir, [r["article"] for r in rows],
                                                            num_beams=2, max_length=12)
     cluster.wait(lambda: cluster.gpu_nodes() == 0, 90, "GPU nodes did not scale back to zero after the job")
+
+
+def test_worker_node_lost_mid_job_finishes_by_itself_exactly_once(cluster, s3_endpoint, bert2bert_dir, tmp_path):
+    rows = [{"id": i, "article": r["article"][:500]} for i, r in enumerate(articles(24))]
+    write_shards(tmp_path / "in", rows, per_shard=2)
+    fs = s3fs.S3FileSystem()
+    fs.mkdir("lost")
+    fs.put(str(tmp_path / "in"), "lost/articles", recursive=True)
+    fs.put(str(bert2bert_dir), "lost/models/b2b", recursive=True)
+    runtime_env = {"env_vars": {**AWS_ENV, "AWS_ENDPOINT_URL": s3_endpoint}}
+    job = subprocess.Popen(
+        [RAY, "job", "submit", "--address", cluster.address, "--runtime-env-json", json.dumps(runtime_env), "--",
+         sys.executable, "-m", "jobs.summarize", "--input", "s3://lost/articles/", "--output", "s3://lost/summaries/",
+         "--model", "s3://lost/models/b2b", "--replicas", "2", "--num-beams", "2", "--max-length", "24",
+         "--max-input-tokens", "128"],
+        env=cluster.env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        def replicas_working() -> list[dict]:  # both replicas up, on two nodes, and some unit committed
+            alive = [a for a in actors(cluster, "Summarizer") if a["state"] == "ALIVE"]
+            fs.invalidate_cache()
+            done = fs.exists("lost/summaries") and fs.glob("lost/summaries/*.parquet")
+            return alive if len({a["node_id"] for a in alive}) == 2 and done else []
+
+        alive = cluster.wait(replicas_working, 240, "two replicas on two worker nodes never ran")
+        victim = alive[0]["node_id"]
+        cluster.kill_worker_raylet(victim)
+        out, _ = job.communicate(timeout=400)
+    finally:
+        if job.poll() is None:
+            job.kill()
+    assert job.returncode == 0, out[-5000:]
+    assert "rows in: 24  rows out: 24" in out
+    fs.invalidate_cache()
+    table = pq.read_table("lost/summaries/", filesystem=fs)
+    assert sorted(table.column("id").to_pylist()) == list(range(24))  # every id exactly once
+    assert table.column("summary").null_count == 0
+    marker = json.loads(fs.cat("lost/summaries/_SUCCESS.json"))
+    assert marker["rows_out"] == 24
+
+
+def test_readme_cron_command_for_the_nightly_job(cluster, s3_endpoint, bert2bert_dir):
+    fs = s3fs.S3FileSystem()
+    fs.mkdir("nightly")
+    fs.put(str(bert2bert_dir), "nightly/models/b2b", recursive=True)
+    put_shard("s3://nightly/corpus/date=2026-11-30/part-0.parquet", numbered(0, 3))
+    put_shard("s3://nightly/corpus/date=2026-12-01/part-0.parquet", numbered(3, 3))
+    put_shard("s3://nightly/corpus/date=2026-12-01/part-1.parquet", numbered(6, 2))
+    cluster.wait(lambda: cluster.gpu_nodes() == 0, 120, "GPU nodes still up from an earlier test")
+    runtime_env = {"env_vars": {**AWS_ENV, "AWS_ENDPOINT_URL": s3_endpoint}}
+    # the README's cron line (with the test's S3 endpoint and a short generation)
+    cmd = [RAY, "job", "submit", "--address", cluster.address, "--working-dir", ".", "--runtime-env-json",
+           json.dumps(runtime_env), "--", "python", "-m", "jobs.nightly", "--corpus", "s3://nightly/corpus/",
+           "--output", "s3://nightly/summaries/", "--model", "s3://nightly/models/b2b", "--since", "2026-11-01",
+           "--num-beams", "1", "--max-length", "12"]
+    done = subprocess.run(cmd, env=cluster.env, cwd=ROOT, capture_output=True, text=True, timeout=400)
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-3000:]
+    fs.invalidate_cache()
+    reports = fs.glob("nightly/summaries/_runs/*.json")
+    report = json.loads(fs.cat(reports[-1]))
+    assert {p["partition"]: p["action"] for p in report["partitions"]} == {
+        "date=2026-11-30": "processed", "date=2026-12-01": "processed"}
+    table = pq.read_table("nightly/summaries/", filesystem=fs, partitioning="hive")
+    assert sorted(table.column("id").to_pylist()) == list(range(8))
+    head = next(n["node_id"] for n in cluster.nodes() if n["is_head_node"])
+    replicas = actors(cluster, "Summarizer")  # this job's and the earlier tests': none ever ran on the head
+    assert replicas and all(a["node_id"] != head and a["required_resources"].get("GPU") == 1 for a in replicas)
