@@ -92,6 +92,7 @@ def test_worker_node_lost_mid_job_finishes_by_itself_exactly_once(cluster, s3_en
         env=cluster.env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         def replicas_working() -> list[dict]:  # both replicas up, on two nodes, and some unit committed
+            assert job.poll() is None, job.stdout.read()[-5000:]
             alive = [a for a in actors(cluster, "Summarizer") if a["state"] == "ALIVE"]
             fs.invalidate_cache()
             done = fs.exists("lost/summaries") and fs.glob("lost/summaries/*.parquet")
@@ -140,3 +141,4 @@ def test_readme_cron_command_for_the_nightly_job(cluster, s3_endpoint, bert2bert
     head = next(n["node_id"] for n in cluster.nodes() if n["is_head_node"])
     replicas = actors(cluster, "Summarizer")  # this job's and the earlier tests': none ever ran on the head
     assert replicas and all(a["node_id"] != head and a["required_resources"].get("GPU") == 1 for a in replicas)
+
