@@ -3,7 +3,8 @@
 The head (`ray start --head`, CPU: 0 as in cluster.yaml) runs the autoscaler monitor with a config of our
 own (the 2.60 wheel lacks fake_multi_node/example.yaml); every worker node it starts is its own raylet with
 a logical GPU (no CUDA behind it). Everything started lives under this cluster's own --temp-dir: teardown
-kills exactly those processes, by pid (never `ray stop`, which ends every Ray process on the machine).
+kills exactly those processes, by pid (never Ray's stop-everything command, which ends every Ray process on
+the machine).
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ from tests.conftest import AWS_ENV
 from tests.test_nightly import articles as numbered
 from tests.test_nightly import put_shard
 from tests.test_pipeline_run import articles, direct_summaries
-from tests.test_summarize_job import ROOT, write_shards
+from tests.test_summarize_job import ROOT, stage_on_s3
 
 RAY = fake_cluster.RAY
 GEN = ["--num-beams", "2", "--max-length", "12", "--max-input-tokens", "96"]
@@ -47,11 +47,7 @@ def submit(cluster, s3_endpoint, *args: str, timeout: float = 300) -> subprocess
 
 def test_readme_command_scales_gpu_workers_from_zero_and_back(cluster, s3_endpoint, bert2bert_dir, tmp_path):
     rows = [{"id": f"doc-{i}", "article": r["article"][:400]} for i, r in enumerate(articles(12))]
-    write_shards(tmp_path / "in", rows, per_shard=3)
-    fs = s3fs.S3FileSystem()
-    fs.mkdir("cluster")
-    fs.put(str(tmp_path / "in"), "cluster/articles", recursive=True)
-    fs.put(str(bert2bert_dir), "cluster/models/b2b", recursive=True)
+    fs = stage_on_s3("cluster", rows, 3, bert2bert_dir, tmp_path)
     assert cluster.gpu_nodes() == 0
 
     done = submit(cluster, s3_endpoint, "-m", "jobs.summarize", "--input", "s3://cluster/articles/",
@@ -78,11 +74,7 @@ def test_readme_command_scales_gpu_workers_from_zero_and_back(cluster, s3_endpoi
 
 def test_worker_node_lost_mid_job_finishes_by_itself_exactly_once(cluster, s3_endpoint, bert2bert_dir, tmp_path):
     rows = [{"id": i, "article": r["article"][:500]} for i, r in enumerate(articles(24))]
-    write_shards(tmp_path / "in", rows, per_shard=2)
-    fs = s3fs.S3FileSystem()
-    fs.mkdir("lost")
-    fs.put(str(tmp_path / "in"), "lost/articles", recursive=True)
-    fs.put(str(bert2bert_dir), "lost/models/b2b", recursive=True)
+    fs = stage_on_s3("lost", rows, 2, bert2bert_dir, tmp_path)
     runtime_env = {"env_vars": {**AWS_ENV, "AWS_ENDPOINT_URL": s3_endpoint}}
     job = subprocess.Popen(
         [RAY, "job", "submit", "--address", cluster.address, "--runtime-env-json", json.dumps(runtime_env), "--",

@@ -27,6 +27,16 @@ RAY = os.path.join(os.path.dirname(sys.executable), "ray")
 GEN = ["--num-beams", "2", "--max-length", "12", "--max-input-tokens", "96"]
 
 
+def stage_on_s3(bucket: str, rows: list[dict], per_shard: int, model_dir, tmp_path) -> s3fs.S3FileSystem:
+    """The rows as shards under s3://bucket/articles/ and the model under s3://bucket/models/b2b."""
+    write_shards(tmp_path / "in", rows, per_shard)
+    fs = s3fs.S3FileSystem()
+    fs.mkdir(bucket)
+    fs.put(str(tmp_path / "in"), f"{bucket}/articles", recursive=True)
+    fs.put(str(model_dir), f"{bucket}/models/b2b", recursive=True)
+    return fs
+
+
 def write_shards(folder, rows: list[dict], per_shard: int) -> None:
     os.makedirs(folder, exist_ok=True)
     for s in range(0, len(rows), per_shard):
@@ -70,11 +80,7 @@ def ray_head(tmp_path):
 def test_job_submit_end_to_end_on_s3(s3_endpoint, ray_head, bert2bert_dir, tmp_path):
     address, env, metrics_port = ray_head
     rows = [{"id": f"doc-{i}", "article": r["article"][:500]} for i, r in enumerate(articles(8))]
-    write_shards(tmp_path / "in", rows, per_shard=3)
-    fs = s3fs.S3FileSystem()
-    fs.mkdir("e2e")
-    fs.put(str(tmp_path / "in"), "e2e/articles", recursive=True)
-    fs.put(str(bert2bert_dir), "e2e/models/b2b", recursive=True)
+    fs = stage_on_s3("e2e", rows, 3, bert2bert_dir, tmp_path)
     runtime_env = {"env_vars": {**AWS_ENV, "AWS_ENDPOINT_URL": s3_endpoint}}
     cmd = [RAY, "job", "submit", "--address", address, "--runtime-env-json", json.dumps(runtime_env), "--",
            sys.executable, "-m", "jobs.summarize", "--input", "s3://e2e/articles/", "--output", "s3://e2e/summaries/",
