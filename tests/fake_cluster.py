@@ -1,4 +1,5 @@
-"""A real multi-node autoscaling Ray cluster on this machine, on Ray's fake multi-node node provider.
+"""A real multi-node autoscaling Ray cluster on this machine, on Ray's fake multi-node node provider
+(tests/fake_provider.py: a worker node whose raylet is killed disappears, as a preempted instance does).
 
 The head (`ray start --head`, CPU: 0 as in cluster.yaml) runs the autoscaler monitor with a config of our
 own (the 2.60 wheel lacks fake_multi_node/example.yaml); every worker node it starts is its own raylet with
@@ -23,6 +24,7 @@ import psutil
 
 from tests.conftest import free_port
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RAY = os.path.join(os.path.dirname(sys.executable), "ray")
 HEAD_ID = "f" * 54 + "00000"  # the fake provider's node id of the head
 WORKER_TYPE = "gpu_worker"
@@ -33,8 +35,9 @@ def config(gcs: str, worker_cpus: int, max_workers: int, idle_timeout_minutes: f
               "max_workers": max_workers}
     return {
         "cluster_name": "fake_multinode", "max_workers": max_workers,
-        "provider": {"type": "fake_multinode", "use_node_id_as_ip": True, "disable_node_updaters": True,
-                     "disable_launch_config_check": True, "gcs_address": gcs},
+        "provider": {"type": "external", "module": "tests.fake_provider.PreemptibleFakeProvider",
+                     "use_node_id_as_ip": True, "disable_node_updaters": True, "disable_launch_config_check": True,
+                     "gcs_address": gcs},
         "available_node_types": {WORKER_TYPE: worker,
                                  "ray.head.default": {"resources": {"CPU": 0}, "node_config": {}, "max_workers": 0}},
         "head_node_type": "ray.head.default", "auth": {}, "upscaling_speed": 1.0,
@@ -108,7 +111,9 @@ def start(worker_cpus: int = 3, max_workers: int = 2, idle_timeout_minutes: floa
     with open(config_path, "w") as f:
         json.dump(config(f"127.0.0.1:{ports['port']}", worker_cpus, max_workers, idle_timeout_minutes), f)
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_FAKE_CLUSTER": "1", "AUTOSCALER_UPDATE_INTERVAL_S": "1",
-           "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]}
+           "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"],
+           # the autoscaler monitor imports tests.fake_provider
+           "PYTHONPATH": os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")]))}
     env.pop("RAY_ADDRESS", None)
     cmd = [RAY, "start", "--head", "--block", "--node-ip-address", "127.0.0.1", "--dashboard-host", "127.0.0.1",
            "--num-cpus", "0", "--include-dashboard", "true", "--temp-dir", temp_dir,

@@ -4,22 +4,26 @@ from zero, replicas on worker nodes, a node lost mid-job."""
 from __future__ import annotations
 
 import json
+import pathlib
 import subprocess
 import sys
 import urllib.request
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import s3fs
 
 from tests import fake_cluster
 from tests.conftest import AWS_ENV
+from tests.model_helpers import random_bert2bert
 from tests.test_nightly import articles as numbered
 from tests.test_nightly import put_shard
 from tests.test_pipeline_run import articles, direct_summaries
 from tests.test_summarize_job import ROOT, stage_on_s3
 
 RAY = fake_cluster.RAY
+FINETUNE_DATA = pathlib.Path(ROOT) / "data" / "cnndm_200.jsonl"
 GEN = ["--num-beams", "2", "--max-length", "12", "--max-input-tokens", "96"]
 
 
@@ -134,3 +138,58 @@ def test_readme_cron_command_for_the_nightly_job(cluster, s3_endpoint, bert2bert
     replicas = actors(cluster, "Summarizer")  # this job's and the earlier tests': none ever ran on the head
     assert replicas and all(a["node_id"] != head and a["required_resources"].get("GPU") == 1 for a in replicas)
 
+
+
+
+def test_finetune_worker_node_lost_resumes_from_last_checkpoint(cluster, s3_endpoint, tmp_path):
+    fs = s3fs.S3FileSystem()
+    fs.mkdir("ftc")
+    random_bert2bert(tmp_path / "tiny", hidden=64, layers=2, intermediate=128)
+    fs.put(str(tmp_path / "tiny"), "ftc/models/tiny", recursive=True)
+    rows = [json.loads(line) for line in FINETUNE_DATA.read_text().splitlines()]
+    for name, part in (("train", rows[:160]), ("eval", rows[160:])):
+        pq.write_table(pa.Table.from_pylist(part), tmp_path / f"{name}.parquet")
+        fs.put_file(str(tmp_path / f"{name}.parquet"), f"ftc/pairs/{name}.parquet")
+    cluster.wait(lambda: cluster.gpu_nodes() == 0, 120, "GPU nodes still up from an earlier test")
+    runtime_env = {"env_vars": {**AWS_ENV, "AWS_ENDPOINT_URL": s3_endpoint}}
+    # 2 CPUs per worker on 3-CPU nodes: one worker per node, and the group needs a replacement node after the kill
+    job = subprocess.Popen(
+        [RAY, "job", "submit", "--address", cluster.address, "--runtime-env-json", json.dumps(runtime_env), "--",
+         sys.executable, "-m", "jobs.finetune", "--train", "s3://ftc/pairs/train.parquet",
+         "--eval", "s3://ftc/pairs/eval.parquet", "--init", "s3://ftc/models/tiny", "--output", "s3://ftc/out",
+         "--num-workers", "2", "--cpus-per-worker", "2", "--max-steps", "16", "--batch-size", "4", "--lr", "3e-3",
+         "--eval-every", "8", "--checkpoint-every", "8", "--eval-rows", "8", "--rouge-samples", "0",
+         "--max-source-tokens", "96", "--max-target-tokens", "24", "--log-every", "2", "--best-metric", "loss"],
+        env=cluster.env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+    def records() -> list[dict]:
+        fs.invalidate_cache()
+        path = "ftc/out.checkpoints/metrics.jsonl"
+        return [json.loads(line) for line in fs.cat(path).decode().splitlines()] if fs.exists(path) else []
+
+    try:
+        def checkpointed() -> list[dict]:  # both workers up on two nodes, and a checkpoint committed
+            assert job.poll() is None, job.stdout.read()[-5000:]
+            alive = [a for a in actors(cluster, "RayTrainWorker") if a["state"] == "ALIVE"]
+            fs.invalidate_cache()
+            done = fs.glob("ftc/out.checkpoints/checkpoint_*")
+            return alive if len({a["node_id"] for a in alive}) == 2 and done else []
+
+        victim = cluster.wait(checkpointed, 300, "two training workers on two nodes never checkpointed")[0]["node_id"]
+        committed = sorted(int(p.rsplit("_", 1)[1]) for p in fs.glob("ftc/out.checkpoints/checkpoint_*"))
+        cluster.kill_worker_raylet(victim)
+        out, _ = job.communicate(timeout=400)
+    finally:
+        if job.poll() is None:
+            job.kill()
+    assert job.returncode == 0, out[-5000:]
+    assert committed == [8]
+    resumed = [r for r in records() if r.get("event") == "resumed"]
+    assert resumed == [{"step": 8, "epoch": 0, "position": 8, "event": "resumed"}]  # the last checkpoint's place
+    assert [r["step"] for r in records() if "event" not in r][-1] == 16
+    assert "steps: 16" in out
+    assert fs.exists("ftc/out/config.json") and fs.exists("ftc/out/model.safetensors")
+    head = next(n["node_id"] for n in cluster.nodes() if n["is_head_node"])
+    nodes = {a["node_id"] for a in actors(cluster, "RayTrainWorker")}
+    # the first group's two nodes, then the survivor and the autoscaler's replacement: never the head
+    assert len(nodes) == 3 and victim in nodes and head not in nodes
