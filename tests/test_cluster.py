@@ -139,8 +139,6 @@ def test_readme_cron_command_for_the_nightly_job(cluster, s3_endpoint, bert2bert
     assert replicas and all(a["node_id"] != head and a["required_resources"].get("GPU") == 1 for a in replicas)
 
 
-
-
 def test_finetune_worker_node_lost_resumes_from_last_checkpoint(cluster, s3_endpoint, tmp_path):
     fs = s3fs.S3FileSystem()
     fs.mkdir("ftc")
