@@ -145,7 +145,8 @@ def test_finetune_worker_node_lost_resumes_from_last_checkpoint(cluster, s3_endp
     random_bert2bert(tmp_path / "tiny", hidden=64, layers=2, intermediate=128)
     fs.put(str(tmp_path / "tiny"), "ftc/models/tiny", recursive=True)
     rows = [json.loads(line) for line in FINETUNE_DATA.read_text().splitlines()]
-    for name, part in (("train", rows[:160]), ("eval", rows[160:])):
+    # 192 rows, 2 workers, batch 4: 24 steps in one epoch (a second epoch would re-run the dataset, ~15 s)
+    for name, part in (("train", rows[:192]), ("eval", rows[192:])):
         pq.write_table(pa.Table.from_pylist(part), tmp_path / f"{name}.parquet")
         fs.put_file(str(tmp_path / f"{name}.parquet"), f"ftc/pairs/{name}.parquet")
     cluster.wait(lambda: cluster.gpu_nodes() == 0, 120, "GPU nodes still up from an earlier test")
@@ -182,7 +183,7 @@ def test_finetune_worker_node_lost_resumes_from_last_checkpoint(cluster, s3_endp
         if job.poll() is None:
             job.kill()
     assert job.returncode == 0, out[-5000:]
-    # the last checkpoint that training had gone on from (20 steps per epoch: still epoch 0)
+    # the last checkpoint that training had gone on from, in epoch 0
     resumed = [r for r in records() if r.get("event") == "resumed"]
     assert resumed == [{"step": committed, "epoch": 0, "position": committed, "event": "resumed"}]
     assert [r["step"] for r in records() if "event" not in r][-1] == 24
