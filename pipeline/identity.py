@@ -27,13 +27,23 @@ def code_version() -> str:
         return version
 
 
-def weights_fingerprint(model: str, storage_options: dict[str, Any] | None = None) -> str:
-    """sha256 over the weight files' names, sizes and content hashes (S3: ETags, so nothing is downloaded)."""
+# Besides the weights, every file that changes what the model computes or how text becomes ids. The generation
+# config is not hashed: the settings resolved from it (and the job's flags) are recorded themselves.
+MODEL_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+               "vocab.txt", "spiece.model", "vocab.json", "merges.txt")
+WEIGHT_SUFFIXES = (".safetensors", ".safetensors.index.json", ".bin")
+# Bumped when the identity gains fields: a record of an older version has unknown settings (never equal).
+IDENTITY_VERSION = 2
+
+
+def model_fingerprint(model: str, storage_options: dict[str, Any] | None = None) -> str:
+    """sha256 over the names, sizes and content hashes of the model's weight, config and tokenizer files (S3:
+    ETags, so nothing is downloaded), from one listing."""
     fs, root = storage.url_to_fs(model, storage_options)
     infos = sorted((i for i in fs.ls(root, detail=True)
-                    if i["name"].endswith((".safetensors", ".safetensors.index.json", ".bin"))),
+                    if posixpath.basename(i["name"]) in MODEL_FILES or i["name"].endswith(WEIGHT_SUFFIXES)),
                    key=lambda i: i["name"])
-    if not infos:
+    if not any(i["name"].endswith(WEIGHT_SUFFIXES) for i in infos):
         raise FileNotFoundError(f"no weight files (*.safetensors, *.bin) in model {model}")
     total = hashlib.sha256()
     for info in infos:
@@ -48,7 +58,6 @@ def weights_fingerprint(model: str, storage_options: dict[str, Any] | None = Non
     return total.hexdigest()
 
 
-
 def inputs_digest(shards: list[Any]) -> str:
     """sha256 of the input files' relative names, sizes and versions (what a listing tells)."""
     text = "".join(f"{s.name}\0{s.size}\0{s.version}\n" for s in shards)
@@ -56,6 +65,11 @@ def inputs_digest(shards: list[Any]) -> str:
 
 
 def differences(recorded: dict[str, Any], current: dict[str, Any]) -> list[str]:
-    """'key: recorded -> current' for every key whose value differs."""
+    """'key: recorded -> current' for every key whose value differs; a record of an older identity version
+    has unknown settings, which differ from any."""
+    if recorded.get("identity_version") != current.get("identity_version"):
+        return [f"settings unknown: recorded with identity version {recorded.get('identity_version', 1)}, this "
+                f"code writes {current.get('identity_version')} (it covers every generation setting, the tokenizer "
+                "and config files)"]
     return [f"{k}: {recorded.get(k)!r} -> {current.get(k)!r}" for k in sorted(recorded.keys() | current.keys())
             if recorded.get(k) != current.get(k)]

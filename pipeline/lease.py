@@ -29,6 +29,8 @@ import time
 import uuid
 from typing import Any
 
+import psutil
+
 from . import storage
 
 RETRIES = (0.2, 0.5, 1.0, 2.0)  # seconds between tries of one lease operation on a storage error
@@ -51,6 +53,13 @@ def retried(op, *args):
 
 def new_owner() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def owner_gone(owner: str) -> bool:
+    """True when `owner` (of `new_owner`) is a process of this host that no longer runs: its lease is dead
+    although not yet expired. An owner on another host is never known gone before its expiry."""
+    host, pid, _ = owner.rsplit(":", 2)
+    return host == socket.gethostname() and pid.isdigit() and not psutil.pid_exists(int(pid))
 
 
 class Lease:
@@ -138,6 +147,14 @@ class Lease:
             with self._lock:
                 if retried(self._put, generation + 1, "held"):
                     return None
+        return self.current()[1]
+
+    def take_over(self) -> dict[str, Any] | None:
+        """Take the lease from a holder known to be gone (`owner_gone`) before its expiry: None when taken, else
+        the record of whoever moved the chain first."""
+        with self._lock:
+            if retried(self._put, self.current()[0] + 1, "held"):
+                return None
         return self.current()[1]
 
     def _lose(self, why: str) -> LeaseLost:

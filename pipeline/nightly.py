@@ -25,7 +25,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import commit, storage
-from .config import SummarizeConfig
 from .identity import code_version
 from .ids import check_unique
 from .lease import Lease, LeaseLost, new_owner, retried
@@ -41,7 +40,17 @@ from .partitions import (
     rescan,
     state_of,
 )
-from .summarize import GENERATION_KEYS, ModelInfo, Pending, begin, execute, finish, inspect_model, preflight
+from .summarize import (
+    ModelInfo,
+    Pending,
+    begin,
+    execute,
+    finish,
+    generation_settings,
+    inspect_model,
+    preflight,
+    run_settings,
+)
 from .units import inspect_input
 
 RUNS = "_runs"
@@ -49,14 +58,6 @@ RUNS = "_runs"
 
 def _utc(t: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
-
-
-def settings_of(template: SummarizeConfig, info: ModelInfo) -> dict[str, Any]:
-    """What a partition's summaries depend on besides its inputs: recorded in its marker, compared each run."""
-    return {"model": template.model, "weights_sha256": info.fingerprint, "text_column": template.text_column,
-            "id_column": template.id_column, "passthrough_columns": list(template.passthrough_columns),
-            "max_input_tokens": template.max_input_tokens, "add_special_tokens": template.add_special_tokens,
-            "dtype": template.dtype, "generation": {k: getattr(info.generation, k) for k in GENERATION_KEYS}}
 
 
 def plan(config: NightlyConfig, settings: dict[str, Any] | None = None
@@ -142,7 +143,7 @@ def _start(config: NightlyConfig, state: PartitionState, info: ModelInfo, settin
     totals = {"rows_in": 0, "rows_out": 0, "failed_by_reason": Counter(), "truncated": 0, "rows_written": 0,
               "oom_splits": 0,
               "shard_files": dict(work.kept), "files": sorted(f for files in work.kept.values() for f in files),
-              "generation": {k: getattr(info.generation, k) for k in GENERATION_KEYS},
+              "generation": generation_settings(info.generation),
               "id_column": (state.marker or {}).get("id_column")}
     for stats in commit.read_stats(out, totals["files"], opts):
         totals["rows_in"] += stats["rows"]
@@ -193,7 +194,7 @@ def _switch(config: NightlyConfig, work: Work) -> None:
         "inputs": partition.manifest(), "rows_in": totals["rows_in"], "rows_out": totals["rows_out"],
         "failed_rows": dict(totals["failed_by_reason"]), "truncated": totals["truncated"],
         "id_column": totals["id_column"],
-        "model": {"path": template.model, "weights_sha256": work.settings["weights_sha256"]},
+        "model": {"path": template.model, "model_sha256": work.settings["model_sha256"]},
         "settings": work.settings, "generation": totals["generation"],
         "generation_overrides": template.generation.as_kwargs(), "shard_files": totals["shard_files"],
         "reused_shards": sorted(work.kept), "started_at": _utc(work.started), "ended_at": _utc(time.time()),
@@ -409,8 +410,9 @@ def run_nightly(config: NightlyConfig, dry_run: bool = False) -> NightlyReport:
     finished = False  # the body ran to its end (or was stopped by SIGTERM): a failed report write then raises
     try:
         # the model, tokenizer and generation settings are checked once per run, before any partition
-        info = inspect_model(dataclasses.replace(config.summarize, model=storage.absolute(config.summarize.model)))
-        settings = settings_of(config.summarize, info)
+        template = dataclasses.replace(config.summarize, model=storage.absolute(config.summarize.model))
+        info = inspect_model(template)
+        settings = run_settings(template, info)
         if not dry_run:
             report.partitions.extend(repair(config, owner))
         states, report.ignored_files, report.listings = plan(config, settings)

@@ -8,6 +8,7 @@ same bucket the same way. Ray Data gets the same filesystem wrapped for pyarrow.
 from __future__ import annotations
 
 import datetime as dt
+import importlib.metadata
 import json
 import os
 import posixpath
@@ -22,6 +23,7 @@ from fsspec.implementations.local import LocalFileSystem
 from model import write_atomic
 
 GLOB_CHARS = "*?["
+EXCLUSIVE_CREATE_SINCE = "2024.12.0"  # the fsspec/s3fs release that added mode="create" (S3's If-None-Match)
 MARKER_NAME = "_SUCCESS.json"
 
 
@@ -123,21 +125,45 @@ def write_bytes_atomic(url: str, data: bytes, storage_options: dict[str, Any] | 
     return write_atomic(fs, path, data, exclusive)
 
 
-def write_json_atomic(url: str, obj: dict[str, Any], storage_options: dict[str, Any] | None = None) -> None:
-    write_bytes_atomic(url, (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode(), storage_options)
+def write_json_atomic(url: str, obj: dict[str, Any], storage_options: dict[str, Any] | None = None,
+                      exclusive: bool = False) -> bool:
+    """As write_bytes_atomic, for a JSON object."""
+    data = (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode()
+    return write_bytes_atomic(url, data, storage_options, exclusive)
 
 
 def check_writable(url: str, storage_options: dict[str, Any] | None = None) -> None:
-    """Write and delete a probe object under `url`; PermissionError naming the URL and the cause if that fails."""
+    """Write a probe object under `url`, create it again exclusively (which must be refused) and delete it:
+    PermissionError naming the URL and the cause if writing fails; ValueError if the filesystem does not honour
+    exclusive creates, which run records and leases rely on."""
     probe = join(url, f".write-probe-{uuid.uuid4().hex}")
     try:
         fs, path = url_to_fs(probe, storage_options)
         if isinstance(fs, LocalFileSystem):  # object stores have no folders; makedirs there would create buckets
             fs.makedirs(posixpath.dirname(path), exist_ok=True)
         fs.pipe_file(path, b"")
-        fs.rm(path)
     except Exception as e:  # any failure here means the job could not write its output
         raise PermissionError(f"output {url} is not writable: {type(e).__name__}: {e}") from e
+    try:
+        honoured = not write_atomic(fs, path, b"again", exclusive=True)
+    except Exception as e:  # e.g. an s3fs that predates mode="create" passes it on to the request and fails
+        honoured, cause = False, f" ({type(e).__name__}: {e})"
+    else:
+        cause = ""
+    finally:
+        fs.rm(path)
+    if not honoured:
+        package = type(fs).__module__.split(".")[0]
+        raise ValueError(f"output {url}: {type(fs).__name__} ({package} {_version(package)}) does not honour "
+                         f"exclusive creates{cause}, which run records and leases need; supported: local disk, "
+                         f"S3 through s3fs >= {EXCLUSIVE_CREATE_SINCE}")
+
+
+def _version(package: str) -> str:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return "version unknown"
 
 
 def data_files(url: str, storage_options: dict[str, Any] | None = None) -> list[str]:

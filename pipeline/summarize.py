@@ -22,12 +22,13 @@ from model import EncoderDecoderConfig, GenerationConfig, Tokenizer, check_gener
 
 from . import commit, dataflow, identity, ids, storage
 from .config import Replicas, SummarizeConfig
+from .lease import Lease, new_owner, owner_gone
 from .scaling import cluster_resources, fit_replicas
 from .stages import unit_rows
 from .units import DEFAULT_ID_COLUMN, DERIVED_ID_COLUMN, InputPlan, Unit, inspect_input, plan_units
 
-GENERATION_KEYS = ("num_beams", "max_length", "min_length", "length_penalty", "no_repeat_ngram_size",
-                   "early_stopping")
+LEASE_NAME = "_lease"  # in the output: held by the run that writes it
+RUN_LEASE_TTL_S = 60.0  # a run on another host that died holds the output this long at most
 
 
 @dataclass(frozen=True)
@@ -35,7 +36,7 @@ class ModelInfo:
     config: EncoderDecoderConfig
     generation: GenerationConfig  # the checkpoint's settings with the job's overrides applied
     tokenizer: Tokenizer
-    fingerprint: str  # weights_fingerprint of the checkpoint
+    fingerprint: str  # model_fingerprint of the checkpoint: weights, config and tokenizer files
 
 
 @dataclass
@@ -104,7 +105,7 @@ def inspect_model(config: SummarizeConfig) -> ModelInfo:
                    for n in ("model.safetensors", "model.safetensors.index.json")):
             raise FileNotFoundError("no model.safetensors or model.safetensors.index.json")
         tokenizer = Tokenizer.from_pretrained(url, opts)
-        fingerprint = identity.weights_fingerprint(url, opts)
+        fingerprint = identity.model_fingerprint(url, opts)
     except Exception as e:  # whatever the cause, the job cannot start without the model
         raise ValueError(f"model {url} is not readable: {type(e).__name__}: {e}") from e
     limit = model_config.encoder.max_position_embeddings
@@ -119,6 +120,9 @@ def inspect_model(config: SummarizeConfig) -> ModelInfo:
         check_generation(model_config, generation)
     except ValueError as e:
         raise ValueError(f"generation settings do not fit model {url}: {e}") from e
+    if generation.num_return_sequences != 1:
+        raise ValueError(f"model {url} asks for num_return_sequences {generation.num_return_sequences} (its "
+                         "generation_config.json): the batch jobs write one summary per input row; set it to 1")
     return ModelInfo(model_config, generation, tokenizer, fingerprint)
 
 
@@ -176,18 +180,32 @@ def max_tokens(config: SummarizeConfig, info: ModelInfo) -> int:
     return config.max_input_tokens or info.config.encoder.max_position_embeddings
 
 
-def run_identity(config: SummarizeConfig, plan: InputPlan, info: ModelInfo) -> dict[str, Any]:
-    """Everything that determines the summaries (not how many replicas or how big the batches)."""
+def generation_settings(generation: GenerationConfig) -> dict[str, Any]:
+    """Every setting that `generate` honours, as resolved from the checkpoint and the job's overrides."""
+    return {f.name: getattr(generation, f.name) for f in dataclasses.fields(generation) if f.name != "extra"}
+
+
+def run_settings(config: SummarizeConfig, info: ModelInfo) -> dict[str, Any]:
+    """Everything besides the input that determines the summaries (not how many replicas or how big the batches).
+    The one source of a run's identity: resume, re-runs and --overwrite compare it (with the input, in
+    `run_identity`), and so do the nightly job's reuse of unchanged shards and its stale check."""
     return {
-        "input": config.input, "inputs_sha256": identity.inputs_digest(plan.shards), "model": config.model,
-        "weights_sha256": info.fingerprint, "text_column": config.text_column, "id_column": plan.id_column,
+        "identity_version": identity.IDENTITY_VERSION, "model": config.model, "model_sha256": info.fingerprint,
+        "text_column": config.text_column, "id_column": config.id_column,
         "passthrough_columns": list(config.passthrough_columns), "max_input_tokens": max_tokens(config, info),
-        "add_special_tokens": config.add_special_tokens,
-        "dtype": config.dtype, "generation": {k: getattr(info.generation, k) for k in GENERATION_KEYS},
+        "add_special_tokens": config.add_special_tokens, "dtype": config.dtype,
+        "generation": generation_settings(info.generation),
     }
 
 
-def _run_record(target: str, wanted: dict[str, Any], config: SummarizeConfig, names: list[str]) -> dict[str, Any]:
+def run_identity(config: SummarizeConfig, plan: InputPlan, info: ModelInfo) -> dict[str, Any]:
+    """The run's settings, its input (root and files) and the id column resolved from the input."""
+    return {**run_settings(config, info), "input": config.input, "inputs_sha256": identity.inputs_digest(plan.shards),
+            "id_column": plan.id_column}
+
+
+def _run_record(target: str, wanted: dict[str, Any], config: SummarizeConfig, names: list[str],
+                owner: str) -> dict[str, Any]:
     """The run record at `target`: the one of an earlier attempt of this run (preflight refused any other), or
     a new one. Data files without a record are another job's: resuming into them would mix two outputs."""
     opts = config.storage_options
@@ -200,12 +218,17 @@ def _run_record(target: str, wanted: dict[str, Any], config: SummarizeConfig, na
         return record
     record = {"attempt": commit.new_attempt(), "identity": wanted, "rows_per_file": config.rows_per_file,
               "ids_unique": False, "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-              "code_version": identity.code_version()}
-    storage.write_json_atomic(url, record, opts)
+              "code_version": identity.code_version(), "owner": owner}
+    if not storage.write_json_atomic(url, record, opts, exclusive=True):
+        other = storage.read_json(url, opts) or {}
+        raise RuntimeError(f"output {target} was started at the same moment by another run ({other.get('owner')}, "
+                           f"attempt {other.get('attempt')}); this one stops. Run it again once that run has ended "
+                           "to resume it or find it complete")
     return record
 
 
-def _prepare_target(config: SummarizeConfig, wanted: dict[str, Any]) -> tuple[str, dict[str, Any], list[str]]:
+def _prepare_target(config: SummarizeConfig, wanted: dict[str, Any],
+                    owner: str) -> tuple[str, dict[str, Any], list[str]]:
     """The folder this run writes into, its run record and the data files already there (one listing)."""
     opts = config.storage_options
     target = staging_url(config.output) if config.overwrite else config.output
@@ -214,7 +237,7 @@ def _prepare_target(config: SummarizeConfig, wanted: dict[str, Any]) -> tuple[st
         if record is None or identity.differences(record["identity"], wanted):
             storage.remove_tree(target, opts)  # a staging of other settings: nothing in it can be reused
     names = storage.data_names(target, opts)
-    return target, _run_record(target, wanted, config, names), names
+    return target, _run_record(target, wanted, config, names, owner), names
 
 
 def _finish_publish(config: SummarizeConfig) -> dict[str, Any] | None:
@@ -248,9 +271,11 @@ class Pending:
         return self.result.units == len(self.units)
 
 
-def begin(config: SummarizeConfig, checked: Checked | None = None) -> Pending | SummarizeResult:
+def begin(config: SummarizeConfig, checked: Checked | None = None, owner: str | None = None
+          ) -> Pending | SummarizeResult:
     """Everything of a run before its dataflow: finish a pending publish, plan the units, find the committed
-    ones, check the ids once. A SummarizeResult when the output is already complete."""
+    ones, check the ids once. A SummarizeResult when the output is already complete. `owner` (of
+    `lease.new_owner`) is recorded in a new run record."""
     start = time.perf_counter()
     checked = preflight(config) if checked is None else dataclasses.replace(checked, config=dataclasses.replace(
         config, input=checked.config.input, output=checked.config.output, model=checked.config.model))
@@ -274,7 +299,7 @@ def begin(config: SummarizeConfig, checked: Checked | None = None) -> Pending | 
         result.notes.append(f"output {config.output} is already complete ({marker['rows_out']} rows); nothing "
                             "written. Pass --overwrite to summarize again.")
         return result
-    target, record, names = _prepare_target(config, wanted)
+    target, record, names = _prepare_target(config, wanted, owner or new_owner())
     attempt = record["attempt"]
     units = plan_units(plan.shards, record["rows_per_file"])
     planned = {u.name for u in units}
@@ -348,11 +373,33 @@ def finish(p: Pending) -> SummarizeResult:
     return result
 
 
+def take_output(config: SummarizeConfig) -> Lease:
+    """The output's lease, held (and renewed) for the whole run: two runs never write one output at once. A
+    holder whose process is gone from this host is taken over at once; any other live holder is an error
+    naming it."""
+    lease = Lease(storage.join(storage.absolute(config.output), LEASE_NAME), new_owner(), RUN_LEASE_TTL_S,
+                  config.storage_options)
+    holder = lease.try_acquire()
+    if holder is not None and owner_gone(holder["owner"]):
+        holder = lease.take_over()
+    if holder is not None:
+        raise RuntimeError(f"output {config.output} is being written by another run ({holder['owner']}, its lease "
+                           f"runs until {holder['expires']} unless renewed); this one stops. Run it again once that "
+                           "run has ended to resume it or find it complete, or choose another output")
+    lease.keep_alive()
+    return lease
+
+
 def run(config: SummarizeConfig, checked: Checked | None = None) -> SummarizeResult:
-    """Summarize `config.input` into `config.output`, exactly once per row. Ray must be initialized.
-    `checked` (from `preflight` of the same input, model and output) skips a second preflight."""
-    pending = begin(config, checked)
-    if isinstance(pending, SummarizeResult):
-        return pending
-    execute([pending], pending.config)
-    return finish(pending)
+    """Summarize `config.input` into `config.output`, exactly once per row, under the output's lease. Ray must
+    be initialized. `checked` (from `preflight` of the same input, model and output) skips a second preflight."""
+    checked = preflight(config) if checked is None else checked
+    lease = take_output(config)
+    try:
+        pending = begin(config, checked, lease.owner)
+        if isinstance(pending, SummarizeResult):
+            return pending
+        execute([pending], pending.config, lambda p: lease.ensure_held())
+        return finish(pending)
+    finally:
+        lease.release()
