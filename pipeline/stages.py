@@ -249,13 +249,16 @@ class Summarizer:
             texts, counts = self.generate(ids)
             return [(t, c, None) for t, c in zip(texts, counts, strict=True)]
         except torch.cuda.OutOfMemoryError as e:  # torch.OutOfMemoryError since 2.5, the same class
-            free_device_memory()
-            if len(ids) == 1:
-                log.warning("one article of %d tokens does not fit alone: %s", len(ids[0]), str(e).splitlines()[0])
-                return [(None, None, ERR_OOM)]
-            self.oom_splits += 1
-            half = len(ids) // 2
-            return self.generate_or_split(ids.slice(0, half)) + self.generate_or_split(ids.slice(half))
+            reason = str(e).splitlines()[0]
+        # Retried only here, outside the except block: inside it the traceback keeps the failed call's frames,
+        # and with them its cache and activations, alive, so nothing could be freed for the halves.
+        free_device_memory()
+        if len(ids) == 1:
+            log.warning("one article of %d tokens does not fit alone: %s", len(ids[0]), reason)
+            return [(None, None, ERR_OOM)]
+        self.oom_splits += 1
+        half = len(ids) // 2
+        return self.generate_or_split(ids.slice(0, half)) + self.generate_or_split(ids.slice(half))
 
     def summarize(self, batch: pa.Table) -> pa.Table:
         """Tokenized rows in (any order, any count), output rows out in the same order."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import weakref
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -13,7 +14,8 @@ import torch
 import transformers
 
 from model import Tokenizer
-from pipeline.stages import ERR_OOM
+from pipeline.stages import ERR_OOM, Summarizer
+from tests.model_helpers import random_bert2bert
 from tests.test_pipeline_run import articles
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -51,3 +53,45 @@ def test_out_of_memory_splits_calls_and_fails_only_the_article_too_big_alone(ber
                                decoder_start_token_id=tok.cls_token_id, eos_token_id=tok.sep_token_id,
                                pad_token_id=tok.pad_token_id, **GEN)
         assert row["error"] is None and row["summary"] == tok.batch_decode(want, skip_special_tokens=True)[0]
+
+
+class FakeDevice:
+    """Device memory with a hard limit: an allocation past it raises CUDA's out-of-memory error, and memory is
+    given back only when the tensors that hold it are gone, as on a GPU."""
+
+    def __init__(self, limit: int):
+        self.limit, self.live = limit, 0
+
+    def alloc(self, nbytes: int) -> torch.Tensor:
+        if self.live + nbytes > self.limit:
+            raise torch.cuda.OutOfMemoryError(f"CUDA out of memory: {nbytes} bytes with {self.live} of "
+                                              f"{self.limit} in use (fake device)")
+        tensor = torch.empty(nbytes, dtype=torch.uint8)
+        self.live += nbytes
+        weakref.finalize(tensor, self._free, nbytes)
+        return tensor
+
+    def _free(self, nbytes: int) -> None:
+        self.live -= nbytes
+
+
+def test_out_of_memory_halves_run_once_the_failed_call_is_freed(tmp_path):
+    folder = random_bert2bert(tmp_path / "tiny", hidden=32, layers=1, intermediate=64)
+    summarizer = Summarizer(str(folder), {"num_beams": 2, "max_length": 8})
+    per_row, device, real = 1 << 20, FakeDevice(8 << 20), summarizer.model.generate
+
+    def generate_on_device(input_ids, attention_mask, **kwargs):  # holds a cache, then needs as much again
+        cache = device.alloc(input_ids.shape[0] * per_row)  # noqa: F841 (alive in this frame, as a KV cache)
+        device.alloc(input_ids.shape[0] * per_row)
+        return real(input_ids, attention_mask, **kwargs)
+
+    summarizer.model.generate = generate_on_device
+    tok = Tokenizer.from_pretrained(folder)
+    texts = [r["article"][:200] for r in articles(8)]
+    ids = pa.array(tok.encode_batch(texts, 32), pa.list_(pa.int32()))
+    results = summarizer.generate_or_split(ids)
+    # 8 rows need 16 MiB of 8: the call fails holding 8 MiB; once it is freed, each half of 4 needs exactly 8
+    assert summarizer.oom_splits == 1 and device.live == 0
+    assert [error for _, _, error in results] == [None] * 8
+    summarizer.model.generate = real
+    assert [text for text, _, _ in results] == summarizer.generate(ids)[0]
