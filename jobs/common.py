@@ -4,7 +4,6 @@ report."""
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import sys
@@ -16,7 +15,7 @@ import ray
 
 from pipeline import secrets
 from pipeline.config import DTYPES, GenerationOverrides, Replicas, SummarizeConfig
-from pipeline.scaling import CPU_HEADROOM, autoscaler_node_types, default_gpus_per_replica
+from pipeline.scaling import CPU_HEADROOM, DEFAULT_WORKER_WAIT_S, with_cluster_defaults
 from pipeline.summarize import SummarizeResult
 
 
@@ -25,9 +24,6 @@ def _early_stopping(text: str) -> bool | str:
     if value not in ("true", "false", "never"):
         raise argparse.ArgumentTypeError(f"expected true, false or never, got {text!r}")
     return {"true": True, "false": False}.get(value, value)
-
-
-DEFAULT_WORKER_WAIT_S = 900.0  # a GPU instance takes minutes to boot and join
 
 
 def job_parser(module: str, doc: str | None) -> argparse.ArgumentParser:
@@ -99,6 +95,10 @@ def add_scaling_flags(parser: argparse.ArgumentParser) -> None:
                    help="request nodes for the replicas from the autoscaler and wait up to this long for them "
                         f"(default: {DEFAULT_WORKER_WAIT_S:g} when the cluster has an autoscaler that can start "
                         "worker nodes, else 0: no request, the job fits the pool to what is there)")
+    g.add_argument("--cluster-config", default=None,
+                   help="the cluster launcher YAML (e.g. cluster.yaml) whose available_node_types say what the "
+                        "autoscaler can start; default: the cluster config in the GCS (v2 autoscaler, KubeRay), "
+                        "else the autoscaler monitor's config on this node; the job logs which one it used")
 
 
 def _json_object(text: str) -> dict:
@@ -143,17 +143,11 @@ def replicas_from_args(args: argparse.Namespace) -> Replicas:
                           batch_size=args.batch_size, max_batch_tokens=args.max_batch_tokens, compile=args.compile)
 
 
-def with_cluster_defaults(config: SummarizeConfig, args: argparse.Namespace) -> SummarizeConfig:
-    """The scaling flags left unset, from the cluster: one GPU per replica when the cluster has GPUs or its
-    autoscaler can start nodes with some (GPU workers that scale from zero have none at submit time), and a
-    wait for worker nodes when the autoscaler can start any."""
-    node_types = autoscaler_node_types()
-    if args.gpus_per_replica is None:
-        gpus = default_gpus_per_replica(ray.cluster_resources(), node_types)
-        config = dataclasses.replace(config, replicas=dataclasses.replace(config.replicas, gpus=gpus))
-    if args.wait_for_workers_s is None:
-        wait = DEFAULT_WORKER_WAIT_S if any(t.max_workers > 0 for t in node_types) else 0.0
-        config = dataclasses.replace(config, worker_wait_s=wait)
+def cluster_defaults(config: SummarizeConfig, args: argparse.Namespace) -> SummarizeConfig:
+    """The scaling flags left unset, from the cluster (pipeline.scaling), with a log line saying where from."""
+    config, line = with_cluster_defaults(config, args.gpus_per_replica is not None,
+                                         args.wait_for_workers_s is not None, args.cluster_config)
+    print(line, flush=True)
     return config
 
 
@@ -204,6 +198,9 @@ def print_report(result: SummarizeResult, out=sys.stdout) -> None:
     wall = max(result.wall_s, 1e-9)
     p(f"wall time: {result.wall_s:.1f} s  rows/s: {result.rows_written / wall:.2f}  planned in {result.plan_s:.1f} s")
     p(f"replicas: {result.replicas}  generation: {result.generation}")
+    nodes = sorted(set(result.node_by_replica.values()))
+    if nodes:
+        p(f"replicas that ran: {len(result.node_by_replica)} on {len(nodes)} node(s): {', '.join(nodes)}")
     for replica in sorted(result.rows_by_replica):
         rows, tokens = result.rows_by_replica[replica], result.tokens_by_replica[replica]
         busy, inside = result.busy_s_by_replica[replica], result.generate_s_by_replica[replica]

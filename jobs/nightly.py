@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
                                reprocess=args.reprocess)
         if not args.dry_run:
             common.init_ray(args.replicas, args.cpus_per_replica)
-            config = dataclasses.replace(config, summarize=common.with_cluster_defaults(template, args))
+            config = dataclasses.replace(config, summarize=common.cluster_defaults(template, args))
         common.log_config("nightly config", config)
         signal.signal(signal.SIGTERM, signal.default_int_handler)  # run_nightly writes its report on the way out
         report = run_nightly(config, dry_run=args.dry_run)

@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
         config = common.summarize_config(args, args.input, args.output, overwrite=args.overwrite)
         checked = preflight(config)  # before Ray: a meaningless job fails in seconds, with no cluster work
         common.init_ray(args.replicas, args.cpus_per_replica)
-        config = common.with_cluster_defaults(config, args)
+        config = common.cluster_defaults(config, args)
         common.log_config("summarize config", config)
         result = run(config, checked)
     except Exception as e:  # the job's contract: one clear line and a non-zero exit code

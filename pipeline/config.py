@@ -79,6 +79,15 @@ class Replicas:
 
 
 @dataclass(frozen=True)
+class NodeType:
+    """A worker node type the autoscaler may start (from its config: what a node brings before one exists)."""
+
+    name: str
+    resources: dict[str, float]
+    max_workers: int
+
+
+@dataclass(frozen=True)
 class SummarizeConfig:
     """One batch-summarization run: Parquet shards in, Parquet summaries out."""
 
@@ -99,6 +108,7 @@ class SummarizeConfig:
     rows_per_file: int = 10_000  # rows per output file (and per unit of work); smaller shards give one file each
     actor_start_timeout_s: float = 600.0  # fail if the minimum replica pool is not up by then
     worker_wait_s: float = 0.0  # > 0: ask the autoscaler for the replicas' nodes and wait this long for them
+    node_types: tuple[NodeType, ...] = ()  # what the autoscaler may start: the pool is fitted to what they reach
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:

@@ -19,10 +19,11 @@ from .config import Replicas, SummarizeConfig
 from .stages import Summarizer, prepare, write
 
 
-def build(config: SummarizeConfig, rows: list[dict[str, Any]], replicas: Replicas,
-          max_input_tokens: int) -> ray.data.Dataset:
+def build(config: SummarizeConfig, rows: list[dict[str, Any]], replicas: Replicas, max_input_tokens: int,
+          initial_replicas: int | None = None) -> ray.data.Dataset:
     """The dataflow that summarizes units (`stages.unit_rows`, of one job or several with the same model and
-    settings) into each unit's file under its job's target."""
+    settings) into each unit's file under its job's target; the pool starts with `initial_replicas` (default:
+    its minimum) and grows up to its maximum while the replicas are the bottleneck."""
     opts = config.storage_options
     ds = ray.data.from_items(rows, override_num_blocks=len(rows))
     # max_retries=-1 is Ray Data's default for tasks (retry on node loss). Set explicitly, it also keeps prepare
@@ -39,7 +40,8 @@ def build(config: SummarizeConfig, rows: list[dict[str, Any]], replicas: Replica
                                "batch_size": replicas.batch_size, "max_batch_tokens": replicas.max_batch_tokens,
                                "compile": replicas.compile},
         # Two units per actor: the next one is queued while the current one generates.
-        compute=ActorPoolStrategy(min_size=replicas.min, max_size=replicas.max, max_tasks_in_flight_per_actor=2),
+        compute=ActorPoolStrategy(min_size=replicas.min, max_size=replicas.max, initial_size=initial_replicas,
+                                  max_tasks_in_flight_per_actor=2),
         num_cpus=replicas.cpus,
         num_gpus=replicas.gpus,
         batch_size=1,

@@ -1,4 +1,5 @@
-"""What the cluster can hold: fit the replica pool to it, and ask the autoscaler for the pool's nodes."""
+"""What the cluster can hold: the autoscaler's node types, the defaults they imply, the replica pool fitted to
+what the cluster can reach, and the autoscaler request for the pool's nodes."""
 
 from __future__ import annotations
 
@@ -6,53 +7,66 @@ import contextlib
 import dataclasses
 import os
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import psutil
 import ray
 import yaml
 
-from .config import Replicas
+from .config import NodeType, Replicas, SummarizeConfig
 
 # Logical CPUs left free for the prepare and write tasks; without them the pipeline can wait forever for a
 # CPU that the model actors hold.
 CPU_HEADROOM = 2
-
-
-def fit_replicas(replicas: Replicas, resources: dict[str, float]) -> tuple[Replicas, list[str]]:
-    """Shrink the pool's maximum to what the cluster holds, or raise if even the minimum does not fit."""
-    cpus, gpus = resources.get("CPU", 0.0), resources.get("GPU", 0.0)
-    limits = [(cpus - CPU_HEADROOM) / replicas.cpus] if replicas.cpus else []
-    if replicas.gpus:
-        limits.append(gpus / replicas.gpus)
-    fit = int(min(limits) + 1e-9)
-    if fit < replicas.min:
-        raise RuntimeError(
-            f"{replicas.min} replica(s) with {replicas.cpus} CPU and {replicas.gpus} GPU each, plus {CPU_HEADROOM} "
-            f"CPUs for reading, tokenizing and writing, do not fit the cluster "
-            f"({cpus:g} CPU, {gpus:g} GPU); lower --replicas, --cpus-per-replica or --gpus-per-replica")
-    if fit >= replicas.max:
-        return replicas, []
-    return dataclasses.replace(replicas, max=fit), [f"replicas capped at {fit} (the cluster has {cpus:g} CPU, "
-                                                    f"{gpus:g} GPU)"]
+DEFAULT_WORKER_WAIT_S = 900.0  # a GPU instance takes minutes to boot and join
 
 
 @dataclass(frozen=True)
-class NodeType:
-    """A worker node type the autoscaler may start (from its config: what a node brings before one exists)."""
+class NodeTypes:
+    """The worker node types the cluster's autoscaler may start, and where they were read (for the job's log)."""
 
-    name: str
-    resources: dict[str, float]
-    max_workers: int
+    types: tuple[NodeType, ...]
+    source: str
+
+    @property
+    def can_start(self) -> bool:
+        return any(t.max_workers > 0 for t in self.types)
+
+    def describe(self) -> str:
+        listed = ", ".join(f"{t.name} ({', '.join(f'{k} {v:g}' for k, v in sorted(t.resources.items()))}; up to "
+                           f"{t.max_workers})" for t in self.types)
+        return f"node types from {self.source}" + (f": {listed}" if listed else "")
 
 
-def autoscaler_node_types() -> list[NodeType]:
-    """The worker node types of the cluster's autoscaler; [] on a fixed cluster or when none can be read.
+def _launcher_types(config: dict) -> tuple[NodeType, ...]:
+    """Worker node types of a cluster launcher config (cluster.yaml, or the autoscaler monitor's copy)."""
+    head = config.get("head_node_type")
+    return tuple(NodeType(name, {k: float(v) for k, v in (t.get("resources") or {}).items()},
+                          int(t.get("max_workers", config.get("max_workers", 0))))
+                 for name, t in (config.get("available_node_types") or {}).items() if name != head)
 
-    Ray publishes no node types to its clients (the GCS cluster config is empty unless a platform reports
-    one), so after that the config file is read that the autoscaler monitor runs with: on a cluster from
-    `ray up` it runs on the head node, where `ray job submit` runs the driver.
-    """
+
+def read_cluster_config(path: str) -> NodeTypes:
+    """The node types of a cluster launcher YAML (`--cluster-config`); ValueError naming the file if unreadable."""
+    try:
+        with open(os.path.expanduser(path)) as f:
+            types = _launcher_types(yaml.safe_load(f) or {})
+    except (OSError, yaml.YAMLError, AttributeError, TypeError, ValueError) as e:
+        raise ValueError(f"cluster config {path} is not a readable cluster launcher YAML: {e}") from e
+    if not types:
+        raise ValueError(f"cluster config {path} names no worker node types (available_node_types)")
+    return NodeTypes(types, f"--cluster-config {path}")
+
+
+def autoscaler_node_types(cluster_config: str | None = None) -> NodeTypes:
+    """The worker node types of the cluster's autoscaler, from the first source that has them:
+    `cluster_config` (a launcher YAML the user names); the cluster config in the GCS, which the v2 autoscaler
+    and KubeRay publish (Ray 2.60 has no public call for it: this is the private one Ray Data's own
+    `is_autoscaling_enabled` uses); the config file that this cluster's autoscaler monitor runs with (a
+    `ray up` cluster, where `ray job submit` runs the driver on the head). None found: a fixed cluster."""
+    if cluster_config:
+        return read_cluster_config(cluster_config)
     import ray._private.state
 
     try:
@@ -60,20 +74,17 @@ def autoscaler_node_types() -> list[NodeType]:
     except Exception:  # an older GCS without the call: fall back to the monitor's file
         config = None
     if config is not None and config.node_group_configs:
-        return [NodeType(g.name, {k: float(v) for k, v in g.resources.items()}, g.max_count)
-                for g in config.node_group_configs]
+        return NodeTypes(tuple(NodeType(g.name, {k: float(v) for k, v in g.resources.items()}, g.max_count)
+                               for g in config.node_group_configs), "the GCS cluster config")
     path = _monitor_config_path()
-    if path is None:
-        return []
-    try:
-        with open(os.path.expanduser(path)) as f:
-            config = yaml.safe_load(f)
-        head = config.get("head_node_type")
-        return [NodeType(name, {k: float(v) for k, v in (t.get("resources") or {}).items()},
-                         int(t.get("max_workers", config.get("max_workers", 0))))
-                for name, t in config.get("available_node_types", {}).items() if name != head]
-    except (OSError, yaml.YAMLError, AttributeError, TypeError, ValueError):
-        return []
+    if path is not None:
+        try:
+            with open(os.path.expanduser(path)) as f:
+                return NodeTypes(_launcher_types(yaml.safe_load(f) or {}), f"the autoscaler monitor's config {path}")
+        except (OSError, yaml.YAMLError, AttributeError, TypeError, ValueError):
+            pass
+    return NodeTypes((), "nowhere: no GCS cluster config and no autoscaler monitor on this node, so a fixed "
+                         "cluster is assumed (on an autoscaling cluster pass --cluster-config)")
 
 
 def _monitor_config_path() -> str | None:
@@ -92,19 +103,68 @@ def _monitor_config_path() -> str | None:
     return None
 
 
-def default_gpus_per_replica(resources: dict[str, float], node_types: list[NodeType]) -> float:
-    """One GPU per replica when the cluster has GPUs now or can start nodes that bring some, else none."""
-    if resources.get("GPU", 0) or any(t.resources.get("GPU", 0) and t.max_workers > 0 for t in node_types):
-        return 1.0
-    return 0.0
+def with_cluster_defaults(config: SummarizeConfig, gpus_given: bool, wait_given: bool,
+                          cluster_config: str | None = None) -> tuple[SummarizeConfig, str]:
+    """The scaling settings not given, from the cluster, and a line saying what was chosen and why: one GPU
+    per replica when the cluster has GPUs or its autoscaler can start nodes with some (GPU workers that
+    scale from zero have none at submit time), a wait for worker nodes when the autoscaler can start any."""
+    types = autoscaler_node_types(cluster_config)
+    replicas, wait = config.replicas, config.worker_wait_s
+    if not gpus_given:
+        gpu_types = any(t.resources.get("GPU", 0) and t.max_workers > 0 for t in types.types)
+        replicas = dataclasses.replace(replicas, gpus=1.0 if ray.cluster_resources().get("GPU") or gpu_types else 0.0)
+    if not wait_given:
+        wait = DEFAULT_WORKER_WAIT_S if types.can_start else 0.0
+    config = dataclasses.replace(config, replicas=replicas, worker_wait_s=wait, node_types=types.types)
+    chosen = f"{replicas.gpus:g} GPU per replica{' (given)' if gpus_given else ''}, wait for workers {wait:g} s" + (
+        " (given)" if wait_given else "")
+    return config, f"scaling: {chosen}; {types.describe()}"
+
+
+def reachable(resources: dict[str, float], node_types: tuple[NodeType, ...]) -> dict[str, float]:
+    """What the cluster can grow to: what it has plus every node its autoscaler may start (an upper bound)."""
+    out = dict(resources)
+    for t in node_types:
+        for name, value in t.resources.items():
+            out[name] = out.get(name, 0.0) + value * t.max_workers
+    return out
+
+
+def fit_replicas(replicas: Replicas, resources: dict[str, float]) -> tuple[Replicas, list[str]]:
+    """Shrink the pool's maximum to what `resources` hold, or raise if even the minimum does not fit."""
+    cpus, gpus = resources.get("CPU", 0.0), resources.get("GPU", 0.0)
+    limits = [(cpus - CPU_HEADROOM) / replicas.cpus] if replicas.cpus else []
+    if replicas.gpus:
+        limits.append(gpus / replicas.gpus)
+    fit = int(min(limits) + 1e-9)
+    if fit < replicas.min:
+        raise RuntimeError(
+            f"{replicas.min} replica(s) with {replicas.cpus} CPU and {replicas.gpus} GPU each, plus {CPU_HEADROOM} "
+            f"CPUs for reading, tokenizing and writing, do not fit the cluster "
+            f"({cpus:g} CPU, {gpus:g} GPU); lower --replicas, --cpus-per-replica or --gpus-per-replica")
+    if fit >= replicas.max:
+        return replicas, []
+    return dataclasses.replace(replicas, max=fit), [f"replicas capped at {fit} (the cluster has or can start "
+                                                    f"{cpus:g} CPU, {gpus:g} GPU)"]
+
+
+def _bundles(replicas: Replicas, count: int) -> list[dict[str, float]]:
+    bundle = {k: v for k, v in {"CPU": replicas.cpus, "GPU": replicas.gpus}.items() if v}
+    return [bundle] * count + [{"CPU": 1}] * CPU_HEADROOM
 
 
 @contextlib.contextmanager
-def cluster_resources(replicas: Replicas, wait_s: float):
-    """Yields the cluster's resources and a `release` callable. With wait_s > 0 it first asks the autoscaler
-    for the minimum pool (a cluster that scales GPU workers from zero has none at submit time) and waits up
-    to wait_s for it. The request stays in the GCS until replaced, so it is withdrawn by `release` (call it
-    once the pool has started) and in any case on exit, also when the job fails."""
+def scaled_pool(replicas: Replicas, wait_s: float, node_types: tuple[NodeType, ...]
+                ) -> Iterator[tuple[Replicas, int, list[str], Callable[[], None]]]:
+    """Yields the pool fitted to what the cluster can reach (never to a snapshot taken before it scaled up),
+    how many replicas to start with (what fits the nodes up now, at least the minimum), notes for the report,
+    and a `release` callable.
+
+    With wait_s > 0 it asks the autoscaler for the whole pool's nodes at once and waits up to wait_s for the
+    minimum pool. Ray Data's own resource requests take over once the dataflow runs (they replace the cluster's
+    request, and grow the actor pool's nodes up to its maximum while the replicas are the bottleneck). Call
+    `release` once the pool has what it can get; the request is withdrawn on exit in any case, also when the
+    job fails."""
     from ray.autoscaler.sdk import request_resources
 
     resources, requested = ray.cluster_resources(), False
@@ -116,18 +176,25 @@ def cluster_resources(replicas: Replicas, wait_s: float):
             requested = False
 
     try:
+        if wait_s > 0 and not node_types:  # told to wait for workers of unknown types: the pool stays as given
+            fitted, notes = replicas, ["replicas not fitted to the cluster: its node types are unknown"]
+        else:
+            fitted, notes = fit_replicas(replicas, reachable(resources, node_types if wait_s > 0 else ()))
         if wait_s > 0:
-            bundle = {k: v for k, v in {"CPU": replicas.cpus, "GPU": replicas.gpus}.items() if v}
-            request_resources(bundles=[bundle] * replicas.min + [{"CPU": 1}] * CPU_HEADROOM)
+            request_resources(bundles=_bundles(fitted, fitted.max))
             requested = True
+            smallest = dataclasses.replace(fitted, max=fitted.min)
             deadline = time.monotonic() + wait_s
             while time.monotonic() < deadline:
                 try:
-                    fit_replicas(replicas, resources)
+                    fit_replicas(smallest, ray.cluster_resources())
                     break
                 except RuntimeError:
                     time.sleep(2)
-                    resources = ray.cluster_resources()
-        yield resources, release
+        try:
+            initial = fit_replicas(fitted, ray.cluster_resources())[0].max
+        except RuntimeError:  # the minimum pool is not up (yet): Ray Data waits for it
+            initial = fitted.min
+        yield fitted, initial, notes, release
     finally:
         release()

@@ -211,6 +211,7 @@ class Summarizer:
         # compiled shapes must repeat: row buckets, whatever the device
         self.policy = "gpu" if compile else None
         self.replica = f"{socket.gethostname()}:{os.getpid()}"
+        self.node = ray.get_runtime_context().get_node_id() if ray.is_initialized() else socket.gethostname()
         self.metrics = replica_metrics(self.replica)
         given = ray.get_gpu_ids() if ray.is_initialized() else []
         if given and device == "cpu":
@@ -297,7 +298,8 @@ class Summarizer:
             start, generate_s, calls, splits = time.perf_counter(), self.generate_s, self.calls, self.oom_splits
             out = self.summarize(from_ipc(data))
             payloads.append(to_ipc(out))
-            stats.append(json.dumps({**unit_stats(out), "replica": self.replica, "generate_calls": self.calls - calls,
+            stats.append(json.dumps({**unit_stats(out), "replica": self.replica, "node": self.node,
+                                     "generate_calls": self.calls - calls,
                                      "generate_s": self.generate_s - generate_s, "oom_splits": self.oom_splits - splits,
                                      "busy_s": time.perf_counter() - start}))
             if self.metrics:

@@ -23,7 +23,7 @@ from model import EncoderDecoderConfig, GenerationConfig, Tokenizer, check_gener
 from . import commit, dataflow, identity, ids, storage
 from .config import Replicas, SummarizeConfig
 from .lease import Lease, new_owner, owner_gone
-from .scaling import cluster_resources, fit_replicas
+from .scaling import scaled_pool
 from .stages import unit_rows
 from .units import DEFAULT_ID_COLUMN, DERIVED_ID_COLUMN, InputPlan, Unit, inspect_input, plan_units
 
@@ -57,6 +57,7 @@ class SummarizeResult:
     tokens_by_replica: dict[str, int] = field(default_factory=dict)
     generate_s_by_replica: dict[str, float] = field(default_factory=dict)  # inside model.generate
     busy_s_by_replica: dict[str, float] = field(default_factory=dict)  # whole units, decode and Arrow included
+    node_by_replica: dict[str, str] = field(default_factory=dict)  # the Ray node id each replica ran on
     wall_s: float = 0.0
     plan_s: float = 0.0  # preflight, listing, id check and tally of earlier units, before the dataflow starts
     replicas: Replicas | None = None
@@ -78,6 +79,7 @@ class SummarizeResult:
         self.rows_written += unit["rows"]
         self.units_written += 1
         self.oom_splits += unit.get("oom_splits", 0)
+        self.node_by_replica[replica] = unit["node"]
         for table, value in ((self.rows_by_replica, unit["rows"]),
                              (self.tokens_by_replica, unit["input_tokens"] + unit["summary_tokens"]),
                              (self.generate_s_by_replica, unit["generate_s"]),
@@ -330,14 +332,16 @@ def execute(pendings: list[Pending], config: SummarizeConfig,
             unit_rows(p.todo, i, p.target, p.attempt, p.plan.id_column, p.plan.derived_id)]
     if not rows:
         return
-    with cluster_resources(config.replicas, config.worker_wait_s) as (resources, release):
-        replicas, notes = fit_replicas(config.replicas, resources)
+    with scaled_pool(config.replicas, config.worker_wait_s, config.node_types) as (replicas, initial, notes, release):
         for p in pendings:
             p.result.replicas = replicas
             p.result.notes.extend(notes)
-        ds = dataflow.build(config, rows, replicas, pendings[0].max_input_tokens)
+        ds = dataflow.build(config, rows, replicas, pendings[0].max_input_tokens, initial)
+        seen: set[str] = set()
         for stats in dataflow.stream(ds, config.actor_start_timeout_s):
-            release()  # a unit is committed: the pool is up and its nodes are busy, so none scales down
+            seen.add(stats["replica"])
+            if len(seen) == replicas.max:  # the whole pool runs: nothing more to ask the autoscaler for
+                release()
             pending = pendings[stats["job"]]
             pending.result.add(stats, by_replica=True)
             on_unit(pending)

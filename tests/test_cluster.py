@@ -49,30 +49,36 @@ def submit(cluster, s3_endpoint, *args: str, timeout: float = 300) -> subprocess
     return subprocess.run(cmd, env=cluster.env, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
 
 
-def test_readme_command_scales_gpu_workers_from_zero_and_back(cluster, s3_endpoint, bert2bert_dir, tmp_path):
-    rows = [{"id": f"doc-{i}", "article": r["article"][:400]} for i, r in enumerate(articles(12))]
-    fs = stage_on_s3("cluster", rows, 3, bert2bert_dir, tmp_path)
+def test_readme_command_grows_the_pool_over_gpu_workers_from_zero_and_back(cluster, s3_endpoint, bert2bert_dir,
+                                                                          tmp_path):
+    rows = [{"id": f"doc-{i}", "article": r["article"][:1500]} for i, r in enumerate(articles(80))]
+    # 20 shards of 4 rows, 20 units of work, whose generation outlasts reading and tokenizing: the pool grows
+    fs = stage_on_s3("cluster", rows, 4, bert2bert_dir, tmp_path)
     assert cluster.gpu_nodes() == 0
 
     done = submit(cluster, s3_endpoint, "-m", "jobs.summarize", "--input", "s3://cluster/articles/",
                   "--output", "s3://cluster/summaries/", "--model", "s3://cluster/models/b2b", "--replicas", "1-2",
-                  *GEN)
+                  "--num-beams", "2", "--max-length", "32", "--max-input-tokens", "96")
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-3000:]
-    assert "rows in: 12  rows out: 12  written by this run: 12" in done.stdout
+    assert "rows in: 80  rows out: 80  written by this run: 80" in done.stdout
     assert "torch sees no CUDA device: running on CPU" in done.stdout  # a replica's own log reached the job's
+    assert "scaling: 1 GPU per replica, wait for workers 900 s; node types from the autoscaler monitor's config" \
+        in done.stdout
 
     replicas = actors(cluster, "Summarizer")
     head = next(n["node_id"] for n in cluster.nodes() if n["is_head_node"])
-    assert replicas and all(a["node_id"] != head for a in replicas)
-    assert all(a["required_resources"].get("GPU") == 1 for a in replicas)
+    assert all(a["node_id"] != head and a["required_resources"].get("GPU") == 1 for a in replicas)
     fs.invalidate_cache()
     table = pq.read_table("cluster/summaries/", filesystem=fs)
-    assert sorted(table.column("id").to_pylist()) == sorted(r["id"] for r in rows)
     pids = {int(r.rsplit(":", 1)[1]) for r in table.column("replica").to_pylist()}
-    assert pids <= {a["pid"] for a in replicas}
+    ran = [a for a in replicas if a["pid"] in pids]
+    assert len(ran) == 2 and len({a["node_id"] for a in ran}) == 2  # the pool grew to 2 replicas on 2 nodes
+    nodes = sorted(a["node_id"] for a in ran)
+    assert f"replicas that ran: 2 on 2 node(s): {', '.join(nodes)}" in done.stdout
+    assert sorted(table.column("id").to_pylist()) == sorted(r["id"] for r in rows)
     got = dict(zip(table.column("id").to_pylist(), table.column("summary").to_pylist(), strict=True))
     assert [got[r["id"]] for r in rows] == direct_summaries(bert2bert_dir, [r["article"] for r in rows],
-                                                           num_beams=2, max_length=12)
+                                                           num_beams=2, max_length=32)
     cluster.wait(lambda: cluster.gpu_nodes() == 0, 90, "GPU nodes did not scale back to zero after the job")
 
 

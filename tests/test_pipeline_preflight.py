@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 
 import pyarrow as pa
@@ -10,9 +11,11 @@ import pytest
 import ray
 
 from pipeline.config import Replicas, SummarizeConfig
-from pipeline.scaling import fit_replicas
+from pipeline.scaling import fit_replicas, reachable, read_cluster_config
 from pipeline.summarize import run
 from pipeline.units import inspect_input
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture
@@ -110,3 +113,18 @@ def test_replicas_flag():
         Replicas.parse("two")
     with pytest.raises(ValueError, match="1 <= min <= max"):
         Replicas.parse("4-2")
+
+
+def test_pool_fitted_to_what_the_autoscaler_can_start_not_to_what_is_up(tmp_path):
+    types = read_cluster_config(os.path.join(ROOT, "cluster.yaml"))
+    assert types.source == f"--cluster-config {os.path.join(ROOT, 'cluster.yaml')}"
+    [gpu] = types.types
+    assert gpu.resources["GPU"] == 1 and gpu.max_workers == 4
+    # GPU workers at zero: 1-8 replicas of 1 GPU fit the 4 GPU nodes the autoscaler can start, not the 0 up now
+    empty = {"CPU": 4.0}
+    assert fit_replicas(Replicas(min=1, max=8, gpus=1), reachable(empty, types.types))[0].max == 4
+    with pytest.raises(RuntimeError, match="do not fit"):
+        fit_replicas(Replicas(min=1, max=8, gpus=1), empty)
+    (tmp_path / "fixed.yaml").write_text("head_node_type: head\navailable_node_types:\n  head: {resources: {}}\n")
+    with pytest.raises(ValueError, match="names no worker node types"):
+        read_cluster_config(str(tmp_path / "fixed.yaml"))
