@@ -19,7 +19,7 @@ from ray.train.torch import TorchTrainer
 
 from .storage import arrow_fs, url_to_fs
 from .train_config import FinetuneConfig
-from .train_data import SplitStats, inspect_split, tokenized_dataset
+from .train_data import SplitStats, TokenizePairs, inspect_split, pairs_dataset
 from .train_loop import is_state_file, train_loop
 
 log = logging.getLogger(__name__)
@@ -61,11 +61,15 @@ def run_finetune(cfg: FinetuneConfig) -> FinetuneResult:
     steps_per_epoch, total_steps = plan_steps(cfg, train_stats)
     log.info("training %d steps (%d per epoch) on %d workers", total_steps, steps_per_epoch, cfg.num_workers)
 
-    columns = dict(tokenizer_path=cfg.tokenizer_url, text_column=cfg.text_column,
-                   summary_column=cfg.summary_column, max_source_tokens=cfg.max_source_tokens,
-                   max_target_tokens=cfg.max_target_tokens, storage_options=cfg.storage_options)
-    train_ds = tokenized_dataset(cfg.train_url, **columns)
-    eval_rows = tokenized_dataset(cfg.eval_url, keep_reference=True, **columns).limit(cfg.eval_rows).take_all()
+    columns = dict(text_column=cfg.text_column, summary_column=cfg.summary_column,
+                   storage_options=cfg.storage_options)
+    train_ds = pairs_dataset(cfg.train_url, **columns)
+    tokenize = TokenizePairs(cfg.tokenizer_url, cfg.text_column, cfg.summary_column, cfg.max_source_tokens,
+                             cfg.max_target_tokens, keep_reference=True, storage_options=cfg.storage_options)
+    eval_pairs = pairs_dataset(cfg.eval_url, **columns).limit(cfg.eval_rows).take_batch(cfg.eval_rows,
+                                                                                          batch_format="numpy")
+    eval = tokenize(eval_pairs)
+    eval_rows = [dict(zip(eval, values, strict=True)) for values in zip(*eval.values(), strict=True)]
 
     loop_config = {"cfg": cfg, "total_steps": total_steps, "eval_rows": eval_rows}
     result = make_trainer(cfg, train_loop, loop_config, train_ds).fit()

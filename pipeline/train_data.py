@@ -1,10 +1,13 @@
-"""Fine-tuning data: checks on the Parquet input, the Ray Data tokenize stage, and per-batch padding."""
+"""Fine-tuning data: checks on the Parquet input, the text-pair dataset, tokenizing and per-batch padding."""
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import ray.data
@@ -55,7 +58,7 @@ def _blank(column):
 
 
 class TokenizePairs:
-    """Ray Data stage: (article, summary) strings -> unpadded `input_ids` and `labels`, empty pairs dropped.
+    """(article, summary) strings -> unpadded `input_ids` and `labels`, empty pairs dropped.
 
     input_ids are `[CLS] article [SEP]`; labels are `summary [SEP]`: the decoder starts from [CLS]
     (decoder_start_token_id) and learns to emit the summary and stop.
@@ -90,22 +93,42 @@ def _ragged(rows: list[np.ndarray]) -> np.ndarray:
     return out
 
 
-def tokenized_dataset(url: str, tokenizer_path: str, text_column: str, summary_column: str,
-                      max_source_tokens: int, max_target_tokens: int, keep_reference: bool = False,
-                      storage_options: dict | None = None, concurrency: int = 1) -> ray.data.Dataset:
-    """Parquet -> tokenized pairs, lazily; each epoch re-reads and re-tokenizes in a streaming fashion."""
+def _drop_empty_pairs(batch: pa.Table, text_column: str, summary_column: str) -> pa.Table:
+    empty = pc.or_kleene(_blank(batch.column(text_column)), _blank(batch.column(summary_column)))
+    return batch.filter(pc.invert(empty))
+
+
+def pairs_dataset(url: str, text_column: str, summary_column: str,
+                  storage_options: dict | None = None) -> ray.data.Dataset:
+    """Parquet -> (article, summary) text pairs, empty ones dropped, lazily; each epoch re-reads in a streaming
+    fashion. Tokenizing waits for the worker (`PairBatches`), so that a resumed worker skips the batches it
+    trained on before its checkpoint without tokenizing or padding them."""
     filesystem, _ = arrow_fs(url, storage_options)
     ds = ray.data.read_parquet(list_parquet(url, storage_options), filesystem=filesystem)
-    ds = ds.select_columns([text_column, summary_column])
-    return ds.map_batches(
-        TokenizePairs,
-        fn_constructor_kwargs=dict(tokenizer_path=tokenizer_path, text_column=text_column,
-                                   summary_column=summary_column, max_source_tokens=max_source_tokens,
-                                   max_target_tokens=max_target_tokens, keep_reference=keep_reference,
-                                   storage_options=storage_options),
-        batch_format="numpy",
-        compute=ray.data.ActorPoolStrategy(size=concurrency),
-    )
+    return ds.select_columns([text_column, summary_column]).map_batches(
+        _drop_empty_pairs, batch_format="pyarrow", batch_size=None,
+        fn_kwargs={"text_column": text_column, "summary_column": summary_column})
+
+
+class PairBatches:
+    """A worker's micro-batches of text pairs -> padded tensors on its device, from a saved position on.
+
+    `batches(shard, epoch, skip)` iterates the worker's dataset shard in batches of `batch_size` (shuffled
+    locally with a seed per epoch) and yields (index, batch) from micro-batch `skip` on: the batches before
+    it are counted as Arrow batches only, never tokenized, padded or moved to the device."""
+
+    def __init__(self, tokenize: TokenizePairs, pad_id: int, batch_size: int, shuffle_buffer: int, seed: int,
+                 device: torch.device):
+        self.tokenize, self.pad_id, self.device = tokenize, pad_id, device
+        self.batch_size, self.shuffle_buffer, self.seed = batch_size, shuffle_buffer, seed
+
+    def batches(self, shard, epoch: int, skip: int) -> Iterator[tuple[int, dict[str, torch.Tensor]]]:
+        raw = shard.iter_batches(batch_size=self.batch_size, batch_format="numpy", drop_last=True,
+                                 local_shuffle_buffer_size=self.shuffle_buffer,
+                                 local_shuffle_seed=self.seed * 100_003 + epoch)
+        for i, batch in enumerate(itertools.islice(raw, skip, None), start=skip):
+            padded = collate(self.tokenize(batch), self.pad_id)
+            yield i, {k: v.to(self.device, non_blocking=True) for k, v in padded.items()}
 
 
 def collate(batch: dict[str, np.ndarray], pad_id: int) -> dict[str, torch.Tensor]:

@@ -17,7 +17,7 @@ def evaluate(model: EncoderDecoderModel, tok: Tokenizer, rows: list[dict], batch
              num_beams: int, max_length: int, device: torch.device) -> dict[str, float]:
     """eval_loss (mean over label tokens of all rows) and eval_rouge1/2/L (F1, x100) on the first rouge_samples.
 
-    rows are tokenized pairs as the tokenize stage writes them, with the `reference` summary text.
+    rows are tokenized pairs as `TokenizePairs` makes them, with the `reference` summary text.
     """
     was_training = model.training
     model.eval()

@@ -15,7 +15,6 @@ import os
 import posixpath
 import tempfile
 import time
-from functools import partial
 
 import ray.train
 import ray.train.torch
@@ -25,7 +24,7 @@ from model import EncoderDecoderModel, Tokenizer
 
 from .storage import arrow_fs, url_to_fs
 from .train_config import FinetuneConfig
-from .train_data import collate
+from .train_data import PairBatches, TokenizePairs
 from .train_eval import evaluate
 
 METRICS_FILE = "metrics.jsonl"
@@ -102,18 +101,15 @@ def train_loop(loop_config: dict) -> None:
     dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.precision]
     scaler = torch.amp.GradScaler("cuda") if cfg.precision == "fp16" else None
     shard = ray.train.get_dataset_shard("train")
+    tokenize = TokenizePairs(cfg.tokenizer_url, cfg.text_column, cfg.summary_column, cfg.max_source_tokens,
+                             cfg.max_target_tokens, storage_options=cfg.storage_options)
+    pairs = PairBatches(tokenize, tok.pad_token_id, cfg.batch_size, cfg.shuffle_buffer, cfg.seed, device)
     step, epoch = state["step"], state["epoch"]
-    skip = state["position"]
+    skip = state["position"]  # resuming: the micro-batches of this epoch trained on before the checkpoint
     window_loss, window_tokens, window_start = 0.0, 0, time.perf_counter()
     while step < total_steps:
         optimizer.zero_grad(set_to_none=True)
-        batches = shard.iter_torch_batches(
-            batch_size=cfg.batch_size, collate_fn=partial(collate, pad_id=tok.pad_token_id), drop_last=True,
-            local_shuffle_buffer_size=cfg.shuffle_buffer, local_shuffle_seed=cfg.seed * 100_003 + epoch,
-            device=device)
-        for i, batch in enumerate(batches):
-            if i < skip:  # resuming: these micro-batches were trained on before the checkpoint
-                continue
+        for i, batch in pairs.batches(shard, epoch, skip):
             sync = (i + 1) % cfg.grad_accum == 0
             with (contextlib.nullcontext() if sync else model.no_sync()), _autocast(device, dtype):
                 loss = model(**batch).loss

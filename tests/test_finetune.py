@@ -21,7 +21,7 @@ from jobs import summarize as summarize_job
 from model import EncoderDecoderModel, Tokenizer
 from pipeline.train import make_trainer, plan_steps, run_finetune
 from pipeline.train_config import FinetuneConfig
-from pipeline.train_data import TokenizePairs, collate, inspect_split, tokenized_dataset
+from pipeline.train_data import TokenizePairs, collate, inspect_split, pairs_dataset
 from pipeline.train_loop import METRICS_FILE, build_model, make_optimizer
 from tests.model_helpers import random_bert2bert
 from tests.test_pipeline_run import MAX_TOKENS, direct_summaries
@@ -122,12 +122,13 @@ def _ddp_probe(loop_config: dict) -> None:
     model = build_model(cfg, None).train()
     ddp = ray.train.torch.prepare_model(model)
     optimizer = make_optimizer(model, cfg)
+    tokenize = TokenizePairs(cfg.tokenizer_url, "article", "highlights", 96, 24)
     rows = []
-    for i, batch in enumerate(ray.train.get_dataset_shard("train").iter_torch_batches(
-            batch_size=cfg.batch_size, collate_fn=lambda b: b, drop_last=True)):
-        rows += [hashlib.sha1(np.asarray(r).tobytes()).hexdigest() for r in batch["input_ids"]]
+    for i, batch in enumerate(ray.train.get_dataset_shard("train").iter_batches(
+            batch_size=cfg.batch_size, batch_format="numpy", drop_last=True)):
+        rows += [hashlib.sha1(text.encode()).hexdigest() for text in batch["article"]]
         if i == 0:
-            ddp(**collate(batch, pad_id=0)).loss.backward()
+            ddp(**collate(tokenize(batch), pad_id=0)).loss.backward()
             optimizer.step()
             digest = hashlib.sha1(b"".join(p.detach().numpy().tobytes() for p in model.parameters())).hexdigest()
     pathlib.Path(loop_config["out"], f"rank_{rank}.json").write_text(json.dumps({"rows": rows, "digest": digest}))
@@ -135,7 +136,7 @@ def _ddp_probe(loop_config: dict) -> None:
 
 def test_ddp_workers_see_disjoint_rows_and_hold_identical_weights(local_ray, pairs, tiny, tmp_path):
     cfg = small_config(pairs, tiny, str(tmp_path / "out"))
-    ds = tokenized_dataset(cfg.train_url, tiny, "article", "highlights", 96, 24)
+    ds = pairs_dataset(cfg.train_url, "article", "highlights")
     make_trainer(cfg, _ddp_probe, {"cfg": cfg, "out": str(tmp_path)}, ds).fit()
     ranks = [json.loads((tmp_path / f"rank_{r}.json").read_text()) for r in (0, 1)]
     assert len(ranks[0]["rows"]) == len(ranks[1]["rows"]) == 80
