@@ -119,7 +119,7 @@ def test_growing_corpus_processes_only_what_changed(local_ray, bucket, bert2bert
     assert (marker["rows_in"], marker["rows_out"], marker["failed_rows"]) == (7, 7, {})
     assert [f["name"] for f in marker["inputs"]] == ["part-0.parquet", "part-1.parquet", "part-late.parquet"]
     assert all(f["size"] > 0 and f["version"] for f in marker["inputs"])
-    assert len(marker["model"]["weights_sha256"]) == 64 and marker["generation"]["max_length"] == 12
+    assert len(marker["model"]["model_sha256"]) == 64 and marker["generation"]["max_length"] == 12
     assert marker["started_at"] <= marker["ended_at"] and marker["code_version"]
     # the old day-1 files are gone: the folder holds exactly what the marker names
     assert sorted(os.path.basename(p) for p in storage.data_files(f"{output}/{DAY1}")) == sorted(marker["files"])

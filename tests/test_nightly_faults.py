@@ -174,7 +174,7 @@ def test_changed_model_lists_stale_partitions_and_redoes_them_only_when_asked(lo
     before = storage.read_json(f"{output}/{DAY1}/_SUCCESS.json")
     dry = run_nightly(config(corpus, output, new), dry_run=True).to_dict()
     assert actions(dry) == {DAY1: ("skipped", "stale"), DAY2: ("skipped", "stale")}
-    assert "model, weights_sha256" in dry["partitions"][0]["detail"]
+    assert "model, model_sha256" in dry["partitions"][0]["detail"]
     left = run_nightly(config(corpus, output, new)).to_dict()
     assert actions(left) == {DAY1: ("skipped", "stale"), DAY2: ("skipped", "stale")}
     assert storage.read_json(f"{output}/{DAY1}/_SUCCESS.json") == before
@@ -183,9 +183,9 @@ def test_changed_model_lists_stale_partitions_and_redoes_them_only_when_asked(lo
     redone = run_nightly(config(corpus, output, new, reprocess="stale", date="2026-11-01")).to_dict()
     assert actions(redone) == {DAY1: ("processed", "stale")} and redone["listings"] == 2
     after = storage.read_json(f"{output}/{DAY1}/_SUCCESS.json")
-    assert after["model"]["weights_sha256"] != before["model"]["weights_sha256"]
-    assert after["model"]["path"].endswith("/b") and after["settings"]["weights_sha256"] == after["model"][
-        "weights_sha256"]
+    assert after["model"]["model_sha256"] != before["model"]["model_sha256"]
+    assert after["model"]["path"].endswith("/b") and after["settings"]["model_sha256"] == after["model"][
+        "model_sha256"]
     assert storage.read_json(f"{output}/{DAY2}/_SUCCESS.json")["model"] == before["model"]
     assert sorted(r["id"] for r in read_output(output)) == [100, 101, 102, 103]
 

@@ -5,11 +5,14 @@ from __future__ import annotations
 import os
 import shutil
 
+import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import ray
+from fsspec.implementations.memory import MemoryFileSystem
 
+from pipeline import storage
 from pipeline.config import Replicas, SummarizeConfig
 from pipeline.scaling import fit_replicas, reachable, read_cluster_config
 from pipeline.summarize import run
@@ -128,3 +131,22 @@ def test_pool_fitted_to_what_the_autoscaler_can_start_not_to_what_is_up(tmp_path
     (tmp_path / "fixed.yaml").write_text("head_node_type: head\navailable_node_types:\n  head: {resources: {}}\n")
     with pytest.raises(ValueError, match="names no worker node types"):
         read_cluster_config(str(tmp_path / "fixed.yaml"))
+
+
+class OverwritingFileSystem(MemoryFileSystem):
+    """A filesystem that writes over an existing file when asked for an exclusive create, as s3fs did before
+    2024.12 (it had no mode="create")."""
+
+    protocol = "overwriting"
+
+    def pipe_file(self, path, value, mode="overwrite", **kwargs):
+        return super().pipe_file(path, value, **kwargs)
+
+
+def test_output_filesystems_must_honour_exclusive_creates(bucket, tmp_path):
+    storage.check_writable(f"{bucket}/out")  # S3 through s3fs, on moto
+    storage.check_writable(str(tmp_path / "out"))  # local disk
+    fsspec.register_implementation("overwriting", OverwritingFileSystem, clobber=True)
+    with pytest.raises(ValueError, match=r"output overwriting://b/out: OverwritingFileSystem \(tests [^)]*\) does not "
+                                         r"honour exclusive creates, .* S3 through s3fs >= 2024\.12\.0"):
+        storage.check_writable("overwriting://b/out")

@@ -178,3 +178,22 @@ def test_help_documents_every_flag():
                  "--max-input-tokens", "--batch-size", "--replicas", "--gpus-per-replica", "--cpus-per-replica",
                  "--dtype", "--storage-options", "--overwrite", "--rows-per-file", "--max-batch-tokens", "--compile"):
         assert flag in text
+
+
+def test_two_jobs_started_at_once_on_one_output_exactly_one_runs(bert2bert_dir, tmp_path):
+    rows = [{"id": i, "article": r["article"][:300]} for i, r in enumerate(articles(8))]
+    write_shards(tmp_path / "in", rows, per_shard=4)
+    out = tmp_path / "out"
+    args = ["--input", str(tmp_path / "in"), "--output", str(out), "--model", str(bert2bert_dir),
+            "--num-beams", "1", "--max-length", "12", "--max-input-tokens", "96"]
+    jobs = [job(args), job(args)]
+    reports = [j.communicate(timeout=300)[0] for j in jobs]
+    codes = sorted(j.returncode for j in jobs)
+    assert codes == [0, 1], reports
+    ran, refused = (reports[0], reports[1]) if jobs[0].returncode == 0 else (reports[1], reports[0])
+    assert "written by this run: 8" in ran
+    assert re.search(r"summarize failed: RuntimeError: output \S+ (is being written by another run \(\S+:\d+:\w+|"
+                     r"was started at the same moment by another run)", refused), refused
+    ids = pq.read_table(out).column("id").to_pylist()
+    assert sorted(ids) == list(range(8))  # every id once
+    assert len(storage.data_files(str(out))) == 2

@@ -1,0 +1,142 @@
+"""A run's identity sees every change that changes a summary, so that a resume, a re-run or the nightly job's
+reuse of unchanged shards never mixes summaries of two settings."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline import commit, storage
+from pipeline.config import GenerationOverrides, Replicas, SummarizeConfig
+from pipeline.nightly import NightlyConfig, run_nightly
+from pipeline.summarize import begin, preflight, run
+from tests.model_helpers import random_bert2bert
+from tests.test_nightly import DAY1, articles, put_shard, read_output
+
+
+def edit_json(path, **changes) -> None:
+    data = json.loads(path.read_text())
+    for key, value in changes.items():
+        *parents, name = key.split(".")
+        node = data
+        for parent in parents:
+            node = node[parent]
+        node[name] = value
+    path.write_text(json.dumps(data))
+
+
+def append(path, text: str) -> None:
+    path.write_text(path.read_text() + text)
+
+
+def rename_token(path) -> None:
+    """A WordPiece vocabulary with one token renamed (same size): other text maps to other ids."""
+    path.write_text(path.read_text().replace("[unused0]\n", "[unused-renamed]\n", 1))
+
+
+CHANGES = {  # name -> (edit of the model folder, the identity key the refusal names)
+    "repetition_penalty": (lambda m: edit_json(m / "generation_config.json", repetition_penalty=1.3), "generation"),
+    "max_new_tokens": (lambda m: edit_json(m / "generation_config.json", max_new_tokens=5), "generation"),
+    "tokenizer.json": (lambda m: append(m / "tokenizer.json", "\n"), "model_sha256"),
+    "vocab.txt": (lambda m: rename_token(m / "vocab.txt"), "model_sha256"),
+    "max_input_tokens default": (lambda m: edit_json(m / "config.json", **{"encoder.max_position_embeddings": 256}),
+                                 "max_input_tokens"),
+}
+
+
+@pytest.fixture(scope="module")
+def base_model(tmp_path_factory):
+    return random_bert2bert(tmp_path_factory.mktemp("base") / "m", hidden=32, layers=1, intermediate=64)
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for s in range(2):
+        rows = [{"id": s * 10 + i, "article": a["article"]} for i, a in enumerate(articles(s * 3, 3))]
+        pq.write_table(pa.Table.from_pylist(rows), folder / f"part-{s}.parquet")
+    return folder
+
+
+def summarize_config(corpus, output, model, **kwargs) -> SummarizeConfig:
+    return SummarizeConfig(input=str(corpus), output=str(output), model=str(model),
+                           generation=GenerationOverrides(num_beams=1, max_length=8), **kwargs)
+
+
+@pytest.mark.parametrize("change", sorted(CHANGES))
+def test_resume_after_a_change_is_refused_naming_it(local_ray, base_model, corpus, tmp_path, change):
+    model = tmp_path / "model"
+    shutil.copytree(base_model, model)
+    if change == "vocab.txt":  # a WordPiece vocabulary without tokenizer.json, as older checkpoints have
+        (model / "tokenizer.json").unlink()
+    output = tmp_path / "out"
+    config = summarize_config(corpus, output, model)
+    pending = begin(config)  # an attempt that died before its first unit: its run record is all there is
+    record = storage.read_json(str(output / commit.RUN_NAME))
+    assert record["attempt"] == pending.attempt and record["identity"]["identity_version"] == 2
+
+    edit, key = CHANGES[change]
+    edit(model)
+    with pytest.raises(ValueError, match=rf"was started by a run with other inputs or settings \({key}: "):
+        preflight(config)
+    assert storage.read_json(str(output / commit.RUN_NAME)) == record and not storage.data_files(str(output))
+
+
+def test_a_record_of_an_older_version_has_unknown_settings(local_ray, base_model, corpus, tmp_path):
+    output = tmp_path / "out"
+    config = summarize_config(corpus, output, base_model)
+    begin(config)
+    record = storage.read_json(str(output / commit.RUN_NAME))
+    del record["identity"]["identity_version"]  # as the previous round wrote it: six generation settings
+    storage.write_json_atomic(str(output / commit.RUN_NAME), record)
+    with pytest.raises(ValueError, match="settings unknown: recorded with identity version 1"):
+        preflight(config)
+
+
+def test_rerun_of_a_complete_output_after_a_tokenizer_change(local_ray, base_model, corpus, tmp_path):
+    model, output = tmp_path / "model", tmp_path / "out"
+    shutil.copytree(base_model, model)
+    config = summarize_config(corpus, output, model, replicas=Replicas(1, 1, batch_size=2))
+    run(config)
+    first = storage.read_json(str(output / storage.MARKER_NAME))
+    append(model / "tokenizer.json", "\n")
+    with pytest.raises(ValueError, match=r"is complete, made with other inputs or settings \(model_sha256: "):
+        preflight(config)
+    run(summarize_config(corpus, output, model, overwrite=True))
+    second = storage.read_json(str(output / storage.MARKER_NAME))
+    # every file of the output is the second run's: none of the first run's summaries is left among them
+    assert second["attempt"] != first["attempt"]
+    assert sorted(os.listdir(output)) == sorted([*second["files"], storage.MARKER_NAME, "_lease"])
+    assert sorted(r["id"] for r in pq.read_table(output).to_pylist()) == [0, 1, 2, 10, 11, 12]
+
+
+def test_nightly_reuses_no_shard_summarized_with_another_tokenizer(local_ray, base_model, tmp_path):
+    model = tmp_path / "model"
+    shutil.copytree(base_model, model)
+    corpus, output = str(tmp_path / "corpus"), str(tmp_path / "summaries")
+    (tmp_path / "corpus" / DAY1).mkdir(parents=True)
+    put_shard(f"{corpus}/{DAY1}/part-0.parquet", articles(0, 2))
+    put_shard(f"{corpus}/{DAY1}/part-1.parquet", articles(2, 2))
+
+    def nightly() -> dict:
+        template = summarize_config(corpus, output, model, replicas=Replicas(1, 1, batch_size=2))
+        return run_nightly(NightlyConfig(corpus=corpus, output=output, summarize=template)).to_dict()
+
+    assert nightly()["totals"]["processed"] == 1
+    before = storage.read_json(f"{output}/{DAY1}/_SUCCESS.json")
+    rename_token(model / "vocab.txt")
+    stale = nightly()["partitions"][0]
+    assert (stale["action"], stale["reason"]) == ("skipped", "stale") and "model_sha256" in stale["detail"]
+    put_shard(f"{corpus}/{DAY1}/part-2.parquet", articles(4, 2))  # a changed partition: its old shards are redone
+    redone = nightly()["partitions"][0]
+    assert (redone["action"], redone["reason"], redone["rows_written"]) == ("processed", "changed", 6)
+    after = storage.read_json(f"{output}/{DAY1}/_SUCCESS.json")
+    assert after["reused_shards"] == [] and not set(after["files"]) & set(before["files"])
+    assert after["settings"]["model_sha256"] != before["settings"]["model_sha256"]
+    assert [r["id"] for r in read_output(output)] == list(range(6))
