@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 import ray
 import torch
 
-from model import EncoderDecoderModel
+from model import EncoderDecoderModel, Tokenizer
 from pipeline.train import run_finetune
 from pipeline.train_config import FinetuneConfig
 from pipeline.train_data import TokenizePairs, collate
@@ -42,7 +42,8 @@ def plain_pytorch(cfg: FinetuneConfig, rows: list[dict], warmup: int) -> float:
     model = EncoderDecoderModel.from_encoder_decoder_pretrained(cfg.encoder_url, cfg.decoder_url).train()
     optimizer = make_optimizer(model, cfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, linear_schedule(cfg.warmup_steps, cfg.max_steps))
-    tok = TokenizePairs(cfg.encoder_url, "article", "highlights", cfg.max_source_tokens, cfg.max_target_tokens)
+    tok = TokenizePairs(Tokenizer.from_pretrained(cfg.encoder_url), "article", "highlights", cfg.max_source_tokens,
+                        cfg.max_target_tokens)
     data = tok({k: _column(rows, k) for k in ("article", "highlights")})
     tokens, start = 0, 0.0
     for step in range(cfg.max_steps):

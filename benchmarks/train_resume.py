@@ -23,6 +23,7 @@ import pyarrow.parquet as pq
 import ray
 import torch
 
+from model import Tokenizer
 from pipeline.train_data import PairBatches, TokenizePairs, collate, pairs_dataset
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -55,7 +56,7 @@ def before(url: str, tokenizer: str, skip: int, args) -> tuple[float, torch.Tens
     """The previous round's resume: tokenized by the dataset, every skipped micro-batch collated."""
     start = time.perf_counter()
     ds = ordered(pairs_dataset(url, "article", "highlights")).map_batches(
-        TokenizePairs, fn_constructor_kwargs=dict(tokenizer_path=tokenizer, text_column="article",
+        TokenizePairs, fn_constructor_kwargs=dict(tokenizer=Tokenizer.from_pretrained(tokenizer), text_column="article",
                                                   summary_column="highlights", max_source_tokens=args.source_tokens,
                                                   max_target_tokens=args.target_tokens),
         batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=1))
@@ -88,7 +89,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         url = write_split(pathlib.Path(tmp), args.rows)
         skip = int(args.rows // args.batch_size * args.resume_at)
-        tokenize = TokenizePairs(minilm(), "article", "highlights", args.source_tokens, args.target_tokens)
+        tokenize = TokenizePairs(Tokenizer.from_pretrained(minilm()), "article", "highlights", args.source_tokens,
+                                 args.target_tokens)
         new_s, new_first = after(url, tokenize, skip, args)
         again = after(url, tokenize, skip, args)[1]
         old_s, _ = before(url, minilm(), skip, args)

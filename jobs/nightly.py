@@ -18,7 +18,7 @@ import signal
 import sys
 
 from jobs import common
-from pipeline.nightly import NightlyConfig, NightlyReport, run_nightly
+from pipeline.nightly import NightlyConfig, NightlyReport, model_info, run_nightly
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -71,12 +71,13 @@ def main(argv: list[str] | None = None) -> int:
         config = NightlyConfig(corpus=args.corpus, output=args.output, summarize=template, date=args.date,
                                since=args.since, max_partitions=args.max_partitions, lease_ttl_s=args.lease_ttl,
                                reprocess=args.reprocess)
+        info = model_info(config)  # before Ray: a model the job cannot use fails in seconds
         if not args.dry_run:
             common.init_ray(args.replicas, args.cpus_per_replica)
             config = dataclasses.replace(config, summarize=common.cluster_defaults(template, args))
         common.log_config("nightly config", config)
         signal.signal(signal.SIGTERM, signal.default_int_handler)  # run_nightly writes its report on the way out
-        report = run_nightly(config, dry_run=args.dry_run)
+        report = run_nightly(config, dry_run=args.dry_run, info=info)
     except Exception as e:  # the job's contract: one clear line and a non-zero exit code
         return common.fail("nightly", e, args.storage_options)
     print_report(report)

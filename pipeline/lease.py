@@ -55,11 +55,32 @@ def new_owner() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
-def owner_gone(owner: str) -> bool:
-    """True when `owner` (of `new_owner`) is a process of this host that no longer runs: its lease is dead
-    although not yet expired. An owner on another host is never known gone before its expiry."""
-    host, pid, _ = owner.rsplit(":", 2)
-    return host == socket.gethostname() and pid.isdigit() and not psutil.pid_exists(int(pid))
+def _pid_namespace() -> str:
+    """The process id namespace (Linux): containers that share a host name have their own pids."""
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return ""
+
+
+def this_process() -> dict[str, Any]:
+    """Where a lease holder runs, for `owner_gone`: host, pid namespace, pid and the process's start time."""
+    return {"host": socket.gethostname(), "pid_namespace": _pid_namespace(), "pid": os.getpid(),
+            "started": psutil.Process().create_time()}
+
+
+def owner_gone(record: dict[str, Any]) -> bool:
+    """True when the lease record's holder is a process of this host and pid namespace that no longer runs
+    (its pid is free or now another process's): its lease is dead although not yet expired. A holder
+    elsewhere is never known gone before its expiry."""
+    where = record.get("process") or {}
+    here = this_process()
+    if not where or (where["host"], where["pid_namespace"]) != (here["host"], here["pid_namespace"]):
+        return False
+    try:
+        return psutil.Process(where["pid"]).create_time() != where["started"]
+    except psutil.NoSuchProcess:
+        return True
 
 
 class Lease:
@@ -67,6 +88,7 @@ class Lease:
 
     def __init__(self, url: str, owner: str, ttl_s: float, storage_options: dict[str, Any] | None = None):
         self.url, self.owner, self.ttl_s = url, owner, ttl_s
+        self.process = this_process()
         self.storage_options = storage_options or {}
         self.generation = 0  # ours, once acquired
         self.expires_at = 0.0
@@ -107,7 +129,7 @@ class Lease:
     def _put(self, generation: int, state: str) -> bool:
         """Create `generation`; True if it is ours, also when the write's outcome was unclear (read back)."""
         expires_at = time.time() + self.ttl_s if state == "held" else 0.0
-        record = {"owner": self.owner, "state": state, "expires_at": expires_at,
+        record = {"owner": self.owner, "process": self.process, "state": state, "expires_at": expires_at,
                   "expires": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(expires_at))}
         failed: OSError | None = None
         try:
@@ -150,8 +172,8 @@ class Lease:
         return self.current()[1]
 
     def take_over(self) -> dict[str, Any] | None:
-        """Take the lease from a holder known to be gone (`owner_gone`) before its expiry: None when taken, else
-        the record of whoever moved the chain first."""
+        """Take the lease from a holder known to be gone (`owner_gone` of its record) before its expiry: None
+        when taken, else the record of whoever moved the chain first."""
         with self._lock:
             if retried(self._put, self.current()[0] + 1, "held"):
                 return None

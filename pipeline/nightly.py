@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import commit, storage
+from .config import SummarizeConfig
 from .identity import code_version
 from .ids import check_unique
 from .lease import Lease, LeaseLost, new_owner, retried
@@ -396,12 +397,22 @@ def committed_files(output: str, storage_options: dict[str, Any] | None = None) 
     return files
 
 
-def run_nightly(config: NightlyConfig, dry_run: bool = False) -> NightlyReport:
+def model_info(config: NightlyConfig) -> ModelInfo:
+    """The model, tokenizer and generation settings of a nightly run, checked (no Ray needed)."""
+    return inspect_model(_template(config))
+
+
+def _template(config: NightlyConfig) -> SummarizeConfig:
+    return dataclasses.replace(config.summarize, model=storage.absolute(config.summarize.model))
+
+
+def run_nightly(config: NightlyConfig, dry_run: bool = False, info: ModelInfo | None = None) -> NightlyReport:
     """Repair interrupted switches, then process what is new, changed, incomplete (and stale, if asked):
     every selected partition's lease is taken, all of their remaining units flow through one actor pool, and
     each partition switches on its own, oldest first. Writes the report under `_runs/` unless a dry run, which
     only reads; also when the run is interrupted (KeyboardInterrupt: jobs.nightly turns SIGTERM into one).
-    Ray must be initialized unless `dry_run`."""
+    Ray must be initialized unless `dry_run`. `info` (`model_info` of the same config) skips checking the
+    model again."""
     start = time.time()
     owner = new_owner()
     opts = config.summarize.storage_options
@@ -410,9 +421,8 @@ def run_nightly(config: NightlyConfig, dry_run: bool = False) -> NightlyReport:
     finished = False  # the body ran to its end (or was stopped by SIGTERM): a failed report write then raises
     try:
         # the model, tokenizer and generation settings are checked once per run, before any partition
-        template = dataclasses.replace(config.summarize, model=storage.absolute(config.summarize.model))
-        info = inspect_model(template)
-        settings = run_settings(template, info)
+        info = model_info(config) if info is None else info
+        settings = run_settings(_template(config), info)
         if not dry_run:
             report.partitions.extend(repair(config, owner))
         states, report.ignored_files, report.listings = plan(config, settings)

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import storage
+from .identity import differences
 
 STAGING = "_staging"  # in-progress runs: <output>/_staging/<partition>/run-<id>/ (hidden from Parquet readers)
 LEASES = "_leases"  # <output>/_leases/<partition>/<generation>.json
@@ -180,7 +181,10 @@ def state_of(partition: Partition, output: str, storage_options: dict[str, Any] 
     recorded = marker.get("settings") or {}
     if settings is not None and recorded != settings:
         keys = sorted(k for k in {*recorded, *settings} if recorded.get(k) != settings.get(k))
-        return PartitionState(partition, "stale", f"done with other {', '.join(keys)}", marker, stray, staging)
+        detail = f"done with other {', '.join(keys)}"
+        if recorded.get("identity_version") != settings.get("identity_version"):
+            detail = f"done with {differences(recorded, settings)[0]}"
+        return PartitionState(partition, "stale", detail, marker, stray, staging)
     return PartitionState(partition, "done", marker.get("ended_at", ""), marker, stray, staging)
 
 

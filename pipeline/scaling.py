@@ -7,7 +7,7 @@ import contextlib
 import dataclasses
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import psutil
@@ -39,12 +39,39 @@ class NodeTypes:
         return f"node types from {self.source}" + (f": {listed}" if listed else "")
 
 
+UNBOUNDED = 10_000  # a node group without a maximum (KubeRay's max_count -1)
+
+
 def _launcher_types(config: dict) -> tuple[NodeType, ...]:
-    """Worker node types of a cluster launcher config (cluster.yaml, or the autoscaler monitor's copy)."""
-    head = config.get("head_node_type")
-    return tuple(NodeType(name, {k: float(v) for k, v in (t.get("resources") or {}).items()},
-                          int(t.get("max_workers", config.get("max_workers", 0))))
-                 for name, t in (config.get("available_node_types") or {}).items() if name != head)
+    """Worker node types of a cluster launcher config (cluster.yaml, or the autoscaler monitor's copy); each
+    type's maximum is capped by the cluster's."""
+    head, total = config.get("head_node_type"), config.get("max_workers")
+    types = []
+    for name, t in (config.get("available_node_types") or {}).items():
+        most = int(t.get("max_workers", total or 0))
+        if name != head:
+            types.append(NodeType(name, {k: float(v) for k, v in (t.get("resources") or {}).items()},
+                                  most if total is None else min(most, int(total))))
+    return tuple(types)
+
+
+def _gcs_types(config) -> tuple[NodeType, ...]:
+    """Worker node groups of the GCS cluster config, as Ray Data's v2 cluster autoscaler reads them: groups
+    that cannot start a node dropped, and so is the group of the head (one node of the head's shape)."""
+    head = next((n["Resources"] for n in ray.nodes() if n["Alive"] and "node:__internal_head__" in n["Resources"]),
+                {})
+    types = []
+    for g in config.node_group_configs:
+        resources = {k: float(v) for k, v in g.resources.items()}
+        if not resources or g.max_count == 0 or (g.max_count == 1 and _fits_shape(head, resources)):
+            continue
+        types.append(NodeType(g.name, resources, UNBOUNDED if g.max_count < 0 else g.max_count))
+    return tuple(types)
+
+
+def _fits_shape(node: dict[str, float], resources: dict[str, float]) -> bool:
+    """The node brings exactly the type's resources (CPU, GPU, custom ones)."""
+    return all(node.get(k) == v for k, v in resources.items())
 
 
 def read_cluster_config(path: str) -> NodeTypes:
@@ -74,8 +101,7 @@ def autoscaler_node_types(cluster_config: str | None = None) -> NodeTypes:
     except Exception:  # an older GCS without the call: fall back to the monitor's file
         config = None
     if config is not None and config.node_group_configs:
-        return NodeTypes(tuple(NodeType(g.name, {k: float(v) for k, v in g.resources.items()}, g.max_count)
-                               for g in config.node_group_configs), "the GCS cluster config")
+        return NodeTypes(_gcs_types(config), "the GCS cluster config")
     path = _monitor_config_path()
     if path is not None:
         try:
@@ -121,12 +147,15 @@ def with_cluster_defaults(config: SummarizeConfig, gpus_given: bool, wait_given:
     return config, f"scaling: {chosen}; {types.describe()}"
 
 
-def reachable(resources: dict[str, float], node_types: tuple[NodeType, ...]) -> dict[str, float]:
-    """What the cluster can grow to: what it has plus every node its autoscaler may start (an upper bound)."""
+def reachable(resources: dict[str, float], node_types: tuple[NodeType, ...],
+              nodes: list[dict[str, float]]) -> dict[str, float]:
+    """What the cluster can grow to: what it has plus the nodes its autoscaler may still start (each type's
+    maximum less its running `nodes`, matched by shape)."""
     out = dict(resources)
     for t in node_types:
+        left = max(0, t.max_workers - sum(_fits_shape(n, t.resources) for n in nodes))
         for name, value in t.resources.items():
-            out[name] = out.get(name, 0.0) + value * t.max_workers
+            out[name] = out.get(name, 0.0) + value * left
     return out
 
 
@@ -155,31 +184,25 @@ def _bundles(replicas: Replicas, count: int) -> list[dict[str, float]]:
 
 @contextlib.contextmanager
 def scaled_pool(replicas: Replicas, wait_s: float, node_types: tuple[NodeType, ...]
-                ) -> Iterator[tuple[Replicas, int, list[str], Callable[[], None]]]:
+                ) -> Iterator[tuple[Replicas, int, list[str]]]:
     """Yields the pool fitted to what the cluster can reach (never to a snapshot taken before it scaled up),
-    how many replicas to start with (what fits the nodes up now, at least the minimum), notes for the report,
-    and a `release` callable.
+    how many replicas to start with (what fits the nodes up now, at least the minimum) and notes for the report.
 
     With wait_s > 0 it asks the autoscaler for the whole pool's nodes at once and waits up to wait_s for the
-    minimum pool. Ray Data's own resource requests take over once the dataflow runs (they replace the cluster's
-    request, and grow the actor pool's nodes up to its maximum while the replicas are the bottleneck). Call
-    `release` once the pool has what it can get; the request is withdrawn on exit in any case, also when the
-    job fails."""
+    minimum pool. Once the dataflow runs, Ray Data's autoscaling coordinator sends the cluster's request
+    itself (it replaces this one, every 20 s at most, with what the dataflow needs: the actor pool's nodes up
+    to its maximum while the replicas are the bottleneck), so this request serves the start; it is withdrawn
+    on exit in any case, also when the job fails, so that nodes nothing needs scale down."""
     from ray.autoscaler.sdk import request_resources
 
-    resources, requested = ray.cluster_resources(), False
-
-    def release() -> None:
-        nonlocal requested
-        if requested:
-            request_resources(bundles=[])
-            requested = False
-
+    requested = False
     try:
         if wait_s > 0 and not node_types:  # told to wait for workers of unknown types: the pool stays as given
             fitted, notes = replicas, ["replicas not fitted to the cluster: its node types are unknown"]
         else:
-            fitted, notes = fit_replicas(replicas, reachable(resources, node_types if wait_s > 0 else ()))
+            nodes = [n["Resources"] for n in ray.nodes() if n["Alive"]]
+            fitted, notes = fit_replicas(replicas, reachable(ray.cluster_resources(),
+                                                             node_types if wait_s > 0 else (), nodes))
         if wait_s > 0:
             request_resources(bundles=_bundles(fitted, fitted.max))
             requested = True
@@ -195,6 +218,7 @@ def scaled_pool(replicas: Replicas, wait_s: float, node_types: tuple[NodeType, .
             initial = fit_replicas(fitted, ray.cluster_resources())[0].max
         except RuntimeError:  # the minimum pool is not up (yet): Ray Data waits for it
             initial = fitted.min
-        yield fitted, initial, notes, release
+        yield fitted, initial, notes
     finally:
-        release()
+        if requested:
+            request_resources(bundles=[])

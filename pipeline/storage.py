@@ -144,19 +144,23 @@ def check_writable(url: str, storage_options: dict[str, Any] | None = None) -> N
         fs.pipe_file(path, b"")
     except Exception as e:  # any failure here means the job could not write its output
         raise PermissionError(f"output {url} is not writable: {type(e).__name__}: {e}") from e
+    package = type(fs).__module__.split(".")[0]
+    needed = (f"run records and leases need exclusive creates; supported: local disk, S3 through s3fs >= "
+              f"{EXCLUSIVE_CREATE_SINCE}")
     try:
-        honoured = not write_atomic(fs, path, b"again", exclusive=True)
-    except Exception as e:  # e.g. an s3fs that predates mode="create" passes it on to the request and fails
-        honoured, cause = False, f" ({type(e).__name__}: {e})"
-    else:
-        cause = ""
+        overwritten = write_atomic(fs, path, b"again", exclusive=True)
+    except Exception as e:  # an s3fs before mode="create" passes it on to botocore, which refuses it
+        raise ValueError(f"output {url}: an exclusive create on {type(fs).__name__} ({package} {_version(package)}) "
+                         f"failed ({type(e).__name__}: {e}); {needed}") from e
     finally:
-        fs.rm(path)
-    if not honoured:
-        package = type(fs).__module__.split(".")[0]
+        try:
+            fs.rm(path)
+        except Exception as e:  # the job deletes what it replaces: it needs the right to
+            raise PermissionError(f"output {url}: a file written there cannot be deleted: {type(e).__name__}: {e}"
+                                  ) from e
+    if overwritten:
         raise ValueError(f"output {url}: {type(fs).__name__} ({package} {_version(package)}) does not honour "
-                         f"exclusive creates{cause}, which run records and leases need; supported: local disk, "
-                         f"S3 through s3fs >= {EXCLUSIVE_CREATE_SINCE}")
+                         f"exclusive creates (it wrote over an existing file); {needed}")
 
 
 def _version(package: str) -> str:

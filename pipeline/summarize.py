@@ -11,6 +11,7 @@ publishes it into place once complete (`pipeline.commit`).
 from __future__ import annotations
 
 import dataclasses
+import logging
 import posixpath
 import time
 from collections import Counter
@@ -26,6 +27,8 @@ from .lease import Lease, new_owner, owner_gone
 from .scaling import scaled_pool
 from .stages import unit_rows
 from .units import DEFAULT_ID_COLUMN, DERIVED_ID_COLUMN, InputPlan, Unit, inspect_input, plan_units
+
+log = logging.getLogger(__name__)
 
 LEASE_NAME = "_lease"  # in the output: held by the run that writes it
 RUN_LEASE_TTL_S = 60.0  # a run on another host that died holds the output this long at most
@@ -123,8 +126,8 @@ def inspect_model(config: SummarizeConfig) -> ModelInfo:
     except ValueError as e:
         raise ValueError(f"generation settings do not fit model {url}: {e}") from e
     if generation.num_return_sequences != 1:
-        raise ValueError(f"model {url} asks for num_return_sequences {generation.num_return_sequences} (its "
-                         "generation_config.json): the batch jobs write one summary per input row; set it to 1")
+        raise ValueError(f"model {url} asks for num_return_sequences {generation.num_return_sequences}: the batch "
+                         "jobs write one summary per input row; set it to 1 in its generation_config.json")
     return ModelInfo(model_config, generation, tokenizer, fingerprint)
 
 
@@ -284,6 +287,7 @@ def begin(config: SummarizeConfig, checked: Checked | None = None, owner: str | 
     config, plan, info = checked.config, checked.plan, checked.info
     opts = config.storage_options
     wanted = run_identity(config, plan, info)
+    _check_same_run(config, wanted)  # again: another run may have written the output since preflight
     result = SummarizeResult(status="complete", output=config.output, rows_in=plan.rows,
                              generation=wanted["generation"])
     if plan.derived_id:
@@ -332,16 +336,12 @@ def execute(pendings: list[Pending], config: SummarizeConfig,
             unit_rows(p.todo, i, p.target, p.attempt, p.plan.id_column, p.plan.derived_id)]
     if not rows:
         return
-    with scaled_pool(config.replicas, config.worker_wait_s, config.node_types) as (replicas, initial, notes, release):
+    with scaled_pool(config.replicas, config.worker_wait_s, config.node_types) as (replicas, initial, notes):
         for p in pendings:
             p.result.replicas = replicas
             p.result.notes.extend(notes)
         ds = dataflow.build(config, rows, replicas, pendings[0].max_input_tokens, initial)
-        seen: set[str] = set()
         for stats in dataflow.stream(ds, config.actor_start_timeout_s):
-            seen.add(stats["replica"])
-            if len(seen) == replicas.max:  # the whole pool runs: nothing more to ask the autoscaler for
-                release()
             pending = pendings[stats["job"]]
             pending.result.add(stats, by_replica=True)
             on_unit(pending)
@@ -350,8 +350,9 @@ def execute(pendings: list[Pending], config: SummarizeConfig,
         p.result.stats = text
 
 
-def finish(p: Pending) -> SummarizeResult:
-    """Check that every unit is committed, write the marker (and publish a staged --overwrite)."""
+def finish(p: Pending, before_commit: Callable[[], None] = lambda: None) -> SummarizeResult:
+    """Check that every unit is committed, write the marker (and publish a staged --overwrite); before_commit()
+    runs right before the marker is written (a lease check)."""
     config, result, opts, attempt = p.config, p.result, p.config.storage_options, p.attempt
     if result.rows_out != p.plan.rows or result.units != len(p.units):
         raise RuntimeError(f"output {p.target} has {result.rows_out} rows in {result.units} files for "
@@ -368,6 +369,7 @@ def finish(p: Pending) -> SummarizeResult:
         "shard_files": shard_files,
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "code_version": identity.code_version(),
     }
+    before_commit()
     if config.overwrite:
         storage.write_json_atomic(storage.join(p.target, storage.MARKER_NAME), marker, opts)
         commit.publish(p.target, config.output, files, marker, opts)
@@ -384,7 +386,7 @@ def take_output(config: SummarizeConfig) -> Lease:
     lease = Lease(storage.join(storage.absolute(config.output), LEASE_NAME), new_owner(), RUN_LEASE_TTL_S,
                   config.storage_options)
     holder = lease.try_acquire()
-    if holder is not None and owner_gone(holder["owner"]):
+    if holder is not None and owner_gone(holder):
         holder = lease.take_over()
     if holder is not None:
         raise RuntimeError(f"output {config.output} is being written by another run ({holder['owner']}, its lease "
@@ -404,6 +406,10 @@ def run(config: SummarizeConfig, checked: Checked | None = None) -> SummarizeRes
         if isinstance(pending, SummarizeResult):
             return pending
         execute([pending], pending.config, lambda p: lease.ensure_held())
-        return finish(pending)
+        return finish(pending, lease.check)
     finally:
-        lease.release()
+        try:
+            lease.release()
+        except Exception as e:  # the lease expires on its own; the run's own outcome (or error) stands
+            log.warning("the lease of output %s was not released (%s: %s); it expires at %s", config.output,
+                        type(e).__name__, e, time.strftime("%H:%M:%S", time.gmtime(lease.expires_at)))

@@ -17,6 +17,8 @@ import ray.train
 from ray.data import ExecutionOptions
 from ray.train.torch import TorchTrainer
 
+from model import Tokenizer
+
 from .storage import arrow_fs, url_to_fs
 from .train_config import FinetuneConfig
 from .train_data import SplitStats, TokenizePairs, inspect_split, pairs_dataset
@@ -64,12 +66,12 @@ def run_finetune(cfg: FinetuneConfig) -> FinetuneResult:
     columns = dict(text_column=cfg.text_column, summary_column=cfg.summary_column,
                    storage_options=cfg.storage_options)
     train_ds = pairs_dataset(cfg.train_url, **columns)
-    tokenize = TokenizePairs(cfg.tokenizer_url, cfg.text_column, cfg.summary_column, cfg.max_source_tokens,
-                             cfg.max_target_tokens, keep_reference=True, storage_options=cfg.storage_options)
+    tokenize = TokenizePairs(Tokenizer.from_pretrained(cfg.tokenizer_url, cfg.storage_options), cfg.text_column,
+                             cfg.summary_column, cfg.max_source_tokens, cfg.max_target_tokens, keep_reference=True)
     eval_pairs = pairs_dataset(cfg.eval_url, **columns).limit(cfg.eval_rows).take_batch(cfg.eval_rows,
                                                                                           batch_format="numpy")
-    eval = tokenize(eval_pairs)
-    eval_rows = [dict(zip(eval, values, strict=True)) for values in zip(*eval.values(), strict=True)]
+    tokenized = tokenize(eval_pairs)
+    eval_rows = [dict(zip(tokenized, values, strict=True)) for values in zip(*tokenized.values(), strict=True)]
 
     loop_config = {"cfg": cfg, "total_steps": total_steps, "eval_rows": eval_rows}
     result = make_trainer(cfg, train_loop, loop_config, train_ds).fit()

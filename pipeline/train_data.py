@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,11 +32,6 @@ class SplitStats:
         return self.rows - self.empty
 
 
-def _is_empty(column) -> np.ndarray:
-    """True where a string is null or only whitespace (numpy object array or pyarrow array in)."""
-    return np.array([s is None or not str(s).strip() for s in column], dtype=bool)
-
-
 def inspect_split(url: str, text_column: str, summary_column: str,
                   storage_options: dict | None = None) -> SplitStats:
     """Count rows and empty pairs of Parquet shards; a missing column is an error naming those present."""
@@ -58,23 +54,22 @@ def _blank(column):
 
 
 class TokenizePairs:
-    """(article, summary) strings -> unpadded `input_ids` and `labels`, empty pairs dropped.
+    """(article, summary) strings -> unpadded `input_ids` and `labels` (`pairs_dataset` has dropped the empty
+    pairs already).
 
     input_ids are `[CLS] article [SEP]`; labels are `summary [SEP]`: the decoder starts from [CLS]
     (decoder_start_token_id) and learns to emit the summary and stop.
     """
 
-    def __init__(self, tokenizer_path: str, text_column: str, summary_column: str, max_source_tokens: int,
-                 max_target_tokens: int, keep_reference: bool = False, storage_options: dict | None = None):
-        self.tok = Tokenizer.from_pretrained(tokenizer_path, storage_options)
-        self.text_column, self.summary_column = text_column, summary_column
+    def __init__(self, tokenizer: Tokenizer, text_column: str, summary_column: str, max_source_tokens: int,
+                 max_target_tokens: int, keep_reference: bool = False):
+        self.tok, self.text_column, self.summary_column = tokenizer, text_column, summary_column
         self.max_source_tokens, self.max_target_tokens = max_source_tokens, max_target_tokens
         self.keep_reference = keep_reference
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        texts, summaries = batch[self.text_column], batch[self.summary_column]
-        keep = ~(_is_empty(texts) | _is_empty(summaries))
-        texts, summaries = [str(t) for t in texts[keep]], [str(s) for s in summaries[keep]]
+        texts = [str(t) for t in batch[self.text_column]]
+        summaries = [str(s) for s in batch[self.summary_column]]
         sources = self.tok.encode_batch(texts, self.max_source_tokens)
         # one more token than the limit: the leading [CLS] is dropped from labels
         targets = self.tok.encode_batch(summaries, self.max_target_tokens + 1)
@@ -126,9 +121,21 @@ class PairBatches:
         raw = shard.iter_batches(batch_size=self.batch_size, batch_format="numpy", drop_last=True,
                                  local_shuffle_buffer_size=self.shuffle_buffer,
                                  local_shuffle_seed=self.seed * 100_003 + epoch)
-        for i, batch in enumerate(itertools.islice(raw, skip, None), start=skip):
-            padded = collate(self.tokenize(batch), self.pad_id)
-            yield i, {k: v.to(self.device, non_blocking=True) for k, v in padded.items()}
+        kept = itertools.islice(enumerate(raw), skip, None)
+        # One micro-batch ahead: the next one is tokenized (the Rust tokenizer releases the GIL) and padded
+        # while the caller trains on this one.
+        with ThreadPoolExecutor(1, thread_name_prefix="pair-batches") as pool:
+            ahead = None
+            for i, batch in kept:
+                ready, ahead = ahead, (i, pool.submit(self._padded, batch))
+                if ready is not None:
+                    yield ready[0], ready[1].result()
+            if ahead is not None:
+                yield ahead[0], ahead[1].result()
+
+    def _padded(self, batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+        padded = collate(self.tokenize(batch), self.pad_id)
+        return {k: v.to(self.device, non_blocking=True) for k, v in padded.items()}
 
 
 def collate(batch: dict[str, np.ndarray], pad_id: int) -> dict[str, torch.Tensor]:

@@ -101,8 +101,7 @@ def train_loop(loop_config: dict) -> None:
     dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.precision]
     scaler = torch.amp.GradScaler("cuda") if cfg.precision == "fp16" else None
     shard = ray.train.get_dataset_shard("train")
-    tokenize = TokenizePairs(cfg.tokenizer_url, cfg.text_column, cfg.summary_column, cfg.max_source_tokens,
-                             cfg.max_target_tokens, storage_options=cfg.storage_options)
+    tokenize = TokenizePairs(tok, cfg.text_column, cfg.summary_column, cfg.max_source_tokens, cfg.max_target_tokens)
     pairs = PairBatches(tokenize, tok.pad_token_id, cfg.batch_size, cfg.shuffle_buffer, cfg.seed, device)
     step, epoch = state["step"], state["epoch"]
     skip = state["position"]  # resuming: the micro-batches of this epoch trained on before the checkpoint

@@ -74,16 +74,19 @@ def test_missing_column_lists_present_ones(pairs):
         inspect_split(pairs["train"], "article", "summary")
 
 
-def test_empty_summaries_are_counted_and_skipped(tmp_path, minilm_dir):
-    table = pa.table({"article": ["one text", "two text", "   ", "four"], "highlights": ["a", "", "c", None]})
+def test_empty_summaries_are_counted_and_skipped(local_ray, tmp_path, minilm_dir):
+    table = pa.table({"article": ["one text", "two text", "   ", "four", "\x1c"],
+                      "highlights": ["a", "", "c", None, "e"]})
     pq.write_table(table, tmp_path / "t.parquet")
     stats = inspect_split(str(tmp_path / "t.parquet"), "article", "highlights")
-    assert (stats.rows, stats.empty, stats.usable) == (4, 3, 1)
-    out = TokenizePairs(str(minilm_dir), "article", "highlights", 16, 8)(
-        {k: np.asarray(v.to_pylist(), dtype=object) for k, v in zip(table.column_names, table.columns, strict=True)})
+    assert (stats.rows, stats.empty, stats.usable) == (5, 3, 2)  # the split's count is what the dataset keeps
+    pairs = pairs_dataset(str(tmp_path / "t.parquet"), "article", "highlights").take_batch(batch_format="numpy")
+    assert list(pairs["article"]) == ["one text", "\x1c"]
     tok = Tokenizer.from_pretrained(minilm_dir)
-    assert [list(r) for r in out["input_ids"]] == [tok.encode_batch(["one text"])[0]]
-    assert [list(r) for r in out["labels"]] == [[tok.encode_batch(["a"])[0][1], tok.sep_token_id]]
+    out = TokenizePairs(tok, "article", "highlights", 16, 8)(pairs)
+    assert [list(r) for r in out["input_ids"]] == tok.encode_batch(["one text", "\x1c"])
+    assert [list(r) for r in out["labels"]] == [[tok.encode_batch(["a"])[0][1], tok.sep_token_id],
+                                                [tok.encode_batch(["e"])[0][1], tok.sep_token_id]]
 
 
 def test_train_set_smaller_than_one_step_is_an_error_before_any_cluster_work(pairs, tiny, tmp_path):
@@ -122,7 +125,7 @@ def _ddp_probe(loop_config: dict) -> None:
     model = build_model(cfg, None).train()
     ddp = ray.train.torch.prepare_model(model)
     optimizer = make_optimizer(model, cfg)
-    tokenize = TokenizePairs(cfg.tokenizer_url, "article", "highlights", 96, 24)
+    tokenize = TokenizePairs(Tokenizer.from_pretrained(cfg.tokenizer_url), "article", "highlights", 96, 24)
     rows = []
     for i, batch in enumerate(ray.train.get_dataset_shard("train").iter_batches(
             batch_size=cfg.batch_size, batch_format="numpy", drop_last=True)):

@@ -125,7 +125,9 @@ def test_pool_fitted_to_what_the_autoscaler_can_start_not_to_what_is_up(tmp_path
     assert gpu.resources["GPU"] == 1 and gpu.max_workers == 4
     # GPU workers at zero: 1-8 replicas of 1 GPU fit the 4 GPU nodes the autoscaler can start, not the 0 up now
     empty = {"CPU": 4.0}
-    assert fit_replicas(Replicas(min=1, max=8, gpus=1), reachable(empty, types.types))[0].max == 4
+    assert fit_replicas(Replicas(min=1, max=8, gpus=1), reachable(empty, types.types, []))[0].max == 4
+    one_up = reachable({"CPU": 8.0, "GPU": 1.0}, types.types, [{"CPU": 4.0, "GPU": 1.0}, {"CPU": 4.0}])
+    assert one_up["GPU"] == 4 and fit_replicas(Replicas(min=1, max=8, gpus=1), one_up)[0].max == 4
     with pytest.raises(RuntimeError, match="do not fit"):
         fit_replicas(Replicas(min=1, max=8, gpus=1), empty)
     (tmp_path / "fixed.yaml").write_text("head_node_type: head\navailable_node_types:\n  head: {resources: {}}\n")
@@ -148,5 +150,6 @@ def test_output_filesystems_must_honour_exclusive_creates(bucket, tmp_path):
     storage.check_writable(str(tmp_path / "out"))  # local disk
     fsspec.register_implementation("overwriting", OverwritingFileSystem, clobber=True)
     with pytest.raises(ValueError, match=r"output overwriting://b/out: OverwritingFileSystem \(tests [^)]*\) does not "
-                                         r"honour exclusive creates, .* S3 through s3fs >= 2024\.12\.0"):
+                                         r"honour exclusive creates \(it wrote over an existing file\); .* S3 "
+                                         r"through s3fs >= 2024\.12\.0"):
         storage.check_writable("overwriting://b/out")
