@@ -17,8 +17,10 @@ import pyarrow.parquet as pq
 import ray
 
 from benchmarks.scale import write_corpus
-from pipeline.config import GenerationOverrides, Replicas, SummarizeConfig
-from pipeline.nightly import NightlyConfig, run_nightly
+from pipeline.batch import GenerationOverrides, SummarizeConfig
+from pipeline.cluster import Replicas
+from pipeline.nightly.config import NightlyConfig
+from pipeline.nightly.run import run_nightly
 from tests.model_helpers import random_bert2bert
 
 

@@ -25,8 +25,9 @@ import torch
 
 from jobs.demo import warm_start
 from model import EncoderDecoderModel, Tokenizer
-from pipeline.config import GenerationOverrides, Replicas, SummarizeConfig
-from pipeline.summarize import run
+from pipeline.batch import GenerationOverrides, SummarizeConfig
+from pipeline.batch.run import run
+from pipeline.cluster import Replicas
 
 DATA = pathlib.Path(__file__).resolve().parent.parent / "data" / "cnndm_200.jsonl"
 

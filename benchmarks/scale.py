@@ -28,7 +28,7 @@ import urllib.request
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline import storage
+from pipeline.io import storage
 from tests.model_helpers import random_bert2bert
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent

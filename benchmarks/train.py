@@ -22,10 +22,11 @@ import ray
 import torch
 
 from model import EncoderDecoderModel, Tokenizer
-from pipeline.train import run_finetune
-from pipeline.train_config import FinetuneConfig
-from pipeline.train_data import TokenizePairs, collate
-from pipeline.train_loop import METRICS_FILE, linear_schedule, make_optimizer
+from pipeline.train.checkpoints import METRICS_FILE
+from pipeline.train.config import FinetuneConfig
+from pipeline.train.data import TokenizePairs, collate
+from pipeline.train.loop import linear_schedule, make_optimizer
+from pipeline.train.trainer import run_finetune
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 

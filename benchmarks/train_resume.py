@@ -24,7 +24,7 @@ import ray
 import torch
 
 from model import Tokenizer
-from pipeline.train_data import PairBatches, TokenizePairs, collate, pairs_dataset
+from pipeline.train.data import PairBatches, TokenizePairs, collate, pairs_dataset
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SHARDS = 20

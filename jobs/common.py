@@ -11,12 +11,9 @@ import tempfile
 import traceback
 from typing import Any
 
-import ray
-
-from pipeline import secrets
-from pipeline.config import DTYPES, GenerationOverrides, Replicas, SummarizeConfig
-from pipeline.scaling import CPU_HEADROOM, DEFAULT_WORKER_WAIT_S, with_cluster_defaults
-from pipeline.summarize import SummarizeResult
+from pipeline.batch import DTYPES, GenerationOverrides, SummarizeConfig, SummarizeResult, with_cluster_defaults
+from pipeline.cluster import DEFAULT_WORKER_WAIT_S, Replicas
+from pipeline.io import secrets
 
 
 def _early_stopping(text: str) -> bool | str:
@@ -122,20 +119,6 @@ def generation_from_args(args: argparse.Namespace) -> GenerationOverrides:
     return GenerationOverrides(num_beams=args.num_beams, max_length=args.max_length, min_length=args.min_length,
                                length_penalty=args.length_penalty, no_repeat_ngram_size=args.no_repeat_ngram_size,
                                early_stopping=args.early_stopping)
-
-
-def init_ray(replicas_flag: str, cpus_per_replica: float) -> None:
-    """Connect to the cluster this runs on (`ray job submit` sets RAY_ADDRESS), else start a local Ray sized
-    for the job: logical CPUs for every replica plus the pipeline's headroom."""
-    if ray.is_initialized():
-        return
-    address = os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address)  # the replicas' output and tracebacks reach `ray job submit` / `ray job logs`
-        return
-    most = Replicas.parse(replicas_flag, cpus=cpus_per_replica).max
-    num_cpus = max(os.cpu_count() or 1, int(most * cpus_per_replica + 0.999) + CPU_HEADROOM)
-    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
 
 
 def replicas_from_args(args: argparse.Namespace) -> Replicas:

@@ -14,8 +14,8 @@ import argparse
 import sys
 
 from jobs import common
-from pipeline.train import FinetuneResult, run_finetune
-from pipeline.train_config import FinetuneConfig
+from pipeline.cluster import connect
+from pipeline.train import FinetuneConfig, FinetuneResult, run_finetune
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = config_from_args(args)
         common.log_config("finetune config", config)
-        common.init_ray(str(config.num_workers), config.cpus_per_worker)
+        connect(config.num_workers, config.cpus_per_worker)
         result = run_finetune(config)
     except Exception as e:  # the job's contract: one clear line and a non-zero exit code
         return common.fail("finetune", e, args.storage_options)

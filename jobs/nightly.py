@@ -18,6 +18,7 @@ import signal
 import sys
 
 from jobs import common
+from pipeline.cluster import connect
 from pipeline.nightly import NightlyConfig, NightlyReport, model_info, run_nightly
 
 
@@ -73,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
                                reprocess=args.reprocess)
         info = model_info(config)  # before Ray: a model the job cannot use fails in seconds
         if not args.dry_run:
-            common.init_ray(args.replicas, args.cpus_per_replica)
+            connect(config.summarize.replicas.max, config.summarize.replicas.cpus)
             config = dataclasses.replace(config, summarize=common.cluster_defaults(template, args))
         common.log_config("nightly config", config)
         signal.signal(signal.SIGTERM, signal.default_int_handler)  # run_nightly writes its report on the way out

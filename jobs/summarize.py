@@ -10,7 +10,8 @@ import argparse
 import sys
 
 from jobs import common
-from pipeline.summarize import preflight, run
+from pipeline.batch import preflight, run
+from pipeline.cluster import connect
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -31,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = common.summarize_config(args, args.input, args.output, overwrite=args.overwrite)
         checked = preflight(config)  # before Ray: a meaningless job fails in seconds, with no cluster work
-        common.init_ray(args.replicas, args.cpus_per_replica)
+        connect(config.replicas.max, config.replicas.cpus)
         config = common.cluster_defaults(config, args)
         common.log_config("summarize config", config)
         result = run(config, checked)

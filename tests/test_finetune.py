@@ -19,10 +19,11 @@ import torch
 
 from jobs import summarize as summarize_job
 from model import EncoderDecoderModel, Tokenizer
-from pipeline.train import make_trainer, plan_steps, run_finetune
-from pipeline.train_config import FinetuneConfig
-from pipeline.train_data import TokenizePairs, collate, inspect_split, pairs_dataset
-from pipeline.train_loop import METRICS_FILE, build_model, make_optimizer
+from pipeline.train.checkpoints import METRICS_FILE
+from pipeline.train.config import FinetuneConfig
+from pipeline.train.data import TokenizePairs, collate, inspect_split, pairs_dataset
+from pipeline.train.loop import build_model, make_optimizer
+from pipeline.train.trainer import make_trainer, plan_steps, run_finetune
 from tests.model_helpers import random_bert2bert
 from tests.test_pipeline_run import MAX_TOKENS, direct_summaries
 

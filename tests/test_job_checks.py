@@ -20,9 +20,10 @@ import ray
 import s3fs
 
 from jobs import summarize as summarize_job
-from pipeline import storage
-from pipeline.config import GenerationOverrides, Replicas, SummarizeConfig
-from pipeline.summarize import run
+from pipeline.batch import GenerationOverrides, SummarizeConfig
+from pipeline.batch.run import run
+from pipeline.cluster import Replicas
+from pipeline.io import storage
 from tests.test_pipeline_run import articles
 from tests.test_summarize_job import ROOT
 

@@ -18,10 +18,13 @@ import pyarrow.parquet as pq
 import ray.data
 import s3fs
 
-from pipeline import storage
-from pipeline.config import GenerationOverrides, Replicas, SummarizeConfig
-from pipeline.lease import Lease
-from pipeline.nightly import NightlyConfig, committed_files, run_nightly
+from pipeline.batch import GenerationOverrides, SummarizeConfig
+from pipeline.cluster import Replicas
+from pipeline.io import storage
+from pipeline.io.lease import Lease
+from pipeline.nightly.config import NightlyConfig
+from pipeline.nightly.reader import committed_files
+from pipeline.nightly.run import run_nightly
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 DATA = ROOT / "data" / "cnndm_200.jsonl"

@@ -11,10 +11,12 @@ import time
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline import storage
-from pipeline.config import GenerationOverrides, Replicas, SummarizeConfig
-from pipeline.lease import Lease
-from pipeline.nightly import NightlyConfig, run_nightly
+from pipeline.batch import GenerationOverrides, SummarizeConfig
+from pipeline.cluster import Replicas
+from pipeline.io import storage
+from pipeline.io.lease import Lease
+from pipeline.nightly.config import NightlyConfig
+from pipeline.nightly.run import run_nightly
 from tests.model_helpers import random_bert2bert
 from tests.test_nightly import DAY1, DAY2, actions, articles, put_shard, read_output
 

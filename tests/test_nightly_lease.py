@@ -11,9 +11,9 @@ import fsspec
 import pytest
 import s3fs
 
-from pipeline.lease import Lease, LeaseLost
-from pipeline.partitions import discover, select
-from pipeline.storage import write_bytes_atomic
+from pipeline.io.lease import Lease, LeaseLost
+from pipeline.io.storage import write_bytes_atomic
+from pipeline.nightly.partitions import discover, select
 
 
 @pytest.fixture(params=["s3", "local"])

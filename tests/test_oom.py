@@ -14,7 +14,7 @@ import torch
 import transformers
 
 from model import Tokenizer
-from pipeline.stages import ERR_OOM, Summarizer
+from pipeline.batch.replica import ERR_OOM, Summarizer
 from tests.model_helpers import random_bert2bert
 from tests.test_pipeline_run import articles
 

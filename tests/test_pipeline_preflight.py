@@ -12,11 +12,12 @@ import pytest
 import ray
 from fsspec.implementations.memory import MemoryFileSystem
 
-from pipeline import storage
-from pipeline.config import Replicas, SummarizeConfig
-from pipeline.scaling import fit_replicas, reachable, read_cluster_config
-from pipeline.summarize import run
-from pipeline.units import inspect_input
+from pipeline.batch import SummarizeConfig
+from pipeline.batch.inputs import inspect_input
+from pipeline.batch.run import run
+from pipeline.cluster import Replicas
+from pipeline.cluster.scaling import fit_replicas, reachable, read_cluster_config
+from pipeline.io import storage
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -11,11 +11,13 @@ import pytest
 import torch
 
 from model import EncoderDecoderModel, Tokenizer
-from pipeline import storage
-from pipeline.commit import RUN_NAME
-from pipeline.config import GenerationOverrides, Replicas, SummarizeConfig
-from pipeline.stages import ERR_EMPTY, ERR_NULL
-from pipeline.summarize import run, staging_url
+from pipeline.batch import GenerationOverrides, SummarizeConfig
+from pipeline.batch.preflight import staging_url
+from pipeline.batch.run import run
+from pipeline.batch.text import ERR_EMPTY, ERR_NULL
+from pipeline.cluster import Replicas
+from pipeline.io import storage
+from pipeline.io.commit import RUN_NAME
 
 DATA = pathlib.Path(__file__).resolve().parent.parent / "data" / "cnndm_200.jsonl"
 GEN = GenerationOverrides(num_beams=2, max_length=12)

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from model import EncoderDecoderModel, Tokenizer
-from pipeline.stages import ERR_EMPTY, ERR_NOT_STRING, ERR_NULL, ERR_UTF8, Summarizer, tokenize
+from pipeline.batch.replica import Summarizer
+from pipeline.batch.text import ERR_EMPTY, ERR_NOT_STRING, ERR_NULL, ERR_UTF8, tokenize
 
 DATA = pathlib.Path(__file__).resolve().parent.parent / "data" / "cnndm_200.jsonl"
 GEN = {"num_beams": 2, "max_length": 16}

@@ -11,10 +11,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline import commit, storage
-from pipeline.config import GenerationOverrides, Replicas, SummarizeConfig
-from pipeline.nightly import NightlyConfig, run_nightly
-from pipeline.summarize import begin, preflight, run
+from pipeline.batch import GenerationOverrides, SummarizeConfig
+from pipeline.batch.preflight import preflight
+from pipeline.batch.run import plan_run, run
+from pipeline.cluster import Replicas
+from pipeline.io import commit, storage
+from pipeline.nightly.config import NightlyConfig
+from pipeline.nightly.run import run_nightly
 from tests.model_helpers import random_bert2bert
 from tests.test_nightly import DAY1, articles, put_shard, read_output
 
@@ -77,7 +80,7 @@ def test_resume_after_a_change_is_refused_naming_it(local_ray, base_model, corpu
         (model / "tokenizer.json").unlink()
     output = tmp_path / "out"
     config = summarize_config(corpus, output, model)
-    pending = begin(config)  # an attempt that died before its first unit: its run record is all there is
+    pending = plan_run(config)  # an attempt that died before its first unit: its run record is all there is
     record = storage.read_json(str(output / commit.RUN_NAME))
     assert record["attempt"] == pending.attempt and record["identity"]["identity_version"] == 2
 
@@ -91,7 +94,7 @@ def test_resume_after_a_change_is_refused_naming_it(local_ray, base_model, corpu
 def test_a_record_of_an_older_version_has_unknown_settings(local_ray, base_model, corpus, tmp_path):
     output = tmp_path / "out"
     config = summarize_config(corpus, output, base_model)
-    begin(config)
+    plan_run(config)
     record = storage.read_json(str(output / commit.RUN_NAME))
     del record["identity"]["identity_version"]  # as the previous round wrote it: six generation settings
     storage.write_json_atomic(str(output / commit.RUN_NAME), record)

@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 import s3fs
 
-from pipeline import storage
+from pipeline.io import storage
 from tests.conftest import AWS_ENV, free_port
 from tests.test_nightly import quiet
 from tests.test_pipeline_run import articles, direct_summaries

@@ -9,10 +9,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline import commit, ids, storage
-from pipeline.config import GenerationOverrides, Replicas, SummarizeConfig
-from pipeline.summarize import run, staging_url
-from pipeline.units import Shard, plan_units
+from pipeline.batch import GenerationOverrides, SummarizeConfig, unique_ids
+from pipeline.batch.inputs import Shard
+from pipeline.batch.preflight import staging_url
+from pipeline.batch.run import run
+from pipeline.batch.units import plan_units
+from pipeline.cluster import Replicas
+from pipeline.io import commit, storage
 from tests.test_pipeline_run import articles
 
 GEN = GenerationOverrides(num_beams=1, max_length=6)
@@ -32,7 +35,7 @@ def shards(folder, sizes: list[int], row_group_size: int | None = None, first_id
         batch = list(range(n, n + size))
         table = pa.table({"id": pa.array(batch, pa.int64()), "article": [TEXTS[i % len(TEXTS)] for i in batch]})
         pq.write_table(table, folder / f"part-{s:03d}.parquet", row_group_size=row_group_size)
-        ids.extend(batch)
+        unique_ids.extend(batch)
         n += size
     return ids
 
@@ -77,8 +80,8 @@ def test_big_shard_is_split_across_replicas_into_files_near_rows_per_file(local_
 @pytest.mark.parametrize("per_reader, per_counter", [(1_000_000, 5_000_000), (4, 3)])  # one task; a real shuffle
 def test_duplicate_id_across_shards_stops_the_job_before_any_row_is_written(local_ray, bert2bert_dir, tmp_path,
                                                                             monkeypatch, per_reader, per_counter):
-    monkeypatch.setattr(ids, "ROWS_PER_READER", per_reader)
-    monkeypatch.setattr(ids, "ROWS_PER_COUNTER", per_counter)
+    monkeypatch.setattr(unique_ids, "ROWS_PER_READER", per_reader)
+    monkeypatch.setattr(unique_ids, "ROWS_PER_COUNTER", per_counter)
     shards(tmp_path / "in", [4, 4])
     shards(tmp_path / "in2", [3], first_id=2)  # ids 2, 3, 4 again
     (tmp_path / "in2" / "part-000.parquet").rename(tmp_path / "in" / "part-late.parquet")

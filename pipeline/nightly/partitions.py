@@ -14,8 +14,8 @@ import posixpath
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import storage
-from .identity import differences
+from ..io import storage
+from ..io.fingerprints import differences
 
 STAGING = "_staging"  # in-progress runs: <output>/_staging/<partition>/run-<id>/ (hidden from Parquet readers)
 LEASES = "_leases"  # <output>/_leases/<partition>/<generation>.json

@@ -19,10 +19,11 @@ from ray.train.torch import TorchTrainer
 
 from model import Tokenizer
 
-from .storage import arrow_fs, url_to_fs
-from .train_config import FinetuneConfig
-from .train_data import SplitStats, TokenizePairs, inspect_split, pairs_dataset
-from .train_loop import is_state_file, train_loop
+from ..io.storage import arrow_fs, url_to_fs
+from .checkpoints import is_state_file
+from .config import FinetuneConfig
+from .data import SplitStats, TokenizePairs, inspect_split, pairs_dataset
+from .loop import train_loop
 
 log = logging.getLogger(__name__)
 

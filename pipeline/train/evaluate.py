@@ -7,7 +7,7 @@ from rouge_score import rouge_scorer
 
 from model import EncoderDecoderModel, Tokenizer
 
-from .train_data import collate
+from .data import collate
 
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")
 

@@ -1,17 +1,16 @@
-"""Typed configs for the jobs, validated before any cluster work starts.
+"""The summarize job's typed config, validated before any cluster work starts.
 
-`SummarizeConfig` is the batch-summarization job; the nightly job builds one per partition, so it holds
-no command-line notions, only what the dataflow needs.
+`SummarizeConfig` holds no command-line notions, only what the dataflow needs: the nightly job builds one
+per partition.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from model import DEFAULT_BATCH_TOKENS
+from ..cluster.pool import NodeType, Replicas
 
 DTYPES = ("auto", "float32", "float16", "bfloat16")  # auto: bfloat16 on a GPU, float32 on a CPU
 
@@ -42,49 +41,6 @@ class GenerationOverrides:
     def as_kwargs(self) -> dict[str, Any]:
         """The set settings only, as keyword arguments of `EncoderDecoderModel.generate`."""
         return {f.name: v for f in dataclasses.fields(self) if (v := getattr(self, f.name)) is not None}
-
-
-@dataclass(frozen=True)
-class Replicas:
-    """How many model replicas (actors) run, and what each one reserves."""
-
-    min: int = 1
-    max: int = 1
-    gpus: float = 0.0
-    cpus: float = 1.0
-    batch_size: int = 256  # most articles per generate call
-    max_batch_tokens: int = DEFAULT_BATCH_TOKENS  # most input tokens x beams per generate call (a longer
-    # article runs alone)
-    compile: bool = False  # the static decode step under torch.compile (CUDA graphs on a GPU)
-
-    def __post_init__(self) -> None:
-        if not 1 <= self.min <= self.max:
-            raise ValueError(f"replicas must satisfy 1 <= min <= max, got min={self.min} max={self.max}")
-        if self.gpus < 0 or self.cpus < 0 or (self.gpus == 0 and self.cpus == 0):
-            raise ValueError(f"a replica needs some CPU or GPU, got cpus={self.cpus} gpus={self.gpus}")
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
-        if self.max_batch_tokens < 1:
-            raise ValueError(f"max_batch_tokens must be >= 1, got {self.max_batch_tokens}")
-
-    @classmethod
-    def parse(cls, text: str, **kwargs: Any) -> Replicas:
-        """'N' or 'MIN-MAX' (an autoscaling pool)."""
-        match = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", text)
-        if not match:
-            raise ValueError(f"replicas must be N or MIN-MAX, got {text!r}")
-        low = int(match.group(1))
-        high = int(match.group(2)) if match.group(2) else low
-        return cls(min=low, max=high, **kwargs)
-
-
-@dataclass(frozen=True)
-class NodeType:
-    """A worker node type the autoscaler may start (from its config: what a node brings before one exists)."""
-
-    name: str
-    resources: dict[str, float]
-    max_workers: int
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ import torch
 
 from model import Tokenizer, pad_ids
 
-from .storage import arrow_fs, list_parquet
+from ..io.storage import arrow_fs, list_parquet
 
 
 @dataclass(frozen=True)

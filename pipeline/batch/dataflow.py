@@ -15,8 +15,11 @@ import ray
 import ray.data
 from ray.data import ActorPoolStrategy
 
-from .config import Replicas, SummarizeConfig
-from .stages import Summarizer, prepare, write
+from ..cluster import Replicas
+from .config import SummarizeConfig
+from .prepare import prepare
+from .replica import Summarizer
+from .write import write
 
 
 def build(config: SummarizeConfig, rows: list[dict[str, Any]], replicas: Replicas, max_input_tokens: int,
@@ -52,7 +55,7 @@ def build(config: SummarizeConfig, rows: list[dict[str, Any]], replicas: Replica
 
 def stream(ds: ray.data.Dataset, actor_start_timeout_s: float) -> Iterator[dict[str, Any]]:
     """Run the dataflow; yields each unit's stats as soon as its file is committed."""
-    # The dataset's own copy of the DataContext: no global state changes. Work starts only once the minimum
+    # The dataset's own copy of the DataContext: no global state changes. PartitionWork starts only once the minimum
     # pool is up: every replica gets a share, and a pool the cluster cannot place fails with a timeout.
     ds.context.wait_for_min_actors_s = actor_start_timeout_s
     for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .storage import absolute
+from ..io.storage import absolute
 
 
 @dataclass

@@ -22,8 +22,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import ray
 
-from . import storage
-from .units import InputPlan
+from ..io import storage
+from .inputs import InputPlan
 
 EXAMPLES = 5
 ROWS_PER_READER = 1_000_000

@@ -1,0 +1,50 @@
+"""The model a run uses, checked before any work: readable config, weights and tokenizer, a tokenizer that fits the
+encoder's vocabulary, generation settings the model can run (one sequence per row)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from model import EncoderDecoderConfig, GenerationConfig, Tokenizer, check_generation, read_configs
+
+from ..io import fingerprints, storage
+from .config import SummarizeConfig
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    config: EncoderDecoderConfig
+    generation: GenerationConfig  # the checkpoint's settings with the job's overrides applied
+    tokenizer: Tokenizer
+    fingerprint: str  # model_fingerprint of the checkpoint: weights, config and tokenizer files
+
+
+def inspect_model(config: SummarizeConfig) -> ModelInfo:
+    """Config, generation settings, tokenizer and weights fingerprint of the checkpoint; ValueError naming the
+    URL if unreadable."""
+    url, opts = config.model, config.storage_options
+    try:
+        model_config, generation = read_configs(url, opts)
+        if not any(storage.exists(storage.join(url, n), opts)
+                   for n in ("model.safetensors", "model.safetensors.index.json")):
+            raise FileNotFoundError("no model.safetensors or model.safetensors.index.json")
+        tokenizer = Tokenizer.from_pretrained(url, opts)
+        fingerprint = fingerprints.model_fingerprint(url, opts)
+    except Exception as e:  # whatever the cause, the job cannot start without the model
+        raise ValueError(f"model {url} is not readable: {type(e).__name__}: {e}") from e
+    limit = model_config.encoder.max_position_embeddings
+    if config.max_input_tokens is not None and config.max_input_tokens > limit:
+        raise ValueError(f"max_input_tokens {config.max_input_tokens} exceeds the encoder's "
+                         f"max_position_embeddings {limit}")
+    if len(tokenizer) > model_config.encoder.vocab_size:
+        raise ValueError(f"the tokenizer of model {url} has {len(tokenizer)} tokens, more than the encoder's "
+                         f"vocabulary of {model_config.encoder.vocab_size}: its ids would index past the embeddings")
+    generation = generation.updated(**config.generation.as_kwargs())
+    try:
+        check_generation(model_config, generation)
+    except ValueError as e:
+        raise ValueError(f"generation settings do not fit model {url}: {e}") from e
+    if generation.num_return_sequences != 1:
+        raise ValueError(f"model {url} asks for num_return_sequences {generation.num_return_sequences}: the batch "
+                         "jobs write one summary per input row; set it to 1 in its generation_config.json")
+    return ModelInfo(model_config, generation, tokenizer, fingerprint)

@@ -1,0 +1,75 @@
+"""Preflight of a summarize run, without Ray and from listings and footers only: everything that can make the job
+meaningless (input, model, settings, output) and an output made with other settings."""
+
+from __future__ import annotations
+
+import dataclasses
+import posixpath
+from dataclasses import dataclass
+from typing import Any
+
+from ..io import commit, fingerprints, storage
+from .config import SummarizeConfig
+from .inputs import InputPlan, inspect_input
+from .model_check import ModelInfo, inspect_model
+from .settings import run_identity
+
+
+def hidden_sibling(url: str, folder: str) -> str:
+    """`s3://b/x/out` -> `s3://b/x/<folder>/out`: hidden from readers of `s3://b/x/`, next to the output."""
+    parent, name = posixpath.split(url.rstrip("/"))
+    return storage.join(parent, folder, name)
+
+
+def staging_url(output: str) -> str:
+    return hidden_sibling(output, "_staging")
+
+
+@dataclass(frozen=True)
+class Preflighted:
+    """A config whose input, model and output passed preflight (URLs made absolute)."""
+
+    config: SummarizeConfig
+    plan: InputPlan
+    info: ModelInfo
+
+
+def _check_apart(config: SummarizeConfig, plan: InputPlan) -> None:
+    """The output must not be inside the input folder (the next run would read it as input), nor the reverse."""
+    _, given = storage.url_to_fs(config.input, config.storage_options)
+    _, out = storage.url_to_fs(config.output, config.storage_options)
+    out, root = out.rstrip("/") + "/", plan.root.rstrip("/") + "/"
+    if given.rstrip("/") == plan.root and out.startswith(root):
+        raise ValueError(f"output {config.output} is inside the input folder {config.input}: the next run would "
+                         "read the job's own output as input; choose an output outside it")
+    if any(s.path.startswith(out) for s in plan.shards[:1]) or root.startswith(out):
+        raise ValueError(f"input {config.input} is inside the output folder {config.output}; choose an output "
+                         "outside it")
+
+
+def preflight(config: SummarizeConfig, info: ModelInfo | None = None) -> Preflighted:
+    """Everything that can make the job meaningless, checked without Ray from listings and footers: shards,
+    columns, id types, model, tokenizer, generation settings, output. `info` (from `inspect_model` of the same
+    model and settings) skips reading the model again."""
+    config = dataclasses.replace(config, input=storage.absolute(config.input), output=storage.absolute(config.output),
+                                 model=storage.absolute(config.model))
+    plan = inspect_input(config)
+    _check_apart(config, plan)
+    info = inspect_model(config) if info is None else info
+    storage.check_writable(config.output, config.storage_options)
+    check_same_run(config, run_identity(config, plan, info))
+    return Preflighted(config, plan, info)
+
+
+def check_same_run(config: SummarizeConfig, wanted: dict[str, Any]) -> None:
+    """Refuse to resume or re-run into an output made with other inputs or settings: its summaries would be
+    mixed with this run's. Without --overwrite only; a pending publish is finished by `run` first."""
+    opts = config.storage_options
+    if config.overwrite or storage.exists(storage.join(staging_url(config.output), storage.MARKER_NAME), opts):
+        return
+    for name, state in ((storage.MARKER_NAME, "is complete, made"), (commit.RUN_NAME, "was started by a run")):
+        record = storage.read_json(storage.join(config.output, name), opts)
+        changed = fingerprints.differences(record["identity"], wanted) if record and "identity" in record else []
+        if changed:
+            raise ValueError(f"output {config.output} {state} with other inputs or settings ({'; '.join(changed)}); "
+                             "pass --overwrite to redo it, or choose another output")
