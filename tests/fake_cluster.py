@@ -22,9 +22,8 @@ from dataclasses import dataclass
 
 import psutil
 
-from tests.conftest import free_port
+from tests.helpers import ROOT, free_port
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RAY = os.path.join(os.path.dirname(sys.executable), "ray")
 HEAD_ID = "f" * 54 + "00000"  # the fake provider's node id of the head
 WORKER_TYPE = "gpu_worker"
@@ -113,7 +112,7 @@ def start(worker_cpus: int = 3, max_workers: int = 2, idle_timeout_minutes: floa
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_FAKE_CLUSTER": "1", "AUTOSCALER_UPDATE_INTERVAL_S": "1",
            "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"],
            # the autoscaler monitor imports tests.fake_provider
-           "PYTHONPATH": os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")]))}
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     env.pop("RAY_ADDRESS", None)
     cmd = [RAY, "start", "--head", "--block", "--node-ip-address", "127.0.0.1", "--dashboard-host", "127.0.0.1",
            "--num-cpus", "0", "--include-dashboard", "true", "--temp-dir", temp_dir,

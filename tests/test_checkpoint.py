@@ -9,7 +9,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from model import EncoderDecoderModel, GenerationConfig
-from tests.model_helpers import padded_batch, tiny_hf
+from tests.helpers import padded_batch, tiny_hf
 
 
 def hf_tensors(model) -> dict[str, torch.Tensor]:

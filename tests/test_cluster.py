@@ -4,7 +4,6 @@ from zero, replicas on worker nodes, a node lost mid-job."""
 from __future__ import annotations
 
 import json
-import pathlib
 import subprocess
 import sys
 import urllib.request
@@ -15,15 +14,10 @@ import pytest
 import s3fs
 
 from tests import fake_cluster
-from tests.conftest import AWS_ENV
-from tests.model_helpers import random_bert2bert
-from tests.test_nightly import articles as numbered
-from tests.test_nightly import put_shard
-from tests.test_pipeline_run import articles, direct_summaries
-from tests.test_summarize_job import ROOT, stage_on_s3
+from tests.helpers import AWS_ENV, ROOT, articles, direct_summaries, numbered, put_shard, random_bert2bert, stage_on_s3
 
 RAY = fake_cluster.RAY
-FINETUNE_DATA = pathlib.Path(ROOT) / "data" / "cnndm_200.jsonl"
+FINETUNE_DATA = ROOT / "data" / "cnndm_200.jsonl"
 GEN = ["--num-beams", "2", "--max-length", "12", "--max-input-tokens", "96"]
 
 

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import pathlib
 import re
 
 import yaml
 from ray.autoscaler._private.util import prepare_config, validate_config
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
+from tests.helpers import ROOT
 
 
 def test_cluster_yaml_is_valid_and_pinned():

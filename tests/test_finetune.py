@@ -22,20 +22,13 @@ from model import EncoderDecoderModel, Tokenizer
 from pipeline.train.checkpoints import METRICS_FILE
 from pipeline.train.config import FinetuneConfig
 from pipeline.train.data import TokenizePairs, collate, inspect_split, pairs_dataset
+from pipeline.train.finetune import make_trainer, plan_steps, run_finetune
 from pipeline.train.loop import build_model, make_optimizer
-from pipeline.train.trainer import make_trainer, plan_steps, run_finetune
-from tests.model_helpers import random_bert2bert
-from tests.test_pipeline_run import MAX_TOKENS, direct_summaries
+from tests.helpers import MAX_TOKENS, direct_summaries
 
 DATA = pathlib.Path(__file__).resolve().parents[1] / "data" / "cnndm_200.jsonl"
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory, minilm_dir) -> str:
-    """A 2-layer, hidden-64 bert2bert with MiniLM's vocabulary and tokenizer files."""
-    path = tmp_path_factory.mktemp("tiny")
-    random_bert2bert(path, hidden=64, layers=2, intermediate=128)
-    return str(path)
 
 
 @pytest.fixture(scope="module")

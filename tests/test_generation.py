@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import json
-import pathlib
 import tempfile
 
 import pytest
@@ -16,10 +15,9 @@ from model import generation as generation_module
 from model.decode_policy import POLICIES
 from model.select import first_argmax, top_candidates
 from tests.generation_reference import reference_beam_search
-from tests.model_helpers import MINILM, padded_batch
+from tests.helpers import MINILM, ROOT, padded_batch
 
 VOCAB, EOS = 60, 2
-ROOT = pathlib.Path(__file__).resolve().parents[1]
 transformers.logging.set_verbosity_error()
 
 

@@ -20,12 +20,10 @@ import ray
 import s3fs
 
 from jobs import summarize as summarize_job
-from pipeline.batch import GenerationOverrides, SummarizeConfig
+from pipeline.batch import GenerationOverrides
 from pipeline.batch.run import run
-from pipeline.cluster import Replicas
 from pipeline.io import storage
-from tests.test_pipeline_run import articles
-from tests.test_summarize_job import ROOT
+from tests.helpers import ROOT, articles, summarize_config
 
 TEXTS = [r["article"][:300] for r in articles(8)]
 GEN = ["--num-beams", "1", "--max-length", "6", "--max-input-tokens", "48", "--replicas", "1"]
@@ -111,12 +109,6 @@ def test_bad_storage_options_json_is_not_echoed(capsys):
     assert "--storage-options: not valid JSON" in err and "hunter2" not in err
 
 
-def config(src, out, model, **kwargs) -> SummarizeConfig:
-    kwargs.setdefault("generation", GenerationOverrides(num_beams=1, max_length=6))
-    return SummarizeConfig(input=str(src), output=str(out), model=str(model), max_input_tokens=48,
-                           replicas=Replicas(1, 1, batch_size=4), **kwargs)
-
-
 class Crash(Exception):
     """The driver died here (injected into the storage layer)."""
 
@@ -134,24 +126,24 @@ def test_settings_are_never_mixed(local_ray, tmp_path, bert2bert_dir, monkeypatc
 
     monkeypatch.setattr(storage, "write_json_atomic", die_at_marker)
     with pytest.raises(Crash):  # every unit committed, then the driver dies before its marker
-        run(config(tmp_path / "in", out, bert2bert_dir))
+        run(summarize_config(tmp_path / "in", out, bert2bert_dir))
     monkeypatch.undo()
     beams = GenerationOverrides(num_beams=2, max_length=6)
     with pytest.raises(ValueError, match=r"was started by a run with other inputs or settings \(generation: "
                                          r".*'num_beams': 1.*-> .*'num_beams': 2") as info:
-        run(config(tmp_path / "in", out, bert2bert_dir, generation=beams))
+        run(summarize_config(tmp_path / "in", out, bert2bert_dir, generation=beams))
     assert "--overwrite" in str(info.value)
-    redone = run(config(tmp_path / "in", out, bert2bert_dir, generation=beams, overwrite=True))
+    redone = run(summarize_config(tmp_path / "in", out, bert2bert_dir, generation=beams, overwrite=True))
     assert redone.rows_written == 9
-    clean = run(config(tmp_path / "in", tmp_path / "clean", bert2bert_dir, generation=beams))
+    clean = run(summarize_config(tmp_path / "in", tmp_path / "clean", bert2bert_dir, generation=beams))
 
     def rows(folder):
         return sorted((r["id"], r["summary"]) for r in pq.read_table(folder).to_pylist())
 
     assert rows(out) == rows(tmp_path / "clean") and clean.rows_written == 9
     with pytest.raises(ValueError, match=r"is complete, made with other inputs or settings \(generation: "):
-        run(config(tmp_path / "in", out, bert2bert_dir))  # num_beams 1 again
-    allowed = run(config(tmp_path / "in", out, bert2bert_dir, generation=beams, rows_per_file=2))
+        run(summarize_config(tmp_path / "in", out, bert2bert_dir))  # num_beams 1 again
+    allowed = run(summarize_config(tmp_path / "in", out, bert2bert_dir, generation=beams, rows_per_file=2))
     assert allowed.status == "already-complete"  # what cannot change a summary may differ
 
 
@@ -162,7 +154,7 @@ def test_good_unusual_inputs_stay_good(local_ray, tmp_path, bert2bert_dir):
     shard(tmp_path / "in" / "a.parquet", [nfc, nfd, "c", "d"], texts=categorical)
     shard(tmp_path / "in" / "b.parquet", ["big", "ctl", "none"], texts=[big, "Tab\there\x07 bell", None])
     shard(tmp_path / "in" / "c.parquet", pa.array([], pa.string()), texts=pa.array([], pa.string()))
-    result = run(config(tmp_path / "in", tmp_path / "out", bert2bert_dir))
+    result = run(summarize_config(tmp_path / "in", tmp_path / "out", bert2bert_dir))
     got = {r["id"]: r for r in pq.read_table(tmp_path / "out").to_pylist()}
     assert sorted(got) == sorted([nfc, nfd, "c", "d", "big", "ctl", "none"]) and result.rows_out == 7
     assert got[nfc]["summary"] == got["d"]["summary"] and got[nfc]["error"] is None  # the same article

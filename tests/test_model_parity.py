@@ -5,7 +5,7 @@ import torch
 import transformers
 
 from model import EncoderDecoderModel, Tokenizer
-from tests.model_helpers import MINILM, ours_from_hf, padded_batch, tiny_hf
+from tests.helpers import MINILM, ours_from_hf, padded_batch, tiny_hf
 
 CASES = [
     ("bert", 32, 32, "gelu"),

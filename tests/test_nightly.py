@@ -3,7 +3,6 @@ concurrent runs, a dry run."""
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import pathlib
@@ -12,63 +11,22 @@ import subprocess
 import sys
 import time
 
-import boto3
-import pyarrow as pa
 import pyarrow.parquet as pq
 import ray.data
 import s3fs
 
-from pipeline.batch import GenerationOverrides, SummarizeConfig
-from pipeline.cluster import Replicas
 from pipeline.io import storage
 from pipeline.io.lease import Lease
-from pipeline.nightly.config import NightlyConfig
 from pipeline.nightly.reader import committed_files
 from pipeline.nightly.run import run_nightly
+from tests.helpers import DAY1, DAY2, ROOT, actions, listing, nightly_config, numbered, put_shard, quiet, read_output
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
-DATA = ROOT / "data" / "cnndm_200.jsonl"
-SCHEMA = pa.schema([("id", pa.int64()), ("article", pa.string())])
 FLAGS = ["--num-beams", "1", "--max-length", "12", "--batch-size", "2", "--replicas", "1"]
-DAY1, DAY2 = "date=2026-11-01", "date=2026-11-02"
 
-
-def articles(first: int, n: int) -> list[dict]:
-    with open(DATA, encoding="utf-8") as f:
-        lines = f.readlines()[first:first + n]
-    return [{"id": first + i, "article": json.loads(line)["article"][:300]} for i, line in enumerate(lines)]
-
-
-def put_shard(url: str, rows: list[dict]) -> None:
-    buf = io.BytesIO()
-    pq.write_table(pa.Table.from_pylist(rows, schema=SCHEMA), buf)
-    fs, path = storage.url_to_fs(url)
-    fs.pipe_file(path, buf.getvalue())
-
-
-def listing(bucket: str) -> list[tuple]:
-    """Every object in the bucket with its size, ETag and modification time."""
-    pages = boto3.client("s3").get_paginator("list_objects_v2").paginate(Bucket=bucket[len("s3://"):])
-    return sorted((o["Key"], o["Size"], o["ETag"], o["LastModified"])
-                  for page in pages for o in page.get("Contents", []))
 
 
 def nightly(corpus: str, output: str, model: pathlib.Path, dry_run: bool = False) -> dict:
-    template = SummarizeConfig(input=corpus, output=output, model=str(model),
-                               generation=GenerationOverrides(num_beams=1, max_length=12),
-                               replicas=Replicas(1, 1, batch_size=2))
-    return run_nightly(NightlyConfig(corpus=corpus, output=output, summarize=template), dry_run=dry_run).to_dict()
-
-
-def actions(report: dict) -> dict[str, tuple[str, str]]:
-    return {p["partition"]: (p["action"], p["reason"]) for p in report["partitions"]}
-
-
-def read_output(output: str) -> list[dict]:
-    """The output as a plain Hive-partitioned Parquet reader sees it, sorted by id, without the replica name."""
-    fs, path = storage.url_to_fs(output)
-    table = pq.read_table(path, filesystem=fs, partitioning="hive")
-    return sorted(({k: v for k, v in r.items() if k != "replica"} for r in table.to_pylist()), key=lambda r: r["id"])
+    return run_nightly(nightly_config(corpus, output, model, max_length=12), dry_run=dry_run).to_dict()
 
 
 def nightly_process(corpus: str, output: str, model: pathlib.Path, *extra: str) -> subprocess.Popen:
@@ -79,15 +37,6 @@ def nightly_process(corpus: str, output: str, model: pathlib.Path, *extra: str) 
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def quiet(url: str, seconds: float) -> bool:
-    """Nothing under `url` changed for `seconds`."""
-    fs, path = storage.url_to_fs(url)
-    before = fs.find(path, detail=True)
-    time.sleep(seconds)
-    fs.invalidate_cache()
-    return fs.find(path, detail=True) == before
-
-
 def committed_rows(output: str) -> int:
     """Rows in the unit files committed to the day-1 staging (each file is one whole unit)."""
     files = storage.data_files(f"{output}/_staging/{DAY1}")
@@ -96,17 +45,17 @@ def committed_rows(output: str) -> int:
 
 def test_growing_corpus_processes_only_what_changed(local_ray, bucket, bert2bert_dir):
     corpus, output = f"{bucket}/corpus", f"{bucket}/summaries"
-    put_shard(f"{corpus}/{DAY1}/part-0.parquet", articles(0, 3))
-    put_shard(f"{corpus}/{DAY1}/part-1.parquet", articles(3, 2))
+    put_shard(f"{corpus}/{DAY1}/part-0.parquet", numbered(0, 3))
+    put_shard(f"{corpus}/{DAY1}/part-1.parquet", numbered(3, 2))
     first = nightly(corpus, output, bert2bert_dir)
     assert actions(first) == {DAY1: ("processed", "new")}
     assert (first["totals"]["rows_in"], first["totals"]["rows_out"]) == (5, 5)
 
-    put_shard(f"{corpus}/{DAY2}/part-0.parquet", articles(5, 3))
+    put_shard(f"{corpus}/{DAY2}/part-0.parquet", numbered(5, 3))
     second = nightly(corpus, output, bert2bert_dir)
     assert actions(second) == {DAY1: ("skipped", "done"), DAY2: ("processed", "new")}
 
-    put_shard(f"{corpus}/{DAY1}/part-late.parquet", articles(8, 2))
+    put_shard(f"{corpus}/{DAY1}/part-late.parquet", numbered(8, 2))
     before = listing(bucket)
     dry = nightly(corpus, output, bert2bert_dir, dry_run=True)
     assert listing(bucket) == before
@@ -146,7 +95,7 @@ def test_growing_corpus_processes_only_what_changed(local_ray, bucket, bert2bert
 def test_killed_run_resumes_rows_and_never_marks_early(local_ray, bucket, bert2bert_dir):
     corpus, output = f"{bucket}/corpus", f"{bucket}/summaries"
     for s in range(4):
-        put_shard(f"{corpus}/{DAY1}/part-{s}.parquet", articles(20 + s * 4, 4))
+        put_shard(f"{corpus}/{DAY1}/part-{s}.parquet", numbered(20 + s * 4, 4))
     proc = nightly_process(corpus, output, bert2bert_dir, "--lease-ttl", "6")
     deadline = time.monotonic() + 180
     while not committed_rows(output) and proc.poll() is None and time.monotonic() < deadline:
@@ -174,8 +123,8 @@ def test_killed_run_resumes_rows_and_never_marks_early(local_ray, bucket, bert2b
 
 def test_concurrent_runs_process_each_partition_once(local_ray, bucket, bert2bert_dir):
     corpus, output = f"{bucket}/corpus", f"{bucket}/summaries"
-    put_shard(f"{corpus}/{DAY1}/part-0.parquet", articles(40, 3))
-    put_shard(f"{corpus}/{DAY2}/part-0.parquet", articles(43, 3))
+    put_shard(f"{corpus}/{DAY1}/part-0.parquet", numbered(40, 3))
+    put_shard(f"{corpus}/{DAY2}/part-0.parquet", numbered(43, 3))
     procs = [nightly_process(corpus, output, bert2bert_dir) for _ in range(2)]
     logs = [p.communicate(timeout=300)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], logs
@@ -192,7 +141,7 @@ def test_concurrent_runs_process_each_partition_once(local_ray, bucket, bert2ber
 def test_sigterm_releases_the_lease_and_still_writes_the_report(local_ray, bucket, bert2bert_dir):
     corpus, output = f"{bucket}/corpus", f"{bucket}/summaries"
     for s in range(4):
-        put_shard(f"{corpus}/{DAY1}/part-{s}.parquet", articles(120 + s * 4, 4))
+        put_shard(f"{corpus}/{DAY1}/part-{s}.parquet", numbered(120 + s * 4, 4))
     proc = nightly_process(corpus, output, bert2bert_dir)
     lease = Lease(f"{output}/_leases/{DAY1}", "test", ttl_s=1)
     deadline = time.monotonic() + 120

@@ -9,33 +9,15 @@ import threading
 import time
 
 import pyarrow.parquet as pq
-import pytest
 
-from pipeline.batch import GenerationOverrides, SummarizeConfig
-from pipeline.cluster import Replicas
 from pipeline.io import storage
 from pipeline.io.lease import Lease
-from pipeline.nightly.config import NightlyConfig
 from pipeline.nightly.run import run_nightly
-from tests.model_helpers import random_bert2bert
-from tests.test_nightly import DAY1, DAY2, actions, articles, put_shard, read_output
+from tests.helpers import DAY1, DAY2, actions, nightly_config, numbered, put_shard, read_output
 
 DAY3 = "date=2026-11-03"
 
 
-def config(corpus: str, output: str, model, **kwargs) -> NightlyConfig:
-    template = SummarizeConfig(input=corpus, output=output, model=str(model),
-                               generation=GenerationOverrides(num_beams=1, max_length=8),
-                               replicas=Replicas(1, 1, batch_size=2))
-    return NightlyConfig(corpus=corpus, output=output, summarize=template, **kwargs)
-
-
-@pytest.fixture(scope="module")
-def tiny_models(tmp_path_factory):
-    """Two small random bert2berts with MiniLM's vocabulary and different weights."""
-    root = tmp_path_factory.mktemp("models")
-    return (random_bert2bert(root / "a", hidden=32, layers=1, intermediate=64),
-            random_bert2bert(root / "b", hidden=48, layers=1, intermediate=64))
 
 
 class Faults:
@@ -83,7 +65,7 @@ def lease_record(data: bytes) -> dict:
 def test_lost_lease_stops_the_run_and_the_next_run_takes_over(local_ray, bucket, tiny_models, monkeypatch):
     corpus, output = f"{bucket}/corpus", f"{bucket}/summaries"
     for s in range(4):
-        put_shard(f"{corpus}/{DAY1}/part-{s}.parquet", articles(60 + s * 3, 3))
+        put_shard(f"{corpus}/{DAY1}/part-{s}.parquet", numbered(60 + s * 3, 3))
     faults = Faults(monkeypatch)
     victim: dict[str, str] = {}
 
@@ -97,14 +79,14 @@ def test_lost_lease_stops_the_run_and_the_next_run_takes_over(local_ray, bucket,
     faults.rules.append(renewals_fail)
     reports: dict[str, dict] = {}
     first = threading.Thread(target=lambda: reports.setdefault("first", run_nightly(
-        config(corpus, output, tiny_models[0], lease_ttl_s=2)).to_dict()))
+        nightly_config(corpus, output, tiny_models[0], lease_ttl_s=2)).to_dict()))
     first.start()
     lease = Lease(f"{output}/_leases/{DAY1}", "observer", ttl_s=1)
     deadline = time.monotonic() + 120
     while (lease.current()[1] or {}).get("expires_at", time.time() + 1) > time.time():
         assert time.monotonic() < deadline
         time.sleep(0.2)
-    second = run_nightly(config(corpus, output, tiny_models[0], lease_ttl_s=60)).to_dict()
+    second = run_nightly(nightly_config(corpus, output, tiny_models[0], lease_ttl_s=60)).to_dict()
     first.join(timeout=300)
     assert actions(reports["first"]) == {DAY1: ("failed", "new")}
     assert "LeaseLost" in reports["first"]["partitions"][0]["detail"]
@@ -112,7 +94,7 @@ def test_lost_lease_stops_the_run_and_the_next_run_takes_over(local_ray, bucket,
     marker = storage.read_json(f"{output}/{DAY1}/_SUCCESS.json")
     assert marker["owner"] == second["run"] and marker["rows_out"] == 12
     assert [r["id"] for r in read_output(output)] == list(range(60, 72))
-    third = run_nightly(config(corpus, output, tiny_models[0])).to_dict()
+    third = run_nightly(nightly_config(corpus, output, tiny_models[0])).to_dict()
     assert actions(third)[DAY1][0] == "skipped" and third["totals"]["rows_written"] == 0
     assert [r["id"] for r in read_output(output)] == list(range(60, 72))
 
@@ -121,7 +103,7 @@ def test_storage_errors_fail_one_partition_and_a_lost_renewal_response_keeps_the
                                                                                         tiny_models, monkeypatch):
     corpus, output = f"{bucket}/corpus", f"{bucket}/summaries"
     for k, day in enumerate((DAY1, DAY2, DAY3)):
-        put_shard(f"{corpus}/{day}/part-0.parquet", articles(80 + 2 * k, 2))
+        put_shard(f"{corpus}/{day}/part-0.parquet", numbered(80 + 2 * k, 2))
     faults = Faults(monkeypatch)
     renewed: dict[str, int] = {}
 
@@ -137,7 +119,7 @@ def test_storage_errors_fail_one_partition_and_a_lost_renewal_response_keeps_the
         return None
 
     faults.rules.append(rule)
-    report = run_nightly(config(corpus, output, tiny_models[0])).to_dict()
+    report = run_nightly(nightly_config(corpus, output, tiny_models[0])).to_dict()
     got = actions(report)
     assert got == {DAY1: ("failed", "new"), DAY2: ("processed", "new"), DAY3: ("processed", "new")}, report
     assert "could not take the lease" in report["partitions"][0]["detail"]
@@ -150,18 +132,18 @@ def test_storage_errors_fail_one_partition_and_a_lost_renewal_response_keeps_the
 def test_interrupted_switch_is_repaired_by_the_next_run_whatever_it_selects(local_ray, bucket, tiny_models,
                                                                             monkeypatch):
     corpus, output = f"{bucket}/corpus", f"{bucket}/summaries"
-    put_shard(f"{corpus}/{DAY1}/part-0.parquet", articles(90, 3))
-    put_shard(f"{corpus}/{DAY2}/part-0.parquet", articles(93, 2))
-    assert run_nightly(config(corpus, output, tiny_models[0])).ok
-    put_shard(f"{corpus}/{DAY1}/part-0.parquet", articles(95, 3))  # rewritten: new ids, new summaries
+    put_shard(f"{corpus}/{DAY1}/part-0.parquet", numbered(90, 3))
+    put_shard(f"{corpus}/{DAY2}/part-0.parquet", numbered(93, 2))
+    assert run_nightly(nightly_config(corpus, output, tiny_models[0])).ok
+    put_shard(f"{corpus}/{DAY1}/part-0.parquet", numbered(95, 3))  # rewritten: new ids, new summaries
     faults = Faults(monkeypatch)
     faults.rules.append(lambda url, data: "fail" if url.rstrip("/").endswith(f"summaries/{DAY1}") else None)
-    crashed = run_nightly(config(corpus, output, tiny_models[0], date="2026-11-01")).to_dict()
+    crashed = run_nightly(nightly_config(corpus, output, tiny_models[0], date="2026-11-01")).to_dict()
     assert actions(crashed) == {DAY1: ("failed", "changed")} and "crash before deleting" in str(crashed)
     marker = storage.read_json(f"{output}/{DAY1}/_SUCCESS.json")
     assert len(storage.data_files(f"{output}/{DAY1}")) == 2 and len(marker["files"]) == 1  # both sets there
     faults.rules.clear()
-    repaired = run_nightly(config(corpus, output, tiny_models[0], date="2026-11-02")).to_dict()
+    repaired = run_nightly(nightly_config(corpus, output, tiny_models[0], date="2026-11-02")).to_dict()
     assert actions(repaired) == {DAY1: ("repaired", "interrupted switch"), DAY2: ("skipped", "done")}
     ids = [r["id"] for r in read_output(output)]
     assert ids == [93, 94, 95, 96, 97]
@@ -169,20 +151,20 @@ def test_interrupted_switch_is_repaired_by_the_next_run_whatever_it_selects(loca
 
 def test_changed_model_lists_stale_partitions_and_redoes_them_only_when_asked(local_ray, bucket, tiny_models):
     corpus, output = f"{bucket}/corpus", f"{bucket}/summaries"
-    put_shard(f"{corpus}/{DAY1}/part-0.parquet", articles(100, 2))
-    put_shard(f"{corpus}/{DAY2}/part-0.parquet", articles(102, 2))
+    put_shard(f"{corpus}/{DAY1}/part-0.parquet", numbered(100, 2))
+    put_shard(f"{corpus}/{DAY2}/part-0.parquet", numbered(102, 2))
     old, new = tiny_models
-    assert run_nightly(config(corpus, output, old)).ok
+    assert run_nightly(nightly_config(corpus, output, old)).ok
     before = storage.read_json(f"{output}/{DAY1}/_SUCCESS.json")
-    dry = run_nightly(config(corpus, output, new), dry_run=True).to_dict()
+    dry = run_nightly(nightly_config(corpus, output, new), dry_run=True).to_dict()
     assert actions(dry) == {DAY1: ("skipped", "stale"), DAY2: ("skipped", "stale")}
     assert "model, model_sha256" in dry["partitions"][0]["detail"]
-    left = run_nightly(config(corpus, output, new)).to_dict()
+    left = run_nightly(nightly_config(corpus, output, new)).to_dict()
     assert actions(left) == {DAY1: ("skipped", "stale"), DAY2: ("skipped", "stale")}
     assert storage.read_json(f"{output}/{DAY1}/_SUCCESS.json") == before
-    dry = run_nightly(config(corpus, output, new, reprocess="stale"), dry_run=True).to_dict()
+    dry = run_nightly(nightly_config(corpus, output, new, reprocess="stale"), dry_run=True).to_dict()
     assert actions(dry) == {DAY1: ("would-process", "stale"), DAY2: ("would-process", "stale")}
-    redone = run_nightly(config(corpus, output, new, reprocess="stale", date="2026-11-01")).to_dict()
+    redone = run_nightly(nightly_config(corpus, output, new, reprocess="stale", date="2026-11-01")).to_dict()
     assert actions(redone) == {DAY1: ("processed", "stale")} and redone["listings"] == 2
     after = storage.read_json(f"{output}/{DAY1}/_SUCCESS.json")
     assert after["model"]["model_sha256"] != before["model"]["model_sha256"]
@@ -196,8 +178,8 @@ def test_backfill_runs_all_partitions_on_one_actor_pool(local_ray, bucket, tiny_
     corpus, output = f"{bucket}/corpus", f"{bucket}/summaries"
     days = [f"date=2026-10-0{d}" for d in range(1, 6)]
     for k, day in enumerate(days):
-        put_shard(f"{corpus}/{day}/part-0.parquet", articles(110 + 2 * k, 2))
-    report = run_nightly(config(corpus, output, tiny_models[0])).to_dict()
+        put_shard(f"{corpus}/{day}/part-0.parquet", numbered(110 + 2 * k, 2))
+    report = run_nightly(nightly_config(corpus, output, tiny_models[0])).to_dict()
     assert actions(report) == {day: ("processed", "new") for day in days}
     fs, path = storage.url_to_fs(output)
     table = pq.read_table(path, filesystem=fs, partitioning="hive")
@@ -208,14 +190,14 @@ def test_backfill_runs_all_partitions_on_one_actor_pool(local_ray, bucket, tiny_
 
 def test_a_partition_whose_units_cannot_be_read_fails_alone(local_ray, bucket, tiny_models):
     corpus, output = f"{bucket}/corpus", f"{bucket}/summaries"
-    put_shard(f"{corpus}/{DAY1}/part-0.parquet", articles(130, 2))
-    put_shard(f"{corpus}/{DAY2}/part-0.parquet", articles(132, 2))
+    put_shard(f"{corpus}/{DAY1}/part-0.parquet", numbered(130, 2))
+    put_shard(f"{corpus}/{DAY2}/part-0.parquet", numbered(132, 2))
     fs, path = storage.url_to_fs(f"{corpus}/{DAY1}/part-0.parquet")
     data = bytearray(fs.cat_file(path))
     with fs.open(path) as f:  # the article column's first page header: footer and id column stay readable
         offset = pq.ParquetFile(f).metadata.row_group(0).column(1).data_page_offset
     data[offset:offset + 16] = b"\xff" * 16
     fs.pipe_file(path, bytes(data))
-    report = run_nightly(config(corpus, output, tiny_models[0])).to_dict()
+    report = run_nightly(nightly_config(corpus, output, tiny_models[0])).to_dict()
     assert actions(report) == {DAY1: ("failed", "new"), DAY2: ("processed", "new")}, report
     assert [r["id"] for r in read_output(output)] == [132, 133]

@@ -15,10 +15,8 @@ import transformers
 
 from model import Tokenizer
 from pipeline.batch.replica import ERR_OOM, Summarizer
-from tests.model_helpers import random_bert2bert
-from tests.test_pipeline_run import articles
+from tests.helpers import ROOT, articles, random_bert2bert
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MAX_TOKENS, GEN = 128, {"num_beams": 2, "max_length": 12}
 
 
@@ -29,7 +27,7 @@ def test_out_of_memory_splits_calls_and_fails_only_the_article_too_big_alone(ber
     widths = tok(texts, max_length=MAX_TOKENS)["attention_mask"].sum(1).tolist()
     assert max(widths[:8]) < 100 and widths[8] == MAX_TOKENS  # only the last one is wider than the limit below
 
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.path.join(ROOT, "tests", "faults"), ROOT]),
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "tests" / "faults"), str(ROOT)]),
            "FAULT_OOM_ROWS": "4", "FAULT_OOM_WIDTH": "100"}
     env.pop("RAY_ADDRESS", None)
     done = subprocess.run([sys.executable, "-m", "jobs.summarize", "--input", str(tmp_path / "part-0.parquet"),

@@ -18,8 +18,7 @@ from pipeline.batch.run import run
 from pipeline.cluster import Replicas
 from pipeline.cluster.scaling import fit_replicas, reachable, read_cluster_config
 from pipeline.io import storage
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.helpers import ROOT
 
 
 @pytest.fixture

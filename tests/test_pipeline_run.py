@@ -2,42 +2,22 @@
 
 from __future__ import annotations
 
-import json
 import pathlib
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import torch
 
-from model import EncoderDecoderModel, Tokenizer
-from pipeline.batch import GenerationOverrides, SummarizeConfig
+from pipeline.batch import GenerationOverrides
 from pipeline.batch.preflight import staging_url
 from pipeline.batch.run import run
 from pipeline.batch.text import ERR_EMPTY, ERR_NULL
 from pipeline.cluster import Replicas
 from pipeline.io import storage
 from pipeline.io.commit import RUN_NAME
+from tests.helpers import MAX_TOKENS, articles, direct_summaries, summarize_config
 
-DATA = pathlib.Path(__file__).resolve().parent.parent / "data" / "cnndm_200.jsonl"
 GEN = GenerationOverrides(num_beams=2, max_length=12)
-MAX_TOKENS = 96
-
-
-def articles(n: int) -> list[dict]:
-    with open(DATA, encoding="utf-8") as f:
-        return [json.loads(line) for _, line in zip(range(n), f, strict=False)]
-
-
-def direct_summaries(model_dir: pathlib.Path, texts: list[str], **gen) -> list[str]:
-    """What EncoderDecoderModel.generate gives for each text alone (float32), decoded."""
-    model, tok = EncoderDecoderModel.from_pretrained(model_dir), Tokenizer.from_pretrained(model_dir)
-    out = []
-    with torch.inference_mode():
-        for text in texts:
-            enc = tok([text], max_length=MAX_TOKENS)
-            out.append(tok.batch_decode(model.generate(enc["input_ids"], enc["attention_mask"], **gen))[0])
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -52,11 +32,8 @@ def corpus(tmp_path_factory) -> tuple[pathlib.Path, list[dict]]:
     return folder, rows
 
 
-def config(corpus_dir, out, model, **kwargs) -> SummarizeConfig:
-    kwargs.setdefault("generation", GEN)
-    kwargs.setdefault("replicas", Replicas(3, 3, batch_size=2))
-    return SummarizeConfig(input=str(corpus_dir), output=str(out), model=str(model), max_input_tokens=MAX_TOKENS,
-                           **kwargs)
+
+RUN = {"generation": GEN, "replicas": Replicas(3, 3, batch_size=2), "max_input_tokens": MAX_TOKENS}
 
 
 def test_replicas_share_work_and_summaries_match_direct_generate(local_ray, corpus, bert2bert_dir, tmp_path):
@@ -64,7 +41,7 @@ def test_replicas_share_work_and_summaries_match_direct_generate(local_ray, corp
     out = tmp_path / "out"
     # 12 units of at most 2 rows: a backlog forms, and the pool's least-busy dispatch spreads it. Which replica
     # takes which unit is timing, so only the spread and the total are asserted.
-    result = run(config(folder, out, bert2bert_dir, rows_per_file=2))
+    result = run(summarize_config(folder, out, bert2bert_dir, **RUN, rows_per_file=2))
     assert (result.status, result.rows_in, result.rows_out, result.rows_written) == ("complete", 21, 21, 21)
     assert len(storage.data_files(str(out))) == 12
     assert len(result.rows_by_replica) >= 2 and sum(result.rows_by_replica.values()) == 21
@@ -81,14 +58,15 @@ def test_replicas_share_work_and_summaries_match_direct_generate(local_ray, corp
     assert not storage.exists(str(out / RUN_NAME))  # resume state goes once the output is complete
 
     files = storage.data_files(str(out))
-    again = run(config(folder, out, bert2bert_dir, rows_per_file=2))
+    again = run(summarize_config(folder, out, bert2bert_dir, **RUN, rows_per_file=2))
     assert again.status == "already-complete" and "nothing written" in again.notes[0]
     assert storage.data_files(str(out)) == files
     assert pq.read_table(out).num_rows == 21
 
     longer = GenerationOverrides(num_beams=1, max_length=6)
-    replaced = run(config(folder, out, bert2bert_dir, overwrite=True, generation=longer,
-                          replicas=Replicas(1, 1, batch_size=8)))
+    replaced = run(summarize_config(folder, out, bert2bert_dir, **{**RUN, "generation": longer,
+                                                                "replicas": Replicas(1, 1, batch_size=8)},
+                                    overwrite=True))
     assert replaced.rows_written == 21
     table = pq.read_table(out)
     assert table.num_rows == 21 and max(n for n in table.column("summary_tokens").to_pylist() if n is not None) <= 5
@@ -103,7 +81,7 @@ def test_derived_ids_and_passthrough(local_ray, bert2bert_dir, tmp_path):
         pq.write_table(pa.table({"article": texts[s * 2:(s + 1) * 2], "source": ["cnn", "dm"]}),
                        folder / f"p{s}.parquet")
     out = tmp_path / "out"
-    result = run(config(folder, out, bert2bert_dir, passthrough_columns=("source",),
+    result = run(summarize_config(folder, out, bert2bert_dir, **RUN, passthrough_columns=("source",),
                         replicas=Replicas(1, 1, batch_size=4)))
     assert "derived id column 'row_hash'" in result.notes[0] and result.rows_out == 4
     table = pq.read_table(out)

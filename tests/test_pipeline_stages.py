@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import pathlib
 
 import pyarrow as pa
@@ -17,10 +16,6 @@ DATA = pathlib.Path(__file__).resolve().parent.parent / "data" / "cnndm_200.json
 GEN = {"num_beams": 2, "max_length": 16}
 
 
-@pytest.fixture(scope="module")
-def articles() -> list[str]:
-    with open(DATA, encoding="utf-8") as f:
-        return [json.loads(line)["article"] for _, line in zip(range(3), f, strict=False)]
 
 
 @pytest.fixture(scope="module")
@@ -28,10 +23,10 @@ def tok(minilm_dir) -> Tokenizer:
     return Tokenizer.from_pretrained(minilm_dir)
 
 
-def test_tokenize_flags_every_bad_row_kind(tok, articles):
+def test_tokenize_flags_every_bad_row_kind(tok, texts):
     short = "The cat sat on the mat. It was warm."
-    texts = [short, None, "", "   \n\t ", "Stray \x00 null\x07 and bell.", articles[0] * 20, "\x01\x02"]
-    batch = pa.table({"id": pa.array([10, 11, 12, 13, 14, 15, 16], pa.int64()), "article": texts})
+    column = [short, None, "", "   \n\t ", "Stray \x00 null\x07 and bell.", texts[0] * 20, "\x01\x02"]
+    batch = pa.table({"id": pa.array([10, 11, 12, 13, 14, 15, 16], pa.int64()), "article": column})
     out = tokenize(batch, tok, "article", max_input_tokens=64)
     assert out.column_names == ["id", "input_ids", "input_tokens", "truncated", "cleaned", "error"]
     rows = {r["id"]: r for r in out.to_pylist()}
@@ -43,7 +38,7 @@ def test_tokenize_flags_every_bad_row_kind(tok, articles):
     assert rows[14]["input_ids"] == tok.encode_batch(["Stray   null  and bell."])[0]
     long = rows[15]
     assert long["truncated"] is True and long["input_tokens"] == 64 and long["error"] is None
-    assert long["input_ids"] == tok.encode_batch([articles[0]], max_length=64)[0]
+    assert long["input_ids"] == tok.encode_batch([texts[0]], max_length=64)[0]
 
 
 def test_tokenize_exact_fit_is_not_truncated(tok):
@@ -62,8 +57,8 @@ def test_tokenize_non_string_and_invalid_utf8_columns(tok):
     assert out[1]["input_ids"] == tok.encode_batch(["fine text here"])[0]
 
 
-def test_summarizer_matches_direct_generate_and_passes_errors_through(bert2bert_dir, tok, articles):
-    batch = pa.table({"id": ["a", "b", "c", "d"], "article": [articles[0], None, articles[1], articles[2][:300]]})
+def test_summarizer_matches_direct_generate_and_passes_errors_through(bert2bert_dir, tok, texts):
+    batch = pa.table({"id": ["a", "b", "c", "d"], "article": [texts[0], None, texts[1], texts[2][:300]]})
     tokenized = tokenize(batch, tok, "article", max_input_tokens=128)
     out = Summarizer(str(bert2bert_dir), GEN).summarize(tokenized)
     assert out.column_names == ["id", "summary", "error", "input_tokens", "truncated", "cleaned",
@@ -71,7 +66,7 @@ def test_summarizer_matches_direct_generate_and_passes_errors_through(bert2bert_
     rows = out.to_pylist()
     assert rows[1]["summary"] is None and rows[1]["error"] == ERR_NULL and rows[1]["summary_tokens"] is None
     model = EncoderDecoderModel.from_pretrained(bert2bert_dir)
-    for row, text in zip(rows, [articles[0], None, articles[1], articles[2][:300]], strict=True):
+    for row, text in zip(rows, [texts[0], None, texts[1], texts[2][:300]], strict=True):
         if text is None:
             continue
         enc = tok([text], max_length=128)
@@ -82,7 +77,7 @@ def test_summarizer_matches_direct_generate_and_passes_errors_through(bert2bert_
         assert row["summary_tokens"] == sum(1 for t in ids[0].tolist() if t not in special)
 
 
-def test_compiled_summarizer_gives_the_same_summaries(bert2bert_dir, tok, articles, monkeypatch):
+def test_compiled_summarizer_gives_the_same_summaries(bert2bert_dir, tok, texts, monkeypatch):
     """--compile: dynamo traces the static step (Inductor's code generation swapped for a counting backend, to
     keep the test fast) and the summaries do not change."""
     graphs, compile_ = [], torch.compile
@@ -92,7 +87,7 @@ def test_compiled_summarizer_gives_the_same_summaries(bert2bert_dir, tok, articl
         return gm.forward
 
     monkeypatch.setattr(torch, "compile", lambda f, mode=None, **kw: compile_(f, backend=counting, **kw))
-    tokenized = tokenize(pa.table({"id": ["a", "b", "c"], "article": [a[:400] for a in articles]}), tok, "article",
+    tokenized = tokenize(pa.table({"id": ["a", "b", "c"], "article": [a[:400] for a in texts]}), tok, "article",
                          max_input_tokens=64)
     torch._dynamo.reset()
     compiled = Summarizer(str(bert2bert_dir), GEN, compile=True).summarize(tokenized)

@@ -11,15 +11,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.batch import GenerationOverrides, SummarizeConfig
+from pipeline.batch import GenerationOverrides
 from pipeline.batch.preflight import preflight
 from pipeline.batch.run import plan_run, run
-from pipeline.cluster import Replicas
 from pipeline.io import commit, storage
-from pipeline.nightly.config import NightlyConfig
 from pipeline.nightly.run import run_nightly
-from tests.model_helpers import random_bert2bert
-from tests.test_nightly import DAY1, articles, put_shard, read_output
+from tests.helpers import DAY1, nightly_config, numbered, put_shard, read_output, summarize_config
 
 
 def edit_json(path, **changes) -> None:
@@ -42,6 +39,7 @@ def rename_token(path) -> None:
     path.write_text(path.read_text().replace("[unused0]\n", "[unused-renamed]\n", 1))
 
 
+IDENTITY = {"generation": GenerationOverrides(num_beams=1, max_length=8), "max_input_tokens": None}
 CHANGES = {  # name -> (edit of the model folder, the identity key the refusal names)
     "repetition_penalty": (lambda m: edit_json(m / "generation_config.json", repetition_penalty=1.3), "generation"),
     "max_new_tokens": (lambda m: edit_json(m / "generation_config.json", max_new_tokens=5), "generation"),
@@ -52,9 +50,6 @@ CHANGES = {  # name -> (edit of the model folder, the identity key the refusal n
 }
 
 
-@pytest.fixture(scope="module")
-def base_model(tmp_path_factory):
-    return random_bert2bert(tmp_path_factory.mktemp("base") / "m", hidden=32, layers=1, intermediate=64)
 
 
 @pytest.fixture
@@ -62,24 +57,21 @@ def corpus(tmp_path):
     folder = tmp_path / "in"
     folder.mkdir()
     for s in range(2):
-        rows = [{"id": s * 10 + i, "article": a["article"]} for i, a in enumerate(articles(s * 3, 3))]
+        rows = [{"id": s * 10 + i, "article": a["article"]} for i, a in enumerate(numbered(s * 3, 3))]
         pq.write_table(pa.Table.from_pylist(rows), folder / f"part-{s}.parquet")
     return folder
 
 
-def summarize_config(corpus, output, model, **kwargs) -> SummarizeConfig:
-    return SummarizeConfig(input=str(corpus), output=str(output), model=str(model),
-                           generation=GenerationOverrides(num_beams=1, max_length=8), **kwargs)
 
 
 @pytest.mark.parametrize("change", sorted(CHANGES))
-def test_resume_after_a_change_is_refused_naming_it(local_ray, base_model, corpus, tmp_path, change):
+def test_resume_after_a_change_is_refused_naming_it(local_ray, tiny_model, corpus, tmp_path, change):
     model = tmp_path / "model"
-    shutil.copytree(base_model, model)
+    shutil.copytree(tiny_model, model)
     if change == "vocab.txt":  # a WordPiece vocabulary without tokenizer.json, as older checkpoints have
         (model / "tokenizer.json").unlink()
     output = tmp_path / "out"
-    config = summarize_config(corpus, output, model)
+    config = summarize_config(corpus, output, model, **IDENTITY)
     pending = plan_run(config)  # an attempt that died before its first unit: its run record is all there is
     record = storage.read_json(str(output / commit.RUN_NAME))
     assert record["attempt"] == pending.attempt and record["identity"]["identity_version"] == 2
@@ -91,9 +83,9 @@ def test_resume_after_a_change_is_refused_naming_it(local_ray, base_model, corpu
     assert storage.read_json(str(output / commit.RUN_NAME)) == record and not storage.data_files(str(output))
 
 
-def test_a_record_of_an_older_version_has_unknown_settings(local_ray, base_model, corpus, tmp_path):
+def test_a_record_of_an_older_version_has_unknown_settings(local_ray, tiny_model, corpus, tmp_path):
     output = tmp_path / "out"
-    config = summarize_config(corpus, output, base_model)
+    config = summarize_config(corpus, output, tiny_model, **IDENTITY)
     plan_run(config)
     record = storage.read_json(str(output / commit.RUN_NAME))
     del record["identity"]["identity_version"]  # as the previous round wrote it: six generation settings
@@ -102,16 +94,16 @@ def test_a_record_of_an_older_version_has_unknown_settings(local_ray, base_model
         preflight(config)
 
 
-def test_rerun_of_a_complete_output_after_a_tokenizer_change(local_ray, base_model, corpus, tmp_path):
+def test_rerun_of_a_complete_output_after_a_tokenizer_change(local_ray, tiny_model, corpus, tmp_path):
     model, output = tmp_path / "model", tmp_path / "out"
-    shutil.copytree(base_model, model)
-    config = summarize_config(corpus, output, model, replicas=Replicas(1, 1, batch_size=2))
+    shutil.copytree(tiny_model, model)
+    config = summarize_config(corpus, output, model, **IDENTITY)
     run(config)
     first = storage.read_json(str(output / storage.MARKER_NAME))
     append(model / "tokenizer.json", "\n")
     with pytest.raises(ValueError, match=r"is complete, made with other inputs or settings \(model_sha256: "):
         preflight(config)
-    run(summarize_config(corpus, output, model, overwrite=True))
+    run(summarize_config(corpus, output, model, overwrite=True, **IDENTITY))
     second = storage.read_json(str(output / storage.MARKER_NAME))
     # every file of the output is the second run's: none of the first run's summaries is left among them
     assert second["attempt"] != first["attempt"]
@@ -119,24 +111,23 @@ def test_rerun_of_a_complete_output_after_a_tokenizer_change(local_ray, base_mod
     assert sorted(r["id"] for r in pq.read_table(output).to_pylist()) == [0, 1, 2, 10, 11, 12]
 
 
-def test_nightly_reuses_no_shard_summarized_with_another_tokenizer(local_ray, base_model, tmp_path):
+def test_nightly_reuses_no_shard_summarized_with_another_tokenizer(local_ray, tiny_model, tmp_path):
     model = tmp_path / "model"
-    shutil.copytree(base_model, model)
+    shutil.copytree(tiny_model, model)
     corpus, output = str(tmp_path / "corpus"), str(tmp_path / "summaries")
     (tmp_path / "corpus" / DAY1).mkdir(parents=True)
-    put_shard(f"{corpus}/{DAY1}/part-0.parquet", articles(0, 2))
-    put_shard(f"{corpus}/{DAY1}/part-1.parquet", articles(2, 2))
+    put_shard(f"{corpus}/{DAY1}/part-0.parquet", numbered(0, 2))
+    put_shard(f"{corpus}/{DAY1}/part-1.parquet", numbered(2, 2))
 
     def nightly() -> dict:
-        template = summarize_config(corpus, output, model, replicas=Replicas(1, 1, batch_size=2))
-        return run_nightly(NightlyConfig(corpus=corpus, output=output, summarize=template)).to_dict()
+        return run_nightly(nightly_config(corpus, output, model)).to_dict()
 
     assert nightly()["totals"]["processed"] == 1
     before = storage.read_json(f"{output}/{DAY1}/_SUCCESS.json")
     rename_token(model / "vocab.txt")
     stale = nightly()["partitions"][0]
     assert (stale["action"], stale["reason"]) == ("skipped", "stale") and "model_sha256" in stale["detail"]
-    put_shard(f"{corpus}/{DAY1}/part-2.parquet", articles(4, 2))  # a changed partition: its old shards are redone
+    put_shard(f"{corpus}/{DAY1}/part-2.parquet", numbered(4, 2))  # a changed partition: its old shards are redone
     redone = nightly()["partitions"][0]
     assert (redone["action"], redone["reason"], redone["rows_written"]) == ("processed", "changed", 6)
     after = storage.read_json(f"{output}/{DAY1}/_SUCCESS.json")

@@ -19,9 +19,8 @@ import transformers
 
 from jobs import summarize as summarize_job
 from model import EncoderDecoderModel, Tokenizer
-from tests.model_helpers import tiny_hf
+from tests.helpers import ROOT, tiny_hf
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
 DATA = ROOT / "data"
 PAD, EOS, BOS, UNK = 0, 1, 2, 3
 

@@ -15,32 +15,13 @@ import urllib.request
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import s3fs
 
 from pipeline.io import storage
-from tests.conftest import AWS_ENV, free_port
-from tests.test_nightly import quiet
-from tests.test_pipeline_run import articles, direct_summaries
+from tests.helpers import AWS_ENV, articles, direct_summaries, free_port, job, quiet, stage_on_s3, write_shards
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RAY = os.path.join(os.path.dirname(sys.executable), "ray")
 GEN = ["--num-beams", "2", "--max-length", "12", "--max-input-tokens", "96"]
-
-
-def stage_on_s3(bucket: str, rows: list[dict], per_shard: int, model_dir, tmp_path) -> s3fs.S3FileSystem:
-    """The rows as shards under s3://bucket/articles/ and the model under s3://bucket/models/b2b."""
-    write_shards(tmp_path / "in", rows, per_shard)
-    fs = s3fs.S3FileSystem()
-    fs.mkdir(bucket)
-    fs.put(str(tmp_path / "in"), f"{bucket}/articles", recursive=True)
-    fs.put(str(model_dir), f"{bucket}/models/b2b", recursive=True)
-    return fs
-
-
-def write_shards(folder, rows: list[dict], per_shard: int) -> None:
-    os.makedirs(folder, exist_ok=True)
-    for s in range(0, len(rows), per_shard):
-        pq.write_table(pa.Table.from_pylist(rows[s:s + per_shard]), os.path.join(folder, f"part-{s:03d}.parquet"))
 
 
 @pytest.fixture
@@ -118,13 +99,6 @@ def metric_totals(text: str) -> dict[str, float]:
             value = (line.rsplit("}", 1)[1] if "}" in line else line[len(name):]).split()[0]
             totals[name] = totals.get(name, 0.0) + float(value)
     return totals
-
-
-def job(args: list[str], **kwargs) -> subprocess.Popen:
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
-    env.pop("RAY_ADDRESS", None)
-    return subprocess.Popen([sys.executable, "-m", "jobs.summarize", *args], cwd=ROOT, env=env, text=True,
-                            start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, **kwargs)
 
 
 def test_killed_job_resumes_without_redoing_rows(bert2bert_dir, tmp_path):

@@ -9,23 +9,19 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.batch import GenerationOverrides, SummarizeConfig, unique_ids
+from pipeline.batch import GenerationOverrides, unique_ids
 from pipeline.batch.inputs import Shard
 from pipeline.batch.preflight import staging_url
 from pipeline.batch.run import run
 from pipeline.batch.units import plan_units
 from pipeline.cluster import Replicas
 from pipeline.io import commit, storage
-from tests.test_pipeline_run import articles
+from tests.helpers import articles, summarize_config
 
 GEN = GenerationOverrides(num_beams=1, max_length=6)
 TEXTS = [r["article"][:200] for r in articles(60)]
 
 
-def config(src, out, model, **kwargs) -> SummarizeConfig:
-    kwargs.setdefault("replicas", Replicas(1, 1, batch_size=8))
-    kwargs.setdefault("generation", GEN)
-    return SummarizeConfig(input=str(src), output=str(out), model=str(model), max_input_tokens=48, **kwargs)
 
 
 def shards(folder, sizes: list[int], row_group_size: int | None = None, first_id: int = 0) -> list[int]:
@@ -35,7 +31,7 @@ def shards(folder, sizes: list[int], row_group_size: int | None = None, first_id
         batch = list(range(n, n + size))
         table = pa.table({"id": pa.array(batch, pa.int64()), "article": [TEXTS[i % len(TEXTS)] for i in batch]})
         pq.write_table(table, folder / f"part-{s:03d}.parquet", row_group_size=row_group_size)
-        unique_ids.extend(batch)
+        ids.extend(batch)
         n += size
     return ids
 
@@ -55,7 +51,7 @@ def test_plan_cuts_big_shards_evenly_and_reads_only_overlapping_row_groups():
 def test_many_small_shards_give_one_file_each(local_ray, bert2bert_dir, tmp_path):
     ids = shards(tmp_path / "in", [5, 3, 0, 7, 4, 6])
     out = tmp_path / "out"
-    result = run(config(tmp_path / "in", out, bert2bert_dir))
+    result = run(summarize_config(tmp_path / "in", out, bert2bert_dir))
     files = storage.data_files(str(out))
     assert (result.rows_out, result.units, len(files)) == (25, 5, 5)  # the empty shard has no file
     assert sorted(pq.read_metadata(f).num_rows for f in files) == [3, 4, 5, 6, 7]
@@ -69,7 +65,7 @@ def test_many_small_shards_give_one_file_each(local_ray, bert2bert_dir, tmp_path
 def test_big_shard_is_split_across_replicas_into_files_near_rows_per_file(local_ray, bert2bert_dir, tmp_path):
     ids = shards(tmp_path / "in", [43], row_group_size=6)
     out = tmp_path / "out"
-    result = run(config(tmp_path / "in", out, bert2bert_dir, rows_per_file=10,
+    result = run(summarize_config(tmp_path / "in", out, bert2bert_dir, rows_per_file=10,
                         replicas=Replicas(2, 2, batch_size=4)))
     files = storage.data_files(str(out))
     assert sorted(pq.read_metadata(f).num_rows for f in files) == [8, 8, 9, 9, 9]
@@ -87,7 +83,7 @@ def test_duplicate_id_across_shards_stops_the_job_before_any_row_is_written(loca
     (tmp_path / "in2" / "part-000.parquet").rename(tmp_path / "in" / "part-late.parquet")
     out = tmp_path / "out"
     with pytest.raises(ValueError, match=r"3 duplicate id\(s\) in column 'id'") as info:
-        run(config(tmp_path / "in", out, bert2bert_dir))
+        run(summarize_config(tmp_path / "in", out, bert2bert_dir))
     assert all(repr(i) in str(info.value) for i in (2, 3, 4))
     assert storage.data_files(str(out)) == [] and not storage.exists(str(out / storage.MARKER_NAME))
 
@@ -97,7 +93,7 @@ def test_null_id_stops_the_job(local_ray, bert2bert_dir, tmp_path):
     pq.write_table(pa.table({"id": pa.array([1, None, 3], pa.int64()), "article": TEXTS[:3]}),
                    tmp_path / "in" / "p.parquet")
     with pytest.raises(ValueError, match=r"1 row\(s\) have a null id in column 'id'"):
-        run(config(tmp_path / "in", tmp_path / "out", bert2bert_dir))
+        run(summarize_config(tmp_path / "in", tmp_path / "out", bert2bert_dir))
 
 
 class Crash(Exception):
@@ -108,7 +104,7 @@ def test_overwrite_interrupted_during_its_replace_leaves_a_complete_output(local
                                                                            monkeypatch):
     ids = shards(tmp_path / "in", [6, 6, 6])
     out = tmp_path / "out"
-    run(config(tmp_path / "in", out, bert2bert_dir))
+    run(summarize_config(tmp_path / "in", out, bert2bert_dir))
     old = storage.read_json(str(out / storage.MARKER_NAME))
     new_gen = GenerationOverrides(num_beams=1, max_length=4)
 
@@ -132,14 +128,14 @@ def test_overwrite_interrupted_during_its_replace_leaves_a_complete_output(local
     for fault in (("move_files", move_one_then_crash), ("write_json_atomic", crash_at_switch)):
         monkeypatch.setattr(storage, *fault)
         with pytest.raises(Crash):
-            run(config(tmp_path / "in", out, bert2bert_dir, overwrite=True, generation=new_gen))
+            run(summarize_config(tmp_path / "in", out, bert2bert_dir, overwrite=True, generation=new_gen))
         monkeypatch.undo()
         marker, got = readable_by_marker()
         assert marker["attempt"] == old["attempt"] and got == ids  # the old output, complete
         assert storage.read_json(storage.join(staging_url(str(out)), storage.MARKER_NAME))["files"]
 
     # the next run, whatever it is asked, first finishes the interrupted replace
-    again = run(config(tmp_path / "in", out, bert2bert_dir, overwrite=True, generation=new_gen))
+    again = run(summarize_config(tmp_path / "in", out, bert2bert_dir, overwrite=True, generation=new_gen))
     marker, got = readable_by_marker()
     assert marker["attempt"] != old["attempt"] and got == ids and marker["generation"]["max_length"] == 4
     assert again.rows_written == 0 and any("finished publishing" in n for n in again.notes)

@@ -9,7 +9,7 @@ import torch
 import transformers
 
 from model import Tokenizer
-from tests.model_helpers import MINILM
+from tests.helpers import MINILM
 
 DATA = pathlib.Path(__file__).resolve().parents[1] / "data"
 

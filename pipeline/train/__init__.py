@@ -1,6 +1,6 @@
 """Fine-tuning with Ray Train (DDP): data, the per-worker loop, checkpoints and resume, evaluation, the trainer."""
 
 from .config import FinetuneConfig
-from .trainer import FinetuneResult, run_finetune
+from .finetune import FinetuneResult, run_finetune
 
 __all__ = ["FinetuneConfig", "FinetuneResult", "run_finetune"]
