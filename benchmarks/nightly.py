@@ -21,7 +21,7 @@ from pipeline.batch import GenerationOverrides, SummarizeConfig
 from pipeline.cluster import Replicas
 from pipeline.nightly.config import NightlyConfig
 from pipeline.nightly.run import run_nightly
-from tests.model_helpers import random_bert2bert
+from tests.helpers import random_bert2bert
 
 
 def replicas_used(output: pathlib.Path) -> int:

@@ -29,7 +29,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.io import storage
-from tests.model_helpers import random_bert2bert
+from tests.helpers import random_bert2bert
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 DATA = ROOT / "data" / "cnndm_200.jsonl"
