@@ -69,18 +69,18 @@ def test_missing_column_lists_present_ones(pairs):
 
 
 def test_empty_summaries_are_counted_and_skipped(local_ray, tmp_path, minilm_dir):
-    table = pa.table({"article": ["one text", "two text", "   ", "four", "\x1c"],
+    table = pa.table({"article": ["one text", "two text", "   ", "four", "\x1c\u2003"],
                       "highlights": ["a", "", "c", None, "e"]})
     pq.write_table(table, tmp_path / "t.parquet")
     stats = inspect_split(str(tmp_path / "t.parquet"), "article", "highlights")
-    assert (stats.rows, stats.empty, stats.usable) == (5, 3, 2)  # the split's count is what the dataset keeps
+    assert (stats.rows, stats.empty, stats.usable) == (5, 4, 1)
+    # the dataset keeps exactly the pairs the split's count calls usable (one rule for what is blank)
     pairs = pairs_dataset(str(tmp_path / "t.parquet"), "article", "highlights").take_batch(batch_format="numpy")
-    assert list(pairs["article"]) == ["one text", "\x1c"]
+    assert list(pairs["article"]) == ["one text"]
     tok = Tokenizer.from_pretrained(minilm_dir)
     out = TokenizePairs(tok, "article", "highlights", 16, 8)(pairs)
-    assert [list(r) for r in out["input_ids"]] == tok.encode_batch(["one text", "\x1c"])
-    assert [list(r) for r in out["labels"]] == [[tok.encode_batch(["a"])[0][1], tok.sep_token_id],
-                                                [tok.encode_batch(["e"])[0][1], tok.sep_token_id]]
+    assert [list(r) for r in out["input_ids"]] == tok.encode_batch(["one text"])
+    assert [list(r) for r in out["labels"]] == [[tok.encode_batch(["a"])[0][1], tok.sep_token_id]]
 
 
 def test_train_set_smaller_than_one_step_is_an_error_before_any_cluster_work(pairs, tiny, tmp_path):

@@ -1,7 +1,7 @@
 """Every input and setting checked before work starts, settings never mixed, secrets never printed or stored.
 
-Most cases run `jobs.summarize.main` in this process, so that "no Ray session was created" is a plain
-`ray.is_initialized()`; the secrets and replica-error cases run the job as a user does, in a subprocess.
+Most cases run `jobs.summarize.main` in this process, so that "it never connected to Ray" is a plain check of
+its `connect` calls; the secrets and replica-error cases run the job as a user does, in a subprocess.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ import unicodedata
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import ray
 import s3fs
 
 from jobs import summarize as summarize_job
@@ -36,9 +35,14 @@ def shard(path, ids, texts=None, **columns) -> None:
 
 
 def refused(capsys, argv: list[str], *words: str) -> str:
-    """The job exits 1 before Ray starts, with one line on stderr holding `words`."""
-    assert summarize_job.main(argv) == 1
-    assert not ray.is_initialized()
+    """The job exits 1 before it connects to Ray, with one line on stderr holding `words`."""
+    real, connections = summarize_job.connect, []
+    summarize_job.connect = lambda *args: connections.append(args)
+    try:
+        assert summarize_job.main(argv) == 1
+    finally:
+        summarize_job.connect = real
+    assert connections == []
     err = capsys.readouterr().err
     line = err.splitlines()[0]
     for word in words:

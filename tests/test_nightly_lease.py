@@ -113,8 +113,8 @@ def test_discovery_lists_only_the_selected_dates_when_the_layout_allows(root):
 
 
 def test_renewal_whose_response_is_lost_keeps_the_lease_and_storage_errors_are_retried(root, monkeypatch):
-    from pipeline import lease as lease_module
-    from pipeline import storage
+    from pipeline.io import lease as lease_module
+    from pipeline.io import storage
 
     write = storage.write_bytes_atomic
     calls: list[str] = []

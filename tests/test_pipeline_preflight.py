@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 
@@ -9,10 +10,9 @@ import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import ray
 from fsspec.implementations.memory import MemoryFileSystem
 
-from pipeline.batch import SummarizeConfig
+from pipeline.batch import SummarizeConfig, preflight
 from pipeline.batch.inputs import inspect_input
 from pipeline.batch.run import run
 from pipeline.cluster import Replicas
@@ -32,11 +32,13 @@ def shards(tmp_path):
 
 
 def fails(config: SummarizeConfig, exc: type, *fragments: str) -> None:
-    with pytest.raises(exc) as info:
-        run(config)
-    for fragment in fragments:
-        assert fragment in str(info.value)
-    assert not ray.is_initialized()
+    """Preflight (no Ray) refuses the config, and so does the run, before it writes anything."""
+    for call in (preflight, run):
+        with pytest.raises(exc) as info:
+            call(config)
+        for fragment in fragments:
+            assert fragment in str(info.value)
+    assert not os.path.exists(os.path.join(config.output, "_RUN.json"))
 
 
 def test_missing_text_column_lists_existing_columns(shards, tmp_path, bert2bert_dir):
@@ -153,3 +155,13 @@ def test_output_filesystems_must_honour_exclusive_creates(bucket, tmp_path):
                                          r"honour exclusive creates \(it wrote over an existing file\); .* S3 "
                                          r"through s3fs >= 2024\.12\.0"):
         storage.check_writable("overwriting://b/out")
+
+
+def test_a_checkpoint_asking_for_several_sequences_per_row_is_refused(shards, bert2bert_dir, tmp_path):
+    model = tmp_path / "model"
+    shutil.copytree(bert2bert_dir, model)
+    path = model / "generation_config.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "num_beams": 4, "num_return_sequences": 2}))
+    fails(SummarizeConfig(input=str(shards), output=str(tmp_path / "out"), model=str(model)), ValueError,
+          "asks for num_return_sequences 2: the batch jobs write one summary per input row")
+    assert not (tmp_path / "out").exists()

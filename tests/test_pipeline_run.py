@@ -81,8 +81,8 @@ def test_derived_ids_and_passthrough(local_ray, bert2bert_dir, tmp_path):
         pq.write_table(pa.table({"article": texts[s * 2:(s + 1) * 2], "source": ["cnn", "dm"]}),
                        folder / f"p{s}.parquet")
     out = tmp_path / "out"
-    result = run(summarize_config(folder, out, bert2bert_dir, **RUN, passthrough_columns=("source",),
-                        replicas=Replicas(1, 1, batch_size=4)))
+    result = run(summarize_config(folder, out, bert2bert_dir, **{**RUN, "replicas": Replicas(1, 1, batch_size=4)},
+                                  passthrough_columns=("source",)))
     assert "derived id column 'row_hash'" in result.notes[0] and result.rows_out == 4
     table = pq.read_table(out)
     assert table.schema.field("row_hash").type == pa.uint64() and table.column("source").to_pylist().count("cnn") == 2
