@@ -87,7 +87,8 @@ def add_scaling_flags(parser: argparse.ArgumentParser) -> None:
                         "and an article that does not fit alone gets a per-row error")
     g.add_argument("--compile", action="store_true",
                    help="run the decode step under torch.compile (CUDA graphs on a GPU, one per power-of-two "
-                        "batch size; the first batches pay for compiling); the same tokens as without")
+                        "batch size; the first batches pay for compiling); the same tokens as without. On an H200 it "
+                        "wins only at small batches: each generate call records its graphs again (docs/benchmarks.md)")
     g.add_argument("--wait-for-workers-s", type=float, default=None,
                    help="request nodes for the replicas from the autoscaler and wait up to this long for them "
                         f"(default: {DEFAULT_WORKER_WAIT_S:g} when the cluster has an autoscaler that can start "
