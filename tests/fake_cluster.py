@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import pathlib
 import signal
 import subprocess
 import sys
@@ -63,12 +64,23 @@ class FakeCluster:
     def gpu_nodes(self) -> int:
         return sum(1 for n in self.nodes() if n["resources_total"].get("GPU", 0))
 
-    def wait(self, what, timeout: float, message: str):
+    def wait(self, what, timeout: float, message: str, job_log: pathlib.Path | None = None):
+        """what()'s first true value within timeout; else fail with what the autoscaler and the job said."""
         deadline = time.monotonic() + timeout
         while not (value := what()):
-            assert time.monotonic() < deadline, message
+            assert time.monotonic() < deadline, f"{message}\n{self.diagnosis(job_log)}"
             time.sleep(1)
         return value
+
+    def diagnosis(self, job_log: pathlib.Path | None = None) -> str:
+        """The autoscaler's status, the end of its monitor log and of the job's output, for a failed wait."""
+        status = subprocess.run([RAY, "status", "--address", self.gcs], env=self.env, capture_output=True,
+                                text=True, timeout=60)
+        monitor = pathlib.Path(self.temp_dir, "session_latest", "logs", "monitor.log")
+        parts = {"ray status": status.stdout + status.stderr,
+                 "monitor.log (end)": "\n".join(monitor.read_text().splitlines()[-60:]) if monitor.exists() else "",
+                 "job output (end)": job_log.read_text()[-6000:] if job_log and job_log.exists() else ""}
+        return "\n".join(f"--- {name} ---\n{text}" for name, text in parts.items())
 
     def processes(self) -> list[psutil.Process]:
         """Every process of this cluster: the head's descendants and whatever runs under its temp dir."""
@@ -86,7 +98,10 @@ class FakeCluster:
     def kill_worker_raylet(self, node_id: str) -> int:
         """SIGKILL one worker node's raylet, as a preempted instance; returns its pid."""
         for p in self.processes():
-            args = p.cmdline() if p.is_running() else []
+            try:
+                args = p.cmdline()
+            except psutil.Error:  # gone, or a zombie not yet reaped
+                continue
             if args and args[0].endswith("raylet") and f"--node_id={node_id}" in args:
                 p.send_signal(signal.SIGKILL)
                 return p.pid

@@ -4,6 +4,7 @@ from zero, replicas on worker nodes, a node lost mid-job."""
 from __future__ import annotations
 
 import json
+import pathlib
 import subprocess
 import sys
 import urllib.request
@@ -36,11 +37,22 @@ def actors(cluster: fake_cluster.FakeCluster, name: str) -> list[dict]:
     return [a for a in found if name in a["class_name"]]
 
 
-def submit(cluster, s3_endpoint, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+def submit_command(cluster, s3_endpoint, *args: str) -> list[str]:
     runtime_env = {"env_vars": {**AWS_ENV, "AWS_ENDPOINT_URL": s3_endpoint}}
-    cmd = [RAY, "job", "submit", "--address", cluster.address, "--runtime-env-json", json.dumps(runtime_env), "--",
-           sys.executable, *args]
-    return subprocess.run(cmd, env=cluster.env, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    return [RAY, "job", "submit", "--address", cluster.address, "--runtime-env-json", json.dumps(runtime_env), "--",
+            sys.executable, *args]
+
+
+def submit(cluster, s3_endpoint, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(submit_command(cluster, s3_endpoint, *args), env=cluster.env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def submit_in_background(cluster, s3_endpoint, log: pathlib.Path, *args: str) -> subprocess.Popen:
+    """The job submitted, its output going to log (read while it runs, and for a failed wait's diagnosis)."""
+    with log.open("w") as out:
+        return subprocess.Popen(submit_command(cluster, s3_endpoint, *args), env=cluster.env, cwd=ROOT,
+                                stdout=out, stderr=subprocess.STDOUT, text=True)
 
 
 def test_readme_command_grows_the_pool_over_gpu_workers_from_zero_and_back(cluster, s3_endpoint, bert2bert_dir,
@@ -79,28 +91,27 @@ def test_readme_command_grows_the_pool_over_gpu_workers_from_zero_and_back(clust
 def test_worker_node_lost_mid_job_finishes_by_itself_exactly_once(cluster, s3_endpoint, bert2bert_dir, tmp_path):
     rows = [{"id": i, "article": r["article"][:500]} for i, r in enumerate(articles(24))]
     fs = stage_on_s3("lost", rows, 2, bert2bert_dir, tmp_path)
-    runtime_env = {"env_vars": {**AWS_ENV, "AWS_ENDPOINT_URL": s3_endpoint}}
-    job = subprocess.Popen(
-        [RAY, "job", "submit", "--address", cluster.address, "--runtime-env-json", json.dumps(runtime_env), "--",
-         sys.executable, "-m", "jobs.summarize", "--input", "s3://lost/articles/", "--output", "s3://lost/summaries/",
-         "--model", "s3://lost/models/b2b", "--replicas", "2", "--num-beams", "2", "--max-length", "24",
-         "--max-input-tokens", "128"],
-        env=cluster.env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    log = tmp_path / "job.log"
+    job = submit_in_background(
+        cluster, s3_endpoint, log, "-m", "jobs.summarize", "--input", "s3://lost/articles/",
+        "--output", "s3://lost/summaries/", "--model", "s3://lost/models/b2b", "--replicas", "2",
+        "--num-beams", "2", "--max-length", "24", "--max-input-tokens", "128")
     try:
         def replicas_working() -> list[dict]:  # both replicas up, on two nodes, and some unit committed
-            assert job.poll() is None, job.stdout.read()[-5000:]
+            assert job.poll() is None, log.read_text()[-5000:]
             alive = [a for a in actors(cluster, "Summarizer") if a["state"] == "ALIVE"]
             fs.invalidate_cache()
             done = fs.exists("lost/summaries") and fs.glob("lost/summaries/*.parquet")
             return alive if len({a["node_id"] for a in alive}) == 2 and done else []
 
-        alive = cluster.wait(replicas_working, 240, "two replicas on two worker nodes never ran")
+        alive = cluster.wait(replicas_working, 420, "two replicas on two worker nodes never ran", log)
         victim = alive[0]["node_id"]
         cluster.kill_worker_raylet(victim)
-        out, _ = job.communicate(timeout=400)
+        job.wait(timeout=400)
     finally:
         if job.poll() is None:
             job.kill()
+    out = log.read_text()
     assert job.returncode == 0, out[-5000:]
     assert "rows in: 24  rows out: 24" in out
     fs.invalidate_cache()
@@ -150,16 +161,14 @@ def test_finetune_worker_node_lost_resumes_from_last_checkpoint(cluster, s3_endp
         pq.write_table(pa.Table.from_pylist(part), tmp_path / f"{name}.parquet")
         fs.put_file(str(tmp_path / f"{name}.parquet"), f"ftc/pairs/{name}.parquet")
     cluster.wait(lambda: cluster.gpu_nodes() == 0, 120, "GPU nodes still up from an earlier test")
-    runtime_env = {"env_vars": {**AWS_ENV, "AWS_ENDPOINT_URL": s3_endpoint}}
     # 2 CPUs per worker on 3-CPU nodes: one worker per node, and the group needs a replacement node after the kill
-    job = subprocess.Popen(
-        [RAY, "job", "submit", "--address", cluster.address, "--runtime-env-json", json.dumps(runtime_env), "--",
-         sys.executable, "-m", "jobs.finetune", "--train", "s3://ftc/pairs/train.parquet",
-         "--eval", "s3://ftc/pairs/eval.parquet", "--init", "s3://ftc/models/tiny", "--output", "s3://ftc/out",
-         "--num-workers", "2", "--cpus-per-worker", "2", "--max-steps", "24", "--batch-size", "4", "--lr", "3e-3",
-         "--eval-every", "8", "--checkpoint-every", "8", "--eval-rows", "8", "--rouge-samples", "0",
-         "--max-source-tokens", "96", "--max-target-tokens", "24", "--log-every", "2", "--best-metric", "loss"],
-        env=cluster.env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    log = tmp_path / "job.log"
+    job = submit_in_background(
+        cluster, s3_endpoint, log, "-m", "jobs.finetune", "--train", "s3://ftc/pairs/train.parquet",
+        "--eval", "s3://ftc/pairs/eval.parquet", "--init", "s3://ftc/models/tiny", "--output", "s3://ftc/out",
+        "--num-workers", "2", "--cpus-per-worker", "2", "--max-steps", "24", "--batch-size", "4", "--lr", "3e-3",
+        "--eval-every", "8", "--checkpoint-every", "8", "--eval-rows", "8", "--rouge-samples", "0",
+        "--max-source-tokens", "96", "--max-target-tokens", "24", "--log-every", "2", "--best-metric", "loss")
 
     def records() -> list[dict]:
         fs.invalidate_cache()
@@ -168,20 +177,22 @@ def test_finetune_worker_node_lost_resumes_from_last_checkpoint(cluster, s3_endp
 
     try:
         def checkpointed() -> list[dict]:  # both workers up on two nodes, and training went on past a checkpoint
-            assert job.poll() is None, job.stdout.read()[-5000:]
+            assert job.poll() is None, log.read_text()[-5000:]
             alive = [a for a in actors(cluster, "RayTrainWorker") if a["state"] == "ALIVE"]
             past = [r["step"] for r in records() if r["step"] > 8]
             return alive if len({a["node_id"] for a in alive}) == 2 and past else []
 
-        victim = cluster.wait(checkpointed, 300, "two training workers on two nodes never checkpointed")[0]["node_id"]
+        victim = cluster.wait(checkpointed, 420, "two training workers on two nodes never checkpointed",
+                              log)[0]["node_id"]
         cluster.kill_worker_raylet(victim)
         before = records()
         last = max(r["step"] for r in before)
         committed = max(r["step"] for r in before if "eval_loss" in r and r["step"] < last)
-        out, _ = job.communicate(timeout=400)
+        job.wait(timeout=400)
     finally:
         if job.poll() is None:
             job.kill()
+    out = log.read_text()
     assert job.returncode == 0, out[-5000:]
     # the last checkpoint that training had gone on from, in epoch 0
     resumed = [r for r in records() if r.get("event") == "resumed"]
