@@ -16,12 +16,9 @@ import argparse
 import sys
 from typing import Any
 
-import torch
-
 from .encoder_decoder import EncoderDecoderModel
+from .placement import DTYPES
 from .tokenizer import Tokenizer
-
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 def convert(src: str, dst: str, dtype: str | None = None, storage_options: dict[str, Any] | None = None) -> dict:

@@ -15,6 +15,7 @@ from torch import nn
 from . import checkpoint, generation
 from .config import BertConfig, EncoderDecoderConfig, GenerationConfig
 from .layers import KVCache, Linear, LMHead, Stack
+from .placement import DeviceMap, placement, resolve_dtype
 from .tokenizer import special_token_ids
 
 log = logging.getLogger(__name__)
@@ -101,10 +102,11 @@ class EncoderDecoderModel(nn.Module):
     def dtype(self) -> torch.dtype:
         return self.lm_head.bias.dtype
 
-    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+               token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
         """Encoder hidden states [B, S, C_dec], already projected to the decoder's width."""
         mask = padding_mask(attention_mask)
-        x = self.encoder.embed(input_ids)
+        x = self.encoder.embed(input_ids, token_type_ids=token_type_ids)
         for block in self.encoder.layers:
             x = block(x, mask)
         return x if self.enc_to_dec_proj is None else self.enc_to_dec_proj(x)
@@ -156,14 +158,14 @@ class EncoderDecoderModel(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 decoder_input_ids: torch.Tensor | None = None, decoder_attention_mask: torch.Tensor | None = None,
-                labels: torch.Tensor | None = None) -> Seq2SeqOutput:
+                labels: torch.Tensor | None = None, token_type_ids: torch.Tensor | None = None) -> Seq2SeqOutput:
         if decoder_input_ids is None:
             if labels is None:
                 raise ValueError("pass decoder_input_ids or labels")
             decoder_input_ids = shift_right(labels, self.config.decoder_start_token_id, self.config.pad_token_id)
             if decoder_attention_mask is None:
                 decoder_attention_mask = (decoder_input_ids != self.config.pad_token_id).long()
-        memory = self.encode(input_ids, attention_mask)
+        memory = self.encode(input_ids, attention_mask, token_type_ids)
         logits = self.decode(decoder_input_ids, self.memory_kv(memory), padding_mask(attention_mask),
                              decoder_attention_mask)
         loss = None
@@ -176,11 +178,23 @@ class EncoderDecoderModel(nn.Module):
         return generation.generate(self, input_ids, attention_mask, **kwargs)
 
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike, dtype: torch.dtype | None = None,
+    def from_pretrained(cls, path: str | os.PathLike, dtype: torch.dtype | str | None = None,
                         device: torch.device | str | None = None, allow_pickle: bool = False,
-                        storage_options: dict[str, Any] | None = None) -> EncoderDecoderModel:
+                        storage_options: dict[str, Any] | None = None, *, device_map: DeviceMap = None,
+                        attn_implementation: str | None = None,
+                        torch_dtype: torch.dtype | str | None = None) -> EncoderDecoderModel:
         """Load an HF encoder-decoder folder: a local path or an fsspec URL such as s3://bucket/model
-        (storage_options go to fsspec, e.g. {"endpoint_url": ...}; by default the AWS environment applies)."""
+        (storage_options go to fsspec, e.g. {"endpoint_url": ...}; by default the AWS environment applies).
+
+        transformers' keywords work as there: dtype (or torch_dtype) as a torch dtype, its name or "auto"
+        (the stored dtype, also the default); device_map "auto" (the GPU when there is one), a device or a
+        device index; attn_implementation "sdpa" (what this model runs). Values that would place or compute the
+        model otherwise (a per-module device map, "eager", "flash_attention_2") are refused."""
+        dtype = resolve_dtype(dtype if torch_dtype is None else torch_dtype)
+        device = placement(device, device_map)
+        if attn_implementation not in (None, "sdpa"):
+            raise ValueError(f"attn_implementation={attn_implementation!r} is not available: this model always runs "
+                             "torch's scaled_dot_product_attention ('sdpa')")
         config, generation = checkpoint.read_configs(path, storage_options)
         with torch.device("meta"):
             model = cls(config, generation)

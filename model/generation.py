@@ -44,9 +44,9 @@ def batches(lengths: Sequence[int] | np.ndarray, rows_per_article: int, max_toke
 
 @torch.inference_mode()
 def generate(model: Seq2Seq, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, *,
-             return_scores: bool = False, seed: int | None = None, generator: torch.Generator | None = None,
-             max_batch_tokens: int | None = DEFAULT_BATCH_TOKENS, step: DecodeStep | None = None,
-             policy: str | DecodePolicy | None = None, **kwargs: Any):
+             token_type_ids: torch.Tensor | None = None, return_scores: bool = False, seed: int | None = None,
+             generator: torch.Generator | None = None, max_batch_tokens: int | None = DEFAULT_BATCH_TOKENS,
+             step: DecodeStep | None = None, policy: str | DecodePolicy | None = None, **kwargs: Any):
     """Summaries [B * num_return_sequences, T] starting with decoder_start_token_id, in input order.
 
     kwargs are generation settings with transformers' names, over model.generation_config. With
@@ -54,6 +54,7 @@ def generate(model: Seq2Seq, input_ids: torch.Tensor, attention_mask: torch.Tens
     scores (transformers' sequences_scores), else the sum of the chosen tokens' processed log-probs.
     max_batch_tokens caps input tokens x beams encoded and searched together (None: all at once); step
     replaces the one-token decode; policy ("cpu" or "gpu") overrides the device's decode policy.
+    token_type_ids go to the encoder, as transformers passes a BERT tokenizer's output on.
     """
     p = dataclasses.replace(plan(model.config, model.generation_config.updated(**kwargs)), scores=return_scores)
     if max_batch_tokens is not None and max_batch_tokens < 1:
@@ -64,6 +65,7 @@ def generate(model: Seq2Seq, input_ids: torch.Tensor, attention_mask: torch.Tens
         generator = torch.Generator(device).manual_seed(seed)
     input_ids = input_ids.to(device)
     mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask.to(device)
+    types = None if token_type_ids is None else token_type_ids.to(device)
     step = step or decode_step(model)
     search = BeamSearch if p.num_beams > 1 else GreedySearch
     b, g, m = input_ids.shape[0], p.num_return_sequences, p.rules.max_length
@@ -77,7 +79,8 @@ def generate(model: Seq2Seq, input_ids: torch.Tensor, attention_mask: torch.Tens
         articles = len(part)
         padded = bucket(articles) if decode_policy.row_buckets else articles
         memory_mask = None if bool(part_mask.all()) else part_mask.bool()[:, None, None, :]
-        memory = Memory(model.memory_kv(model.encode(ids, part_mask)), memory_mask, padded)
+        part_types = None if types is None else types[rows, :width]
+        memory = Memory(model.memory_kv(model.encode(ids, part_mask, part_types)), memory_mask, padded)
         state = search(p, decode_policy, articles, padded, device, generator)
         part_results = Results(articles, g, m, p.fill, device)
         run(state, memory, model.new_cache(padded * group, m), step, decode_policy, m, part_results)

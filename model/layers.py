@@ -93,11 +93,17 @@ class Embeddings(nn.Module):
         self.norm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
         self.drop = nn.Dropout(cfg.hidden_dropout_prob)
 
-    def forward(self, ids: torch.Tensor, start: int | torch.Tensor = 0) -> torch.Tensor:
+    def forward(self, ids: torch.Tensor, start: int | torch.Tensor = 0,
+                token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
         positions = start + torch.arange(ids.shape[1], device=ids.device)  # start may be a [1] tensor
         x = self.tok(ids) + self.pos(positions)
-        if self.tok_type is not None:
+        if self.tok_type is None:
+            if token_type_ids is not None and bool(token_type_ids.any()):
+                raise ValueError("token_type_ids other than 0 given to a model without token type embeddings")
+        elif token_type_ids is None:
             x = x + self.tok_type.weight[0]  # token type 0 everywhere, as transformers does without token_type_ids
+        else:
+            x = x + self.tok_type(token_type_ids)
         x = self.norm(x)
         return self.drop(x) if self.training else x
 

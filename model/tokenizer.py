@@ -73,6 +73,42 @@ def pad_ids(rows: Sequence[Sequence[int]] | None, pad_id: int, flat: np.ndarray 
     return torch.from_numpy(ids), torch.from_numpy(mask.astype(np.int64))
 
 
+class BatchEncoding(dict):
+    """What a tokenizer call returns, as transformers' BatchEncoding: a dict (item access, ** unpacking) whose
+    keys are also attributes (`.input_ids`), with `.to(device)`."""
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def to(self, device: torch.device | str) -> BatchEncoding:
+        return BatchEncoding({k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in self.items()})
+
+
+def _padding(padding: bool | str, max_length: int | None) -> int | None:
+    """0: pad to the longest text; n: to n tokens; None: no padding."""
+    if padding in (True, "longest"):
+        return 0
+    if padding in (False, "do_not_pad"):
+        return None
+    if padding == "max_length":
+        if max_length is None:
+            raise ValueError("padding='max_length' needs max_length")
+        return max_length
+    raise ValueError(f"padding must be True, False, 'longest', 'max_length' or 'do_not_pad', got {padding!r}")
+
+
+def _truncation(truncation: bool | str) -> bool:
+    if truncation in (True, "longest_first", "only_first"):
+        return True
+    if truncation in (False, "do_not_truncate"):
+        return False
+    raise ValueError(f"truncation must be True, False, 'longest_first', 'only_first' or 'do_not_truncate', "
+                     f"got {truncation!r}")
+
+
 class Tokenizer:
     """`tok(texts)` and `tok.batch_decode(ids)` as transformers' tokenizer of the checkpoint with its defaults:
     BertTokenizerFast for WordPiece vocabularies and tokenizer.json files, BertGenerationTokenizer for
@@ -167,15 +203,40 @@ class Tokenizer:
         """Token ids, unpadded; see encode_truncated."""
         return self.encode_truncated(texts, max_length, truncation, add_special_tokens)[0]
 
-    def __call__(self, texts: str | Sequence[str], max_length: int | None = None, truncation: bool = True,
-                 padding: bool = True, add_special_tokens: bool = True) -> dict[str, torch.Tensor | list[list[int]]]:
-        """input_ids and attention_mask; torch tensors padded to the longest text (lists when padding=False)."""
-        ids = self.encode_batch([texts] if isinstance(texts, str) else texts, max_length, truncation,
+    def __call__(self, texts: str | Sequence[str], max_length: int | None = None, truncation: bool | str = True,
+                 padding: bool | str = True, add_special_tokens: bool = True, return_tensors: str | None = None,
+                 return_token_type_ids: bool | None = None, return_attention_mask: bool = True) -> BatchEncoding:
+        """input_ids, attention_mask and (WordPiece vocabularies, as BertTokenizerFast) token_type_ids.
+
+        transformers' keywords and values: padding True / "longest" (to the longest text, the default here),
+        "max_length" (to max_length) or False / "do_not_pad" (lists, unless return_tensors="pt"); truncation
+        True / "longest_first" / "only_first" (to max_length, default model_max_length: the default here, where
+        transformers' default keeps every token) or False / "do_not_truncate". Tensors unless padding is off
+        and return_tensors is not "pt"."""
+        if return_tensors not in (None, "pt"):
+            raise ValueError(f"return_tensors must be 'pt' or None, got {return_tensors!r}")
+        pad_to = _padding(padding, max_length)
+        ids = self.encode_batch([texts] if isinstance(texts, str) else texts, max_length, _truncation(truncation),
                                 add_special_tokens)
-        if not padding:
-            return {"input_ids": ids, "attention_mask": [[1] * len(row) for row in ids]}
-        input_ids, attention_mask = pad_ids(ids, self.pad_token_id)
-        return {"input_ids": input_ids, "attention_mask": attention_mask}
+        with_types = self.kind == "wordpiece" if return_token_type_ids is None else return_token_type_ids
+        if pad_to is None and return_tensors is None:
+            out = {"input_ids": ids, "attention_mask": [[1] * len(row) for row in ids]}
+            if with_types:
+                out["token_type_ids"] = [[0] * len(row) for row in ids]
+        else:
+            if pad_to is None and len({len(row) for row in ids}) > 1:
+                raise ValueError("texts of different lengths need padding=True for return_tensors='pt'")
+            input_ids, attention_mask = pad_ids(ids, self.pad_token_id)
+            if pad_to and pad_to > input_ids.shape[1]:
+                extra = pad_to - input_ids.shape[1]
+                input_ids = torch.nn.functional.pad(input_ids, (0, extra), value=self.pad_token_id or 0)
+                attention_mask = torch.nn.functional.pad(attention_mask, (0, extra))
+            out = {"input_ids": input_ids, "attention_mask": attention_mask}
+            if with_types:
+                out["token_type_ids"] = torch.zeros_like(input_ids)
+        if not return_attention_mask:
+            del out["attention_mask"]
+        return BatchEncoding(out)
 
     def decode(self, ids: Sequence[int] | torch.Tensor, skip_special_tokens: bool = True) -> str:
         return self.batch_decode([ids], skip_special_tokens)[0]

