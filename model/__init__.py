@@ -1,5 +1,6 @@
 """A BERT2BERT encoder-decoder in plain PyTorch, compatible with Hugging Face checkpoints."""
 
+from .batch_generate import ERR_OOM, Generated, TextGenerator
 from .checkpoint import read_configs, write_atomic
 from .compat import (
     AutoModel,
@@ -14,12 +15,17 @@ from .config import BertConfig, EncoderDecoderConfig, GenerationConfig
 from .decode_policy import DecodePolicy
 from .encoder_decoder import EncoderDecoderModel, Seq2SeqOutput
 from .generation import DEFAULT_BATCH_TOKENS, batches
+from .placement import run_dtype
 from .plan import plan as check_generation
 from .steps import compiled_decode_step, decode_step, static_decode_step
+from .text_pipeline import Text2TextPipeline, pipeline
 from .tokenizer import BatchEncoding, Tokenizer, pad_ids
 
 __all__ = [
     "DEFAULT_BATCH_TOKENS",
+    "ERR_OOM",
+    "Generated",
+    "TextGenerator",
     "AutoModel",
     "AutoModelForCausalLM",
     "AutoModelForSeq2SeqLM",
@@ -33,6 +39,7 @@ __all__ = [
     "EncoderDecoderModel",
     "GenerationConfig",
     "Seq2SeqOutput",
+    "Text2TextPipeline",
     "Tokenizer",
     "DecodePolicy",
     "batches",
@@ -40,7 +47,9 @@ __all__ = [
     "compiled_decode_step",
     "decode_step",
     "pad_ids",
+    "pipeline",
     "read_configs",
+    "run_dtype",
     "static_decode_step",
     "write_atomic",
 ]

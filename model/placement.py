@@ -34,3 +34,19 @@ def placement(device: torch.device | str | None, device_map: DeviceMap) -> torch
     if target.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device_map={device_map!r}: torch sees no CUDA device")
     return target
+
+
+def run_device(device: torch.device | str | int | None = "auto") -> torch.device:
+    """Where a pipeline runs: "auto" (or None) the GPU when there is one, an index a CUDA device (-1: the CPU)."""
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if isinstance(device, int):
+        return torch.device("cpu" if device < 0 else f"cuda:{device}")
+    return torch.device(device)
+
+
+def run_dtype(dtype: torch.dtype | str | None, device: torch.device | str) -> torch.dtype:
+    """What a job or pipeline computes in: "auto" (or None) is bfloat16 on a GPU and float32 on a CPU."""
+    if dtype in (None, "auto"):
+        return torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
+    return resolve_dtype(dtype)

@@ -13,8 +13,8 @@ import pyarrow.parquet as pq
 import torch
 import transformers
 
-from model import Tokenizer
-from pipeline.batch.replica import ERR_OOM, Summarizer
+from model import ERR_OOM, Tokenizer
+from pipeline.batch.replica import Summarizer
 from tests.helpers import ROOT, articles, random_bert2bert
 
 MAX_TOKENS, GEN = 128, {"num_beams": 2, "max_length": 12}
@@ -86,10 +86,10 @@ def test_out_of_memory_halves_run_once_the_failed_call_is_freed(tmp_path):
     summarizer.model.generate = generate_on_device
     tok = Tokenizer.from_pretrained(folder)
     texts = [r["article"][:200] for r in articles(8)]
-    ids = pa.array(tok.encode_batch(texts, 32), pa.list_(pa.int32()))
-    results = summarizer.generate_or_split(ids)
+    ids = tok.encode_batch(texts, 32)
+    results = summarizer.generator.generate_or_split(ids)
     # 8 rows need 16 MiB of 8: the call fails holding 8 MiB; once it is freed, each half of 4 needs exactly 8
-    assert summarizer.oom_splits == 1 and device.live == 0
+    assert summarizer.generator.oom_splits == 1 and device.live == 0
     assert [error for _, _, error in results] == [None] * 8
     summarizer.model.generate = real
-    assert [text for text, _, _ in results] == summarizer.generate(ids)[0]
+    assert [text for text, _, _ in results] == summarizer.generator.generate(ids)[0]

@@ -1,0 +1,91 @@
+"""Generation over many texts' token ids: what a replica, the pipeline() one-liner and the command line share.
+
+Rows are sorted by length and cut into generate calls by row count and token budget (`batches`); a call
+that runs out of device memory is split in half and retried, down to one row, and a row that does not fit
+alone gets a per-row error instead of failing the others. Results come back in input order.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import torch
+
+from .encoder_decoder import EncoderDecoderModel
+from .generation import DEFAULT_BATCH_TOKENS, batches
+from .steps import DecodeStep
+from .tokenizer import Tokenizer, pad_ids
+
+log = logging.getLogger(__name__)
+
+ERR_OOM = "out of device memory even alone"
+
+
+class Generated(NamedTuple):
+    text: str | None
+    tokens: int | None  # the output's length in tokens, special tokens excluded
+    error: str | None
+
+
+class TextGenerator:
+    """`generator(rows)`: one Generated per row of token ids, with the model's generate and the settings given
+    (transformers' names, over the checkpoint's generation config). Counts its generate calls, their seconds
+    and its out-of-memory splits; on_call(seconds) is told of each call."""
+
+    def __init__(self, model: EncoderDecoderModel, tokenizer: Tokenizer, generation: dict[str, Any] | None = None,
+                 batch_size: int = 256, max_batch_tokens: int | None = DEFAULT_BATCH_TOKENS,
+                 step: DecodeStep | None = None, policy: str | None = None,
+                 on_call: Callable[[float], None] | None = None):
+        self.model, self.tokenizer = model, tokenizer
+        self.generation = dict(generation or {})
+        self.beams = int(self.generation.get("num_beams") or model.generation_config.num_beams or 1)
+        self.batch_size, self.max_batch_tokens = batch_size, max_batch_tokens
+        self.step, self.policy, self.on_call = step, policy, on_call
+        self.special = torch.tensor(sorted(tokenizer.all_special_ids), device=model.device)
+        self.calls, self.generate_s, self.oom_splits = 0, 0.0, 0
+
+    def __call__(self, rows: Sequence[Sequence[int]]) -> list[Generated]:
+        out: list[Generated | None] = [None] * len(rows)
+        for part in batches([len(r) for r in rows], self.beams, self.max_batch_tokens, self.batch_size):
+            for i, result in zip(part, self.generate_or_split([rows[i] for i in part]), strict=True):
+                out[i] = result
+        return out
+
+    @torch.inference_mode()
+    def generate(self, rows: Sequence[Sequence[int]]) -> tuple[list[str], list[int]]:
+        """One generate call: the decoded outputs and their lengths in tokens."""
+        tokens, mask = pad_ids(rows, self.tokenizer.pad_token_id)
+        device = self.model.device
+        start = time.perf_counter()
+        try:
+            out = self.model.generate(tokens.to(device), mask.to(device), max_batch_tokens=None, step=self.step,
+                                      policy=self.policy, **self.generation)
+            counts = (~torch.isin(out, self.special)).sum(dim=1).tolist()
+        finally:
+            seconds = time.perf_counter() - start
+            self.generate_s += seconds
+            self.calls += 1
+            if self.on_call:
+                self.on_call(seconds)
+        return self.tokenizer.batch_decode(out, skip_special_tokens=True), counts
+
+    def generate_or_split(self, rows: Sequence[Sequence[int]]) -> list[Generated]:
+        """One call for the rows; out of device memory, each half is tried on its own."""
+        try:
+            texts, counts = self.generate(rows)
+            return [Generated(t, c, None) for t, c in zip(texts, counts, strict=True)]
+        except torch.cuda.OutOfMemoryError as e:  # torch.OutOfMemoryError since 2.5, the same class
+            reason = str(e).splitlines()[0]
+        # Retried only here, outside the except block: inside it the traceback keeps the failed call's frames,
+        # and with them its cache and activations, alive, so nothing could be freed for the halves.
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        if len(rows) == 1:
+            log.warning("one input of %d tokens does not fit alone: %s", len(rows[0]), reason)
+            return [Generated(None, None, ERR_OOM)]
+        self.oom_splits += 1
+        half = len(rows) // 2
+        return self.generate_or_split(rows[:half]) + self.generate_or_split(rows[half:])

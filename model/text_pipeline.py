@@ -1,0 +1,80 @@
+"""pipeline("summarization", model=...): transformers' one-line way in, without Ray.
+
+The texts of one call are tokenized together, then summarized by TextGenerator: sorted by length, cut into
+generate calls by rows and token budget, out-of-memory calls split in half. Results keep the input order and
+transformers' shapes; an input that is not a string, or is empty, gets a per-item error instead of failing
+the call.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from .batch_generate import TextGenerator
+from .encoder_decoder import EncoderDecoderModel
+from .generation import DEFAULT_BATCH_TOKENS
+from .placement import run_device, run_dtype
+from .tokenizer import Tokenizer
+
+OUTPUT_KEYS = {"summarization": "summary_text", "translation": "translation_text",
+               "text2text-generation": "generated_text"}
+
+
+class Text2TextPipeline:
+    """`pipe(text_or_texts, **generate_kwargs)`: one dict per input, in input order, with the task's key
+    (`summary_text`, `translation_text`, `generated_text`), or that key None and `error` for a bad input."""
+
+    def __init__(self, task: str, model: EncoderDecoderModel, tokenizer: Tokenizer, batch_size: int = 64,
+                 max_batch_tokens: int | None = DEFAULT_BATCH_TOKENS):
+        self.task, self.key = task, OUTPUT_KEYS[task]
+        self.model, self.tokenizer = model, tokenizer
+        self.batch_size, self.max_batch_tokens = batch_size, max_batch_tokens
+
+    def __call__(self, inputs: str | Sequence[str | None], truncation: bool = True, max_input_tokens: int | None = None,
+                 add_special_tokens: bool = True, **generate_kwargs: Any) -> list[dict[str, Any]]:
+        texts = [inputs] if isinstance(inputs, str) else list(inputs)
+        if generate_kwargs.get("num_return_sequences", 1) != 1:
+            raise ValueError("num_return_sequences must be 1: one output per input")
+        out: list[dict[str, Any]] = [{self.key: None, "error": problem(t)} for t in texts]
+        good = [i for i, item in enumerate(out) if item["error"] is None]
+        ids = self.tokenizer.encode_batch([texts[i] for i in good], max_input_tokens, truncation, add_special_tokens)
+        generator = TextGenerator(self.model, self.tokenizer, generate_kwargs, self.batch_size, self.max_batch_tokens)
+        for i, result in zip(good, generator(ids), strict=True):
+            out[i] = {self.key: result.text} if result.error is None else {self.key: None, "error": result.error}
+        return out
+
+
+def problem(text: object) -> str | None:
+    if not isinstance(text, str):
+        return f"not a string: {type(text).__name__}"
+    if not text.strip():
+        return "empty text"
+    return None
+
+
+def pipeline(task: str, model: str | os.PathLike | EncoderDecoderModel, tokenizer: str | os.PathLike | Tokenizer |
+             None = None, device: torch.device | str | int | None = "auto", dtype: torch.dtype | str = "auto",
+             batch_size: int = 64, max_batch_tokens: int | None = DEFAULT_BATCH_TOKENS,
+             storage_options: dict[str, Any] | None = None) -> Text2TextPipeline:
+    """A summarization, translation or text2text-generation pipeline on a checkpoint folder (local or fsspec
+    URL) or a loaded model. device "auto" is the GPU when there is one; dtype "auto" bfloat16 there and float32
+    on a CPU. `tokenizer` defaults to the model's folder."""
+    task = "translation" if task.startswith("translation") else task  # translation_en_to_de and the like
+    if task not in OUTPUT_KEYS:
+        raise ValueError(f"task must be one of {sorted(OUTPUT_KEYS)}, got {task!r}")
+    where = run_device(device)
+    if isinstance(model, EncoderDecoderModel):
+        if tokenizer is None:
+            raise ValueError("pass tokenizer= (a Tokenizer or a folder) with a loaded model")
+        loaded = model.to(where).eval()
+    else:
+        loaded = EncoderDecoderModel.from_pretrained(model, dtype=run_dtype(dtype, where), device=where,
+                                                     storage_options=storage_options)
+        tokenizer = model if tokenizer is None else tokenizer
+    if not isinstance(tokenizer, Tokenizer):
+        tokenizer = Tokenizer.from_pretrained(tokenizer, storage_options)
+    return Text2TextPipeline(task, loaded, tokenizer, batch_size, max_batch_tokens)

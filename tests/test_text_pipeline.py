@@ -1,0 +1,55 @@
+"""pipeline("summarization", ...): transformers' shapes, its generate's summaries, per-item errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import transformers
+
+from model import EncoderDecoderModel, Tokenizer, pipeline
+from tests.helpers import articles
+
+GEN = dict(num_beams=2, max_length=24, no_repeat_ngram_size=3)
+
+
+def test_forty_mixed_articles_in_one_call_equal_transformers_generate_of_each_alone(bert2bert_dir):
+    # mixed lengths: whole articles (truncated to 512 tokens) and cuts of 100 to 1,500 characters
+    texts = [r["article"] if i % 4 == 0 else r["article"][: 100 + 37 * i] for i, r in enumerate(articles(40))]
+    got = pipeline("summarization", model=bert2bert_dir, device="cpu")(texts, **GEN)
+    hf_tok = transformers.AutoTokenizer.from_pretrained(str(bert2bert_dir))
+    hf = transformers.EncoderDecoderModel.from_pretrained(str(bert2bert_dir)).eval()
+    want = []
+    with torch.inference_mode():
+        for text in texts:
+            enc = hf_tok(text, truncation=True, max_length=512, return_tensors="pt")
+            out = hf.generate(input_ids=enc.input_ids, attention_mask=enc.attention_mask, **GEN)
+            want.append(hf_tok.decode(out[0], skip_special_tokens=True))
+    assert [g["summary_text"] for g in got] == want
+    assert all(set(g) == {"summary_text"} for g in got)
+
+
+def test_bad_items_get_their_own_error_and_the_rest_are_summarized(tiny_model):
+    summarize = pipeline("summarization", model=tiny_model)
+    huge = " ".join(["word"] * 50_000)
+    got = summarize(["", None, huge, "   ", "A normal sentence about the weather."], max_length=8)
+    assert got[0] == {"summary_text": None, "error": "empty text"}
+    assert got[1] == {"summary_text": None, "error": "not a string: NoneType"}
+    assert got[3] == {"summary_text": None, "error": "empty text"}
+    assert isinstance(got[2]["summary_text"], str) and isinstance(got[4]["summary_text"], str)  # the huge one truncated
+    assert summarize("A normal sentence about the weather.", max_length=8) == [got[4]]
+
+
+def test_tasks_keys_loaded_models_and_refusals(tiny_model):
+    model, tok = EncoderDecoderModel.from_pretrained(tiny_model), Tokenizer.from_pretrained(tiny_model)
+    text = "A normal sentence about the weather."
+    summary = pipeline("summarization", model=tiny_model)(text, max_length=8)[0]["summary_text"]
+    assert pipeline("translation_en_to_de", model=model, tokenizer=tok)(text, max_length=8) == [
+        {"translation_text": summary}]
+    assert pipeline("text2text-generation", model=tiny_model, tokenizer=tiny_model)([text], max_length=8) == [
+        {"generated_text": summary}]
+    with pytest.raises(ValueError, match="task must be one of"):
+        pipeline("fill-mask", model=tiny_model)
+    with pytest.raises(ValueError, match="tokenizer="):
+        pipeline("summarization", model=model)
+    with pytest.raises(ValueError, match="num_return_sequences"):
+        pipeline("summarization", model=tiny_model)(text, num_beams=2, num_return_sequences=2)
