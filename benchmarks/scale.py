@@ -106,8 +106,8 @@ def run_job(args: list[str], env: dict, kill_when=None) -> dict:
 
 def figures(result: dict, rows: int, output: str, opts: dict) -> dict:
     report = result["report"]
-    files = storage.data_files(output, opts)
-    fs, _ = storage.arrow_fs(output, opts)
+    folder = storage.Location.of(output, opts)
+    files, fs = storage.data_files(folder), storage.arrow_fs(folder)
     sizes = [pq.read_metadata(f, filesystem=fs).num_rows for f in files]
     busy = [(float(b), float(o)) for b, o in re.findall(r"busy ([\d.]+) s, ([\d.]+)% of it outside", report)]
     return {
@@ -157,19 +157,19 @@ def main() -> None:
                 full["s3_requests_per_1M_rows"] = round((requests_in(work / "moto.log") - before) * 1e6 / args.rows)
             print("full run: " + json.dumps(full), flush=True)
             return
-        per_file = None
+        per_file, folder = None, storage.Location.of(out, opts)
 
         def half_committed() -> bool:
             nonlocal per_file
-            files = storage.data_files(out, opts)
+            files = storage.data_files(folder)
             if files and per_file is None:
-                per_file = pq.read_metadata(files[0], filesystem=storage.arrow_fs(out, opts)[0]).num_rows
+                per_file = pq.read_metadata(files[0], filesystem=storage.arrow_fs(folder)).num_rows
             return bool(files) and len(files) * per_file >= args.rows // 2
 
         killed = run_job(flags, env, kill_when=half_committed)
         time.sleep(5)  # the dead driver's workers stop
-        fs, _ = storage.arrow_fs(out, opts)
-        committed = sum(pq.read_metadata(f, filesystem=fs).num_rows for f in storage.data_files(out, opts))
+        fs = storage.arrow_fs(folder)
+        committed = sum(pq.read_metadata(f, filesystem=fs).num_rows for f in storage.data_files(folder))
         again = figures(run_job(flags, env), args.rows, out, opts)
         print("killed at half, re-run: " + json.dumps({
             "killed_after_s": round(killed["wall_s"], 1), "committed_before_kill": committed,

@@ -159,8 +159,8 @@ def numbered(first: int, n: int) -> list[dict]:
 def put_shard(url: str, rows: list[dict]) -> None:
     buf = io.BytesIO()
     pq.write_table(pa.Table.from_pylist(rows, schema=SCHEMA), buf)
-    fs, path = storage.url_to_fs(url)
-    fs.pipe_file(path, buf.getvalue())
+    shard = storage.Location.of(url)
+    shard.fs.pipe_file(shard.path, buf.getvalue())
 
 
 def listing(bucket: str) -> list[tuple]:
@@ -176,14 +176,15 @@ def actions(report: dict) -> dict[str, tuple[str, str]]:
 
 def read_output(output: str) -> list[dict]:
     """The output as a plain Hive-partitioned Parquet reader sees it, sorted by id, without the replica name."""
-    fs, path = storage.url_to_fs(output)
-    table = pq.read_table(path, filesystem=fs, partitioning="hive")
+    folder = storage.Location.of(output)
+    table = pq.read_table(folder.path, filesystem=folder.fresh_fs(), partitioning="hive")
     return sorted(({k: v for k, v in r.items() if k != "replica"} for r in table.to_pylist()), key=lambda r: r["id"])
 
 
 def quiet(url: str, seconds: float) -> bool:
     """Nothing under `url` changed for `seconds`."""
-    fs, path = storage.url_to_fs(url)
+    folder = storage.Location.of(url)
+    fs, path = folder.fresh_fs(), folder.path
     before = fs.find(path, detail=True)
     time.sleep(seconds)
     fs.invalidate_cache()

@@ -123,10 +123,10 @@ def test_settings_are_never_mixed(local_ray, tmp_path, bert2bert_dir, monkeypatc
     out = tmp_path / "out"
     write_json = storage.write_json_atomic
 
-    def die_at_marker(url, obj, opts=None, exclusive=False):
-        if url.endswith(storage.MARKER_NAME):
+    def die_at_marker(loc, obj, exclusive=False):
+        if loc.path.endswith(storage.MARKER_NAME):
             raise Crash
-        return write_json(url, obj, opts, exclusive)
+        return write_json(loc, obj, exclusive)
 
     monkeypatch.setattr(storage, "write_json_atomic", die_at_marker)
     with pytest.raises(Crash):  # every unit committed, then the driver dies before its marker

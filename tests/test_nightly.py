@@ -17,6 +17,7 @@ import s3fs
 
 from pipeline.io import storage
 from pipeline.io.lease import Lease
+from pipeline.io.storage import Location
 from pipeline.nightly.reader import committed_files
 from pipeline.nightly.run import run_nightly
 from tests.helpers import DAY1, DAY2, ROOT, actions, listing, nightly_config, numbered, put_shard, quiet, read_output
@@ -39,8 +40,8 @@ def nightly_process(corpus: str, output: str, model: pathlib.Path, *extra: str) 
 
 def committed_rows(output: str) -> int:
     """Rows in the unit files committed to the day-1 staging (each file is one whole unit)."""
-    files = storage.data_files(f"{output}/_staging/{DAY1}")
-    return sum(pq.read_metadata(f, filesystem=storage.arrow_fs(output)[0]).num_rows for f in files)
+    files = storage.data_files(Location.of(f"{output}/_staging/{DAY1}"))
+    return sum(pq.read_metadata(f, filesystem=storage.arrow_fs(Location.of(output))).num_rows for f in files)
 
 
 def test_growing_corpus_processes_only_what_changed(local_ray, bucket, bert2bert_dir):
@@ -67,15 +68,16 @@ def test_growing_corpus_processes_only_what_changed(local_ray, bucket, bert2bert
     assert (third["partitions"][0]["rows_in"], third["partitions"][0]["rows_written"]) == (7, 2)  # the late shard
     assert "2 unchanged shard(s) kept, 1 summarized" in third["partitions"][0]["detail"]
 
-    marker = storage.read_json(f"{output}/{DAY1}/_SUCCESS.json")
+    marker = storage.read_json(Location.of(f"{output}/{DAY1}/_SUCCESS.json"))
     assert (marker["rows_in"], marker["rows_out"], marker["failed_rows"]) == (7, 7, {})
     assert [f["name"] for f in marker["inputs"]] == ["part-0.parquet", "part-1.parquet", "part-late.parquet"]
     assert all(f["size"] > 0 and f["version"] for f in marker["inputs"])
     assert len(marker["model"]["model_sha256"]) == 64 and marker["generation"]["max_length"] == 12
     assert marker["started_at"] <= marker["ended_at"] and marker["code_version"]
     # the old day-1 files are gone: the folder holds exactly what the marker names
-    assert sorted(os.path.basename(p) for p in storage.data_files(f"{output}/{DAY1}")) == sorted(marker["files"])
-    assert not storage.exists(f"{output}/_staging/{DAY1}")
+    assert sorted(os.path.basename(p) for p in storage.data_files(Location.of(f"{output}/{DAY1}"))) == sorted(
+        marker["files"])
+    assert not storage.exists(Location.of(f"{output}/_staging/{DAY1}"))
     assert len(s3fs.S3FileSystem().ls(f"{output}/_runs")) == 3
 
     clean_output = f"{bucket}/clean"
@@ -86,9 +88,9 @@ def test_growing_corpus_processes_only_what_changed(local_ray, bucket, bert2bert
     assert [r["id"] for r in incremental] == list(range(10))
     assert {r["date"] for r in incremental} == {"2026-11-01", "2026-11-02"}
 
-    fs, _ = storage.arrow_fs(output)
-    plain = ray.data.read_parquet(storage.url_to_fs(output)[1], filesystem=fs)
-    following = ray.data.read_parquet([storage.url_to_fs(f)[1] for f in committed_files(output)], filesystem=fs)
+    fs = storage.arrow_fs(Location.of(output))
+    plain = ray.data.read_parquet(Location.of(output).path, filesystem=fs)
+    following = ray.data.read_parquet([Location.of(f).path for f in committed_files(output)], filesystem=fs)
     assert sorted(plain.to_pandas()["id"]) == sorted(following.to_pandas()["id"]) == list(range(10))
 
 
@@ -102,16 +104,16 @@ def test_killed_run_resumes_rows_and_never_marks_early(local_ray, bucket, bert2b
         time.sleep(0.1)
     proc.send_signal(signal.SIGKILL)
     log = proc.communicate()[0]
-    assert not storage.exists(f"{output}/{DAY1}/_SUCCESS.json"), log
-    assert storage.data_files(f"{output}/{DAY1}") == []
+    assert not storage.exists(Location.of(f"{output}/{DAY1}/_SUCCESS.json")), log
+    assert storage.data_files(Location.of(f"{output}/{DAY1}")) == []
 
     # The lease expires, and Ray has stopped the dead driver's workers (in flight, they would still write).
-    lease = Lease(f"{output}/_leases/{DAY1}", "test", ttl_s=1)
+    lease = Lease(Location.of(f"{output}/_leases/{DAY1}"), "test", ttl_s=1)
     while lease.current()[1]["expires_at"] > time.time() or not quiet(f"{output}/_staging", 2.0):
         time.sleep(0.5)
     done = committed_rows(output)
     assert 0 < done < 16, log
-    assert not storage.exists(f"{output}/{DAY1}/_SUCCESS.json")
+    assert not storage.exists(Location.of(f"{output}/{DAY1}/_SUCCESS.json"))
     dry = nightly(corpus, output, bert2bert_dir, dry_run=True)
     assert actions(dry) == {DAY1: ("would-process", "incomplete")}
     again = nightly(corpus, output, bert2bert_dir)
@@ -143,7 +145,7 @@ def test_sigterm_releases_the_lease_and_still_writes_the_report(local_ray, bucke
     for s in range(4):
         put_shard(f"{corpus}/{DAY1}/part-{s}.parquet", numbered(120 + s * 4, 4))
     proc = nightly_process(corpus, output, bert2bert_dir)
-    lease = Lease(f"{output}/_leases/{DAY1}", "test", ttl_s=1)
+    lease = Lease(Location.of(f"{output}/_leases/{DAY1}"), "test", ttl_s=1)
     deadline = time.monotonic() + 120
     while (lease.current()[1] or {}).get("state") != "held" and proc.poll() is None:
         assert time.monotonic() < deadline
@@ -156,4 +158,4 @@ def test_sigterm_releases_the_lease_and_still_writes_the_report(local_ray, bucke
     assert len(reports) == 1 and reports[0]["stopped"].startswith("interrupted"), log
     assert actions(reports[0]) == {DAY1: ("failed", "new")}
     assert lease.current()[1]["state"] == "released"
-    assert not storage.exists(f"{output}/{DAY1}/_SUCCESS.json")
+    assert not storage.exists(Location.of(f"{output}/{DAY1}/_SUCCESS.json"))

@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 
 from pipeline.io import storage
 from pipeline.io.lease import Lease
+from pipeline.io.storage import Location
 from pipeline.nightly.run import run_nightly
 from tests.helpers import DAY1, DAY2, actions, nightly_config, numbered, put_shard, read_output
 
@@ -21,27 +22,28 @@ DAY3 = "date=2026-11-03"
 
 
 class Faults:
-    """Wraps storage.write_bytes_atomic / remove_files: `rule(url, data)` returns an exception to raise instead
-    of the call ("fail") or after it ("lost": the write happened, its response did not arrive), or None."""
+    """Wraps storage.write_bytes_atomic / remove_files: `rule(url, data)` (url: the location's) returns an
+    exception to raise instead of the call ("fail") or after it ("lost": the write happened, its response did not
+    arrive), or None."""
 
     def __init__(self, monkeypatch):
         self.rules: list = []
         self.hits: list[str] = []
         write, remove = storage.write_bytes_atomic, storage.remove_files
 
-        def faulty_write(url, data, storage_options=None, exclusive=False):
-            kind = self._match(url, data)
+        def faulty_write(loc, data, exclusive=False):
+            kind = self._match(loc.url, data)
             if kind == "fail":
-                raise OSError(f"injected: An error occurred (ConditionalRequestConflict) writing {url}")
-            done = write(url, data, storage_options, exclusive=exclusive)
+                raise OSError(f"injected: An error occurred (ConditionalRequestConflict) writing {loc}")
+            done = write(loc, data, exclusive=exclusive)
             if kind == "lost":
-                raise OSError(f"injected: connection reset after writing {url}")
+                raise OSError(f"injected: connection reset after writing {loc}")
             return done
 
-        def faulty_remove(folder, names, storage_options=None):
-            if names and self._match(folder, b"") == "fail":
+        def faulty_remove(folder, names):
+            if names and self._match(folder.url, b"") == "fail":
                 raise OSError(f"injected: crash before deleting {len(names)} file(s) in {folder}")
-            return remove(folder, names, storage_options)
+            return remove(folder, names)
 
         monkeypatch.setattr(storage, "write_bytes_atomic", faulty_write)
         monkeypatch.setattr(storage, "remove_files", faulty_remove)
@@ -81,7 +83,7 @@ def test_lost_lease_stops_the_run_and_the_next_run_takes_over(local_ray, bucket,
     first = threading.Thread(target=lambda: reports.setdefault("first", run_nightly(
         nightly_config(corpus, output, tiny_models[0], lease_ttl_s=2)).to_dict()))
     first.start()
-    lease = Lease(f"{output}/_leases/{DAY1}", "observer", ttl_s=1)
+    lease = Lease(Location.of(f"{output}/_leases/{DAY1}"), "observer", ttl_s=1)
     deadline = time.monotonic() + 120
     while (lease.current()[1] or {}).get("expires_at", time.time() + 1) > time.time():
         assert time.monotonic() < deadline
@@ -91,7 +93,7 @@ def test_lost_lease_stops_the_run_and_the_next_run_takes_over(local_ray, bucket,
     assert actions(reports["first"]) == {DAY1: ("failed", "new")}
     assert "LeaseLost" in reports["first"]["partitions"][0]["detail"]
     assert actions(second) == {DAY1: ("processed", "incomplete")}  # it resumed the first run's staging
-    marker = storage.read_json(f"{output}/{DAY1}/_SUCCESS.json")
+    marker = storage.read_json(Location.of(f"{output}/{DAY1}/_SUCCESS.json"))
     assert marker["owner"] == second["run"] and marker["rows_out"] == 12
     assert [r["id"] for r in read_output(output)] == list(range(60, 72))
     third = run_nightly(nightly_config(corpus, output, tiny_models[0])).to_dict()
@@ -125,7 +127,7 @@ def test_storage_errors_fail_one_partition_and_a_lost_renewal_response_keeps_the
     assert "could not take the lease" in report["partitions"][0]["detail"]
     assert "lease was not released" in report["partitions"][1]["detail"]
     assert any(h.startswith("lost") for h in faults.hits)
-    assert storage.exists(report["report_url"])
+    assert storage.exists(Location.of(report["report_url"]))
     assert sorted(r["id"] for r in read_output(output)) == [82, 83, 84, 85]
 
 
@@ -140,8 +142,8 @@ def test_interrupted_switch_is_repaired_by_the_next_run_whatever_it_selects(loca
     faults.rules.append(lambda url, data: "fail" if url.rstrip("/").endswith(f"summaries/{DAY1}") else None)
     crashed = run_nightly(nightly_config(corpus, output, tiny_models[0], date="2026-11-01")).to_dict()
     assert actions(crashed) == {DAY1: ("failed", "changed")} and "crash before deleting" in str(crashed)
-    marker = storage.read_json(f"{output}/{DAY1}/_SUCCESS.json")
-    assert len(storage.data_files(f"{output}/{DAY1}")) == 2 and len(marker["files"]) == 1  # both sets there
+    marker = storage.read_json(Location.of(f"{output}/{DAY1}/_SUCCESS.json"))
+    assert len(storage.data_files(Location.of(f"{output}/{DAY1}"))) == 2 and len(marker["files"]) == 1  # both sets
     faults.rules.clear()
     repaired = run_nightly(nightly_config(corpus, output, tiny_models[0], date="2026-11-02")).to_dict()
     assert actions(repaired) == {DAY1: ("repaired", "interrupted switch"), DAY2: ("skipped", "done")}
@@ -155,22 +157,22 @@ def test_changed_model_lists_stale_partitions_and_redoes_them_only_when_asked(lo
     put_shard(f"{corpus}/{DAY2}/part-0.parquet", numbered(102, 2))
     old, new = tiny_models
     assert run_nightly(nightly_config(corpus, output, old)).ok
-    before = storage.read_json(f"{output}/{DAY1}/_SUCCESS.json")
+    before = storage.read_json(Location.of(f"{output}/{DAY1}/_SUCCESS.json"))
     dry = run_nightly(nightly_config(corpus, output, new), dry_run=True).to_dict()
     assert actions(dry) == {DAY1: ("skipped", "stale"), DAY2: ("skipped", "stale")}
     assert "model, model_sha256" in dry["partitions"][0]["detail"]
     left = run_nightly(nightly_config(corpus, output, new)).to_dict()
     assert actions(left) == {DAY1: ("skipped", "stale"), DAY2: ("skipped", "stale")}
-    assert storage.read_json(f"{output}/{DAY1}/_SUCCESS.json") == before
+    assert storage.read_json(Location.of(f"{output}/{DAY1}/_SUCCESS.json")) == before
     dry = run_nightly(nightly_config(corpus, output, new, reprocess="stale"), dry_run=True).to_dict()
     assert actions(dry) == {DAY1: ("would-process", "stale"), DAY2: ("would-process", "stale")}
     redone = run_nightly(nightly_config(corpus, output, new, reprocess="stale", date="2026-11-01")).to_dict()
     assert actions(redone) == {DAY1: ("processed", "stale")} and redone["listings"] == 2
-    after = storage.read_json(f"{output}/{DAY1}/_SUCCESS.json")
+    after = storage.read_json(Location.of(f"{output}/{DAY1}/_SUCCESS.json"))
     assert after["model"]["model_sha256"] != before["model"]["model_sha256"]
     assert after["model"]["path"].endswith("/b") and after["settings"]["model_sha256"] == after["model"][
         "model_sha256"]
-    assert storage.read_json(f"{output}/{DAY2}/_SUCCESS.json")["model"] == before["model"]
+    assert storage.read_json(Location.of(f"{output}/{DAY2}/_SUCCESS.json"))["model"] == before["model"]
     assert sorted(r["id"] for r in read_output(output)) == [100, 101, 102, 103]
 
 
@@ -181,10 +183,11 @@ def test_backfill_runs_all_partitions_on_one_actor_pool(local_ray, bucket, tiny_
         put_shard(f"{corpus}/{day}/part-0.parquet", numbered(110 + 2 * k, 2))
     report = run_nightly(nightly_config(corpus, output, tiny_models[0])).to_dict()
     assert actions(report) == {day: ("processed", "new") for day in days}
-    fs, path = storage.url_to_fs(output)
+    folder = Location.of(output)
+    fs, path = folder.fs, folder.path
     table = pq.read_table(path, filesystem=fs, partitioning="hive")
     assert table.num_rows == 10 and len(set(table.column("replica").to_pylist())) == 1  # one model load
-    ended = [storage.read_json(f"{output}/{day}/_SUCCESS.json")["ended_at"] for day in days]
+    ended = [storage.read_json(Location.of(f"{output}/{day}/_SUCCESS.json"))["ended_at"] for day in days]
     assert ended == sorted(ended)  # each partition switched on its own, oldest first
 
 
@@ -192,7 +195,8 @@ def test_a_partition_whose_units_cannot_be_read_fails_alone(local_ray, bucket, t
     corpus, output = f"{bucket}/corpus", f"{bucket}/summaries"
     put_shard(f"{corpus}/{DAY1}/part-0.parquet", numbered(130, 2))
     put_shard(f"{corpus}/{DAY2}/part-0.parquet", numbered(132, 2))
-    fs, path = storage.url_to_fs(f"{corpus}/{DAY1}/part-0.parquet")
+    shard = Location.of(f"{corpus}/{DAY1}/part-0.parquet")
+    fs, path = shard.fs, shard.path
     data = bytearray(fs.cat_file(path))
     with fs.open(path) as f:  # the article column's first page header: footer and id column stay readable
         offset = pq.ParquetFile(f).metadata.row_group(0).column(1).data_page_offset

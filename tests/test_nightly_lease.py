@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 import posixpath
 import threading
 import time
@@ -10,9 +11,10 @@ import uuid
 import fsspec
 import pytest
 import s3fs
+from ray import cloudpickle
 
 from pipeline.io.lease import Lease, LeaseLost
-from pipeline.io.storage import write_bytes_atomic
+from pipeline.io.storage import Location, write_bytes_atomic
 from pipeline.nightly.partitions import discover, select
 
 
@@ -26,8 +28,22 @@ def root(request, tmp_path) -> str:
     return f"s3://{bucket}"
 
 
+def test_a_location_travels_pickled_and_never_shows_its_options(root):
+    options = {"key": "test-key", "secret": "hunter2-value"} if root.startswith("s3://") else {}
+    loc = Location.of(f"{root}/x", options)
+    write_bytes_atomic(loc.child("a.json"), b"{}")
+    for module in (pickle, cloudpickle):  # Ray ships task arguments with cloudpickle
+        back = module.loads(module.dumps(loc))
+        assert back == loc and back.options == options and type(back.fs) is type(loc.fs)
+        assert back.fs.cat_file(back.child("a.json").path) == b"{}"
+    assert "hunter2" not in repr(loc) + str(loc) and str(loc) == loc.url == f"{root}/x"
+    with_password = Location.of("https://user:hunter2@example.com/x")
+    assert str(with_password.child("y")) == "https://user:***@example.com/x/y"
+    assert "hunter2" not in repr(with_password)
+
+
 def test_exclusive_write_has_one_winner(root):
-    url = f"{root}/x/one.json"
+    url = Location.of(f"{root}/x/one.json")
     results: list[bool] = []
     threads = [threading.Thread(target=lambda i=i: results.append(write_bytes_atomic(url, str(i).encode(),
                                                                                      exclusive=True)))
@@ -40,7 +56,7 @@ def test_exclusive_write_has_one_winner(root):
 
 
 def test_only_one_contender_gets_the_lease(root):
-    leases = [Lease(f"{root}/_leases/date=2026-01-01", f"owner-{i}", ttl_s=60) for i in range(6)]
+    leases = [Lease(Location.of(f"{root}/_leases/date=2026-01-01"), f"owner-{i}", ttl_s=60) for i in range(6)]
     won: list[str] = []
     threads = [threading.Thread(target=lambda lease=lease: lease.try_acquire() is None and won.append(lease.owner))
                for lease in leases]
@@ -60,7 +76,7 @@ def test_only_one_contender_gets_the_lease(root):
 
 
 def test_expired_lease_is_taken_over_and_the_old_holder_learns_it(root):
-    url = f"{root}/_leases/date=2026-01-02"
+    url = Location.of(f"{root}/_leases/date=2026-01-02")
     slow, fast = Lease(url, "slow", ttl_s=0.5), Lease(url, "fast", ttl_s=60)
     assert slow.try_acquire() is None
     assert fast.try_acquire()["owner"] == "slow"
@@ -85,7 +101,7 @@ def test_discovery_orders_by_date_carries_keys_and_ignores_undated(root):
     for p in paths:
         fs.makedirs(posixpath.dirname(f"{base}/{p}"), exist_ok=True)
         fs.pipe_file(f"{base}/{p}", b"12345")
-    found = discover(f"{root}/c")
+    found = discover(Location.of(f"{root}/c"))
     assert [p.path for p in found.partitions] == ["date=2026-01-01", "date=2026-01-02/region=us",
                                                   "region=eu/date=2026-01-03"]
     assert [f.name for f in found.partitions[0].inputs] == ["a.parquet", "b.parquet"]
@@ -103,12 +119,12 @@ def test_discovery_lists_only_the_selected_dates_when_the_layout_allows(root):
         fs.makedirs(f"{base}/d/date=2026-02-0{day}", exist_ok=True)
         fs.pipe_file(f"{base}/d/date=2026-02-0{day}/a.parquet", b"12345")
     fs.pipe_file(f"{base}/d/loose.parquet", b"1")
-    one = discover(f"{root}/d", date="2026-02-03")
+    one = discover(Location.of(f"{root}/d"), date="2026-02-03")
     assert [p.path for p in one.partitions] == ["date=2026-02-03"] and one.listings == 2
-    recent = discover(f"{root}/d", since="2026-02-06")
+    recent = discover(Location.of(f"{root}/d"), since="2026-02-06")
     assert [p.path for p in recent.partitions] == ["date=2026-02-06", "date=2026-02-07"] and recent.listings == 3
     assert recent.ignored == ["loose.parquet"]
-    everything = discover(f"{root}/d")
+    everything = discover(Location.of(f"{root}/d"))
     assert len(everything.partitions) == 7 and everything.listings == 1
 
 
@@ -119,9 +135,9 @@ def test_renewal_whose_response_is_lost_keeps_the_lease_and_storage_errors_are_r
     write = storage.write_bytes_atomic
     calls: list[str] = []
 
-    def lost_once(url, data, storage_options=None, exclusive=False):
-        done = write(url, data, storage_options, exclusive=exclusive)
-        calls.append(url)
+    def lost_once(loc, data, exclusive=False):
+        done = write(loc, data, exclusive=exclusive)
+        calls.append(loc.url)
         if len(calls) == 1:  # written, response lost, s3fs's retry answered 412: "something is there"
             return False
         if len(calls) == 2:  # written, response lost, no retry: an error
@@ -129,7 +145,7 @@ def test_renewal_whose_response_is_lost_keeps_the_lease_and_storage_errors_are_r
         return done
 
     monkeypatch.setattr(lease_module, "RETRIES", (0.01, 0.01))
-    lease = Lease(f"{root}/_leases/date=2026-01-05", "me", ttl_s=60)
+    lease = Lease(Location.of(f"{root}/_leases/date=2026-01-05"), "me", ttl_s=60)
     assert lease.try_acquire() is None
     monkeypatch.setattr(storage, "write_bytes_atomic", lost_once)
     lease.renew()  # generation 2 was written by us: read back, not "taken over"
@@ -138,7 +154,7 @@ def test_renewal_whose_response_is_lost_keeps_the_lease_and_storage_errors_are_r
     assert lease.current()[1]["owner"] == "me" and lease.generation == 3 and len(calls) == 2
 
     monkeypatch.setattr(storage, "write_bytes_atomic", lambda *a, **k: (_ for _ in ()).throw(OSError("409")))
-    other = Lease(f"{root}/_leases/date=2026-01-06", "other", ttl_s=60)
+    other = Lease(Location.of(f"{root}/_leases/date=2026-01-06"), "other", ttl_s=60)
     with pytest.raises(OSError, match="409"):
         other.try_acquire()  # tried 1 + len(RETRIES) times, then the error is the caller's
     monkeypatch.setattr(storage, "write_bytes_atomic", write)

@@ -18,6 +18,7 @@ from pipeline.batch.run import run
 from pipeline.cluster import Replicas
 from pipeline.cluster.scaling import fit_replicas, reachable, read_cluster_config
 from pipeline.io import storage
+from pipeline.io.storage import Location
 from tests.helpers import ROOT
 
 
@@ -148,13 +149,13 @@ class OverwritingFileSystem(MemoryFileSystem):
 
 
 def test_output_filesystems_must_honour_exclusive_creates(bucket, tmp_path):
-    storage.check_writable(f"{bucket}/out")  # S3 through s3fs, on moto
-    storage.check_writable(str(tmp_path / "out"))  # local disk
+    storage.check_writable(Location.of(f"{bucket}/out"))  # S3 through s3fs, on moto
+    storage.check_writable(Location.of(str(tmp_path / "out")))  # local disk
     fsspec.register_implementation("overwriting", OverwritingFileSystem, clobber=True)
     with pytest.raises(ValueError, match=r"output overwriting://b/out: OverwritingFileSystem \(tests [^)]*\) does not "
                                          r"honour exclusive creates \(it wrote over an existing file\); .* S3 "
                                          r"through s3fs >= 2024\.12\.0"):
-        storage.check_writable("overwriting://b/out")
+        storage.check_writable(Location.of("overwriting://b/out"))
 
 
 def test_a_checkpoint_asking_for_several_sequences_per_row_is_refused(shards, bert2bert_dir, tmp_path):

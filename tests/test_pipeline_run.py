@@ -9,12 +9,13 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.batch import GenerationOverrides
-from pipeline.batch.preflight import staging_url
+from pipeline.batch.preflight import staging
 from pipeline.batch.run import run
 from pipeline.batch.text import ERR_EMPTY, ERR_NULL
 from pipeline.cluster import Replicas
 from pipeline.io import storage
 from pipeline.io.commit import RUN_NAME
+from pipeline.io.storage import Location
 from tests.helpers import MAX_TOKENS, articles, direct_summaries, summarize_config
 
 GEN = GenerationOverrides(num_beams=2, max_length=12)
@@ -43,7 +44,7 @@ def test_replicas_share_work_and_summaries_match_direct_generate(local_ray, corp
     # takes which unit is timing, so only the spread and the total are asserted.
     result = run(summarize_config(folder, out, bert2bert_dir, **RUN, rows_per_file=2))
     assert (result.status, result.rows_in, result.rows_out, result.rows_written) == ("complete", 21, 21, 21)
-    assert len(storage.data_files(str(out))) == 12
+    assert len(storage.data_files(Location.of(str(out)))) == 12
     assert len(result.rows_by_replica) >= 2 and sum(result.rows_by_replica.values()) == 21
     assert result.failed_by_reason == {ERR_NULL: 1, ERR_EMPTY: 2}
     table = pq.read_table(out)
@@ -54,13 +55,13 @@ def test_replicas_share_work_and_summaries_match_direct_generate(local_ray, corp
     assert got[102]["cleaned"] is True and got[100]["summary"] is None
     expected = direct_summaries(bert2bert_dir, [r["article"] for r in rows], **GEN.as_kwargs())
     assert [got[i]["summary"] for i in range(18)] == expected
-    assert storage.read_json(str(out / "_SUCCESS.json"))["rows_out"] == 21
-    assert not storage.exists(str(out / RUN_NAME))  # resume state goes once the output is complete
+    assert storage.read_json(Location.of(str(out / "_SUCCESS.json")))["rows_out"] == 21
+    assert not storage.exists(Location.of(str(out / RUN_NAME)))  # resume state goes once the output is complete
 
-    files = storage.data_files(str(out))
+    files = storage.data_files(Location.of(str(out)))
     again = run(summarize_config(folder, out, bert2bert_dir, **RUN, rows_per_file=2))
     assert again.status == "already-complete" and "nothing written" in again.notes[0]
-    assert storage.data_files(str(out)) == files
+    assert storage.data_files(Location.of(str(out))) == files
     assert pq.read_table(out).num_rows == 21
 
     longer = GenerationOverrides(num_beams=1, max_length=6)
@@ -70,7 +71,7 @@ def test_replicas_share_work_and_summaries_match_direct_generate(local_ray, corp
     assert replaced.rows_written == 21
     table = pq.read_table(out)
     assert table.num_rows == 21 and max(n for n in table.column("summary_tokens").to_pylist() if n is not None) <= 5
-    assert not storage.exists(staging_url(str(out)))
+    assert not storage.exists(staging(Location.of(str(out))))
 
 
 def test_derived_ids_and_passthrough(local_ray, bert2bert_dir, tmp_path):

@@ -15,6 +15,7 @@ from pipeline.batch import GenerationOverrides
 from pipeline.batch.preflight import preflight
 from pipeline.batch.run import plan_run, run
 from pipeline.io import commit, storage
+from pipeline.io.storage import Location
 from pipeline.nightly.run import run_nightly
 from tests.helpers import DAY1, nightly_config, numbered, put_shard, read_output, summarize_config
 
@@ -73,23 +74,24 @@ def test_resume_after_a_change_is_refused_naming_it(local_ray, tiny_model, corpu
     output = tmp_path / "out"
     config = summarize_config(corpus, output, model, **IDENTITY)
     pending = plan_run(config)  # an attempt that died before its first unit: its run record is all there is
-    record = storage.read_json(str(output / commit.RUN_NAME))
+    record = storage.read_json(Location.of(str(output / commit.RUN_NAME)))
     assert record["attempt"] == pending.attempt and record["identity"]["identity_version"] == 2
 
     edit, key = CHANGES[change]
     edit(model)
     with pytest.raises(ValueError, match=rf"was started by a run with other inputs or settings \({key}: "):
         preflight(config)
-    assert storage.read_json(str(output / commit.RUN_NAME)) == record and not storage.data_files(str(output))
+    assert storage.read_json(Location.of(str(output / commit.RUN_NAME))) == record
+    assert not storage.data_files(Location.of(str(output)))
 
 
 def test_a_record_of_an_older_version_has_unknown_settings(local_ray, tiny_model, corpus, tmp_path):
     output = tmp_path / "out"
     config = summarize_config(corpus, output, tiny_model, **IDENTITY)
     plan_run(config)
-    record = storage.read_json(str(output / commit.RUN_NAME))
+    record = storage.read_json(Location.of(str(output / commit.RUN_NAME)))
     del record["identity"]["identity_version"]  # as the previous round wrote it: six generation settings
-    storage.write_json_atomic(str(output / commit.RUN_NAME), record)
+    storage.write_json_atomic(Location.of(str(output / commit.RUN_NAME)), record)
     with pytest.raises(ValueError, match="settings unknown: recorded with identity version 1"):
         preflight(config)
 
@@ -99,12 +101,12 @@ def test_rerun_of_a_complete_output_after_a_tokenizer_change(local_ray, tiny_mod
     shutil.copytree(tiny_model, model)
     config = summarize_config(corpus, output, model, **IDENTITY)
     run(config)
-    first = storage.read_json(str(output / storage.MARKER_NAME))
+    first = storage.read_json(Location.of(str(output / storage.MARKER_NAME)))
     append(model / "tokenizer.json", "\n")
     with pytest.raises(ValueError, match=r"is complete, made with other inputs or settings \(model_sha256: "):
         preflight(config)
     run(summarize_config(corpus, output, model, overwrite=True, **IDENTITY))
-    second = storage.read_json(str(output / storage.MARKER_NAME))
+    second = storage.read_json(Location.of(str(output / storage.MARKER_NAME)))
     # every file of the output is the second run's: none of the first run's summaries is left among them
     assert second["attempt"] != first["attempt"]
     assert sorted(os.listdir(output)) == sorted([*second["files"], storage.MARKER_NAME, "_lease"])
@@ -123,14 +125,14 @@ def test_nightly_reuses_no_shard_summarized_with_another_tokenizer(local_ray, ti
         return run_nightly(nightly_config(corpus, output, model)).to_dict()
 
     assert nightly()["totals"]["processed"] == 1
-    before = storage.read_json(f"{output}/{DAY1}/_SUCCESS.json")
+    before = storage.read_json(Location.of(f"{output}/{DAY1}/_SUCCESS.json"))
     rename_token(model / "vocab.txt")
     stale = nightly()["partitions"][0]
     assert (stale["action"], stale["reason"]) == ("skipped", "stale") and "model_sha256" in stale["detail"]
     put_shard(f"{corpus}/{DAY1}/part-2.parquet", numbered(4, 2))  # a changed partition: its old shards are redone
     redone = nightly()["partitions"][0]
     assert (redone["action"], redone["reason"], redone["rows_written"]) == ("processed", "changed", 6)
-    after = storage.read_json(f"{output}/{DAY1}/_SUCCESS.json")
+    after = storage.read_json(Location.of(f"{output}/{DAY1}/_SUCCESS.json"))
     assert after["reused_shards"] == [] and not set(after["files"]) & set(before["files"])
     assert after["settings"]["model_sha256"] != before["settings"]["model_sha256"]
     assert [r["id"] for r in read_output(output)] == list(range(6))

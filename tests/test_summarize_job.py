@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.io import storage
+from pipeline.io.storage import Location
 from tests.helpers import AWS_ENV, articles, direct_summaries, free_port, job, quiet, stage_on_s3, write_shards
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -110,7 +111,7 @@ def test_killed_job_resumes_without_redoing_rows(bert2bert_dir, tmp_path):
             "--max-input-tokens", "96"]
     first = job(args)
     deadline = time.monotonic() + 300
-    while not (out.exists() and storage.data_files(str(out))):
+    while not (out.exists() and storage.data_files(Location.of(str(out)))):
         assert first.poll() is None, first.stdout.read()[-3000:]
         assert time.monotonic() < deadline, "no unit committed in time"
         time.sleep(0.2)
@@ -118,7 +119,7 @@ def test_killed_job_resumes_without_redoing_rows(bert2bert_dir, tmp_path):
     first.wait()
     while not quiet(str(tmp_path), 2.0):  # the dead driver's Ray workers may still finish a unit
         pass
-    units = storage.data_files(str(out))
+    units = storage.data_files(Location.of(str(out)))
     done_ids = {i for f in units for i in pq.read_table(f).column("id").to_pylist()}
     assert 0 < len(done_ids) < 16 and len(done_ids) == 4 * len(units)  # whole units only
 
@@ -132,7 +133,7 @@ def test_killed_job_resumes_without_redoing_rows(bert2bert_dir, tmp_path):
     assert sorted(ids) == list(range(16))  # nothing lost, nothing written twice
     assert written == 16 - len(done_ids)  # committed units are not redone
     assert table.column("summary").null_count == 0
-    assert set(units) <= set(storage.data_files(str(out)))  # the killed run's files are kept as they were
+    assert set(units) <= set(storage.data_files(Location.of(str(out))))  # the killed run's files are kept as is
 
 
 def test_bad_input_fails_fast_with_exit_code(tmp_path, bert2bert_dir):
@@ -170,4 +171,4 @@ def test_two_jobs_started_at_once_on_one_output_exactly_one_runs(bert2bert_dir, 
                      r"was started at the same moment by another run)", refused), refused
     ids = pq.read_table(out).column("id").to_pylist()
     assert sorted(ids) == list(range(8))  # every id once
-    assert len(storage.data_files(str(out))) == 2
+    assert len(storage.data_files(Location.of(str(out)))) == 2

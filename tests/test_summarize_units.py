@@ -11,11 +11,12 @@ import pytest
 
 from pipeline.batch import GenerationOverrides, unique_ids
 from pipeline.batch.inputs import Shard
-from pipeline.batch.preflight import staging_url
+from pipeline.batch.preflight import staging
 from pipeline.batch.run import run
 from pipeline.batch.units import plan_units
 from pipeline.cluster import Replicas
 from pipeline.io import commit, storage
+from pipeline.io.storage import Location
 from tests.helpers import articles, summarize_config
 
 GEN = GenerationOverrides(num_beams=1, max_length=6)
@@ -52,13 +53,13 @@ def test_many_small_shards_give_one_file_each(local_ray, bert2bert_dir, tmp_path
     ids = shards(tmp_path / "in", [5, 3, 0, 7, 4, 6])
     out = tmp_path / "out"
     result = run(summarize_config(tmp_path / "in", out, bert2bert_dir))
-    files = storage.data_files(str(out))
+    files = storage.data_files(Location.of(str(out)))
     assert (result.rows_out, result.units, len(files)) == (25, 5, 5)  # the empty shard has no file
     assert sorted(pq.read_metadata(f).num_rows for f in files) == [3, 4, 5, 6, 7]
     assert output_ids(out) == ids
-    marker = storage.read_json(str(out / storage.MARKER_NAME))
+    marker = storage.read_json(Location.of(str(out / storage.MARKER_NAME)))
     assert sorted(marker["files"]) == sorted(f.rsplit("/", 1)[1] for f in files)
-    stats = commit.read_stats(str(out), marker["files"])  # each file's counts travel in its footer
+    stats = commit.read_stats(Location.of(str(out)), marker["files"])  # each file's counts travel in its footer
     assert sum(s["rows"] for s in stats) == 25 and all(s["replica"] for s in stats)
 
 
@@ -67,7 +68,7 @@ def test_big_shard_is_split_across_replicas_into_files_near_rows_per_file(local_
     out = tmp_path / "out"
     result = run(summarize_config(tmp_path / "in", out, bert2bert_dir, rows_per_file=10,
                         replicas=Replicas(2, 2, batch_size=4)))
-    files = storage.data_files(str(out))
+    files = storage.data_files(Location.of(str(out)))
     assert sorted(pq.read_metadata(f).num_rows for f in files) == [8, 8, 9, 9, 9]
     assert output_ids(out) == ids and result.rows_written == 43
     assert len(result.rows_by_replica) == 2 and sum(result.rows_by_replica.values()) == 43
@@ -85,7 +86,8 @@ def test_duplicate_id_across_shards_stops_the_job_before_any_row_is_written(loca
     with pytest.raises(ValueError, match=r"3 duplicate id\(s\) in column 'id'") as info:
         run(summarize_config(tmp_path / "in", out, bert2bert_dir))
     assert all(repr(i) in str(info.value) for i in (2, 3, 4))
-    assert storage.data_files(str(out)) == [] and not storage.exists(str(out / storage.MARKER_NAME))
+    assert storage.data_files(Location.of(str(out))) == []
+    assert not storage.exists(Location.of(str(out / storage.MARKER_NAME)))
 
 
 def test_null_id_stops_the_job(local_ray, bert2bert_dir, tmp_path):
@@ -105,25 +107,25 @@ def test_overwrite_interrupted_during_its_replace_leaves_a_complete_output(local
     ids = shards(tmp_path / "in", [6, 6, 6])
     out = tmp_path / "out"
     run(summarize_config(tmp_path / "in", out, bert2bert_dir))
-    old = storage.read_json(str(out / storage.MARKER_NAME))
+    old = storage.read_json(Location.of(str(out / storage.MARKER_NAME)))
     new_gen = GenerationOverrides(num_beams=1, max_length=4)
 
     def readable_by_marker() -> tuple[dict, list[int]]:
-        marker = storage.read_json(str(out / storage.MARKER_NAME))
+        marker = storage.read_json(Location.of(str(out / storage.MARKER_NAME)))
         table = pa.concat_tables(pq.read_table(out / name) for name in marker["files"])
         return marker, sorted(table.column("id").to_pylist())
 
     write_json = storage.write_json_atomic
     moved = storage.move_files
 
-    def move_one_then_crash(src, dst, names, opts=None):  # dies after moving the first of the new files
-        moved(src, dst, names[:1], opts)
+    def move_one_then_crash(src, dst, names):  # dies after moving the first of the new files
+        moved(src, dst, names[:1])
         raise Crash
 
-    def crash_at_switch(url, obj, opts=None):  # dies just before the marker that switches readers is written
-        if url == str(out / storage.MARKER_NAME):
+    def crash_at_switch(loc, obj):  # dies just before the marker that switches readers is written
+        if loc.url == str(out / storage.MARKER_NAME):
             raise Crash
-        write_json(url, obj, opts)
+        write_json(loc, obj)
 
     for fault in (("move_files", move_one_then_crash), ("write_json_atomic", crash_at_switch)):
         monkeypatch.setattr(storage, *fault)
@@ -132,13 +134,13 @@ def test_overwrite_interrupted_during_its_replace_leaves_a_complete_output(local
         monkeypatch.undo()
         marker, got = readable_by_marker()
         assert marker["attempt"] == old["attempt"] and got == ids  # the old output, complete
-        assert storage.read_json(storage.join(staging_url(str(out)), storage.MARKER_NAME))["files"]
+        assert storage.read_json(staging(Location.of(str(out))).child(storage.MARKER_NAME))["files"]
 
     # the next run, whatever it is asked, first finishes the interrupted replace
     again = run(summarize_config(tmp_path / "in", out, bert2bert_dir, overwrite=True, generation=new_gen))
     marker, got = readable_by_marker()
     assert marker["attempt"] != old["attempt"] and got == ids and marker["generation"]["max_length"] == 4
     assert again.rows_written == 0 and any("finished publishing" in n for n in again.notes)
-    assert sorted(storage.data_names(str(out))) == sorted(marker["files"])  # old files gone
-    assert not storage.exists(staging_url(str(out)))
+    assert sorted(storage.data_names(Location.of(str(out)))) == sorted(marker["files"])  # old files gone
+    assert not storage.exists(staging(Location.of(str(out))))
     assert json.loads(pq.read_metadata(out / marker["files"][0]).metadata[commit.STATS_KEY])["rows"] == 6

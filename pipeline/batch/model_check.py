@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from model import EncoderDecoderConfig, GenerationConfig, Tokenizer, check_generation, read_configs
 
 from ..io import fingerprints, storage
+from ..io.storage import Location
 from .config import SummarizeConfig
 
 
@@ -25,11 +26,11 @@ def inspect_model(config: SummarizeConfig) -> ModelInfo:
     url, opts = config.model, config.storage_options
     try:
         model_config, generation = read_configs(url, opts)
-        if not any(storage.exists(storage.join(url, n), opts)
-                   for n in ("model.safetensors", "model.safetensors.index.json")):
+        folder = Location.of(url, opts)
+        if not any(storage.exists(folder.child(n)) for n in ("model.safetensors", "model.safetensors.index.json")):
             raise FileNotFoundError("no model.safetensors or model.safetensors.index.json")
         tokenizer = Tokenizer.from_pretrained(url, opts)
-        fingerprint = fingerprints.model_fingerprint(url, opts)
+        fingerprint = fingerprints.model_fingerprint(folder)
     except Exception as e:  # whatever the cause, the job cannot start without the model
         raise ValueError(f"model {url} is not readable: {type(e).__name__}: {e}") from e
     limit = model_config.encoder.max_position_embeddings

@@ -9,37 +9,33 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..io import commit, fingerprints, storage
+from ..io.storage import Location
 from .config import SummarizeConfig
 from .inputs import InputPlan, inspect_input
 from .model_check import ModelInfo, inspect_model
 from .settings import run_identity
 
 
-def hidden_sibling(url: str, folder: str) -> str:
-    """`s3://b/x/out` -> `s3://b/x/<folder>/out`: hidden from readers of `s3://b/x/`, next to the output."""
-    parent, name = posixpath.split(url.rstrip("/"))
-    return storage.join(parent, folder, name)
-
-
-def staging_url(output: str) -> str:
-    return hidden_sibling(output, "_staging")
+def staging(output: Location) -> Location:
+    """`s3://b/x/out` -> `s3://b/x/_staging/out`: hidden from readers of `s3://b/x/`, next to the output."""
+    parent, name = posixpath.split(output.path.rstrip("/"))
+    return output.at(posixpath.join(parent, "_staging", name))
 
 
 @dataclass(frozen=True)
 class Preflighted:
-    """A config whose input, model and output passed preflight (URLs made absolute)."""
+    """A config whose input, model and output passed preflight (URLs made absolute), and its output resolved."""
 
     config: SummarizeConfig
     plan: InputPlan
     info: ModelInfo
+    output: Location
 
 
-def _check_apart(config: SummarizeConfig, plan: InputPlan) -> None:
+def _check_apart(config: SummarizeConfig, plan: InputPlan, output: Location) -> None:
     """The output must not be inside the input folder (the next run would read it as input), nor the reverse."""
-    _, given = storage.url_to_fs(config.input, config.storage_options)
-    _, out = storage.url_to_fs(config.output, config.storage_options)
-    out, root = out.rstrip("/") + "/", plan.root.rstrip("/") + "/"
-    if given.rstrip("/") == plan.root and out.startswith(root):
+    out, root = output.path.rstrip("/") + "/", plan.root.rstrip("/") + "/"
+    if plan.input.path.rstrip("/") == plan.root and out.startswith(root):
         raise ValueError(f"output {config.output} is inside the input folder {config.input}: the next run would "
                          "read the job's own output as input; choose an output outside it")
     if any(s.path.startswith(out) for s in plan.shards[:1]) or root.startswith(out):
@@ -53,22 +49,23 @@ def preflight(config: SummarizeConfig, info: ModelInfo | None = None) -> Preflig
     model and settings) skips reading the model again."""
     config = dataclasses.replace(config, input=storage.absolute(config.input), output=storage.absolute(config.output),
                                  model=storage.absolute(config.model))
+    output = Location.of(config.output, config.storage_options)
     plan = inspect_input(config)
-    _check_apart(config, plan)
+    _check_apart(config, plan, output)
     info = inspect_model(config) if info is None else info
-    storage.check_writable(config.output, config.storage_options)
-    check_same_run(config, run_identity(config, plan, info))
-    return Preflighted(config, plan, info)
+    storage.check_writable(output)
+    check_same_run(config, output, run_identity(config, plan, info))
+    return Preflighted(config, plan, info, output)
 
 
-def check_same_run(config: SummarizeConfig, wanted: dict[str, Any]) -> None:
-    """Refuse to resume or re-run into an output made with other inputs or settings: its summaries would be
-    mixed with this run's. Without --overwrite only; a pending publish is finished by `run` first."""
-    opts = config.storage_options
-    if config.overwrite or storage.exists(storage.join(staging_url(config.output), storage.MARKER_NAME), opts):
+def check_same_run(config: SummarizeConfig, output: Location, wanted: dict[str, Any]) -> None:
+    """Refuse to resume or re-run into an output (`config.output`, resolved) made with other inputs or settings:
+    its summaries would be mixed with this run's. Without --overwrite only; a pending publish is finished by
+    `run` first."""
+    if config.overwrite or storage.exists(staging(output).child(storage.MARKER_NAME)):
         return
     for name, state in ((storage.MARKER_NAME, "is complete, made"), (commit.RUN_NAME, "was started by a run")):
-        record = storage.read_json(storage.join(config.output, name), opts)
+        record = storage.read_json(output.child(name))
         changed = fingerprints.differences(record["identity"], wanted) if record and "identity" in record else []
         if changed:
             raise ValueError(f"output {config.output} {state} with other inputs or settings ({'; '.join(changed)}); "

@@ -19,11 +19,12 @@ from typing import Any
 from ..cluster.scaling import scaled_pool
 from ..io import commit, fingerprints, storage
 from ..io.lease import Lease, new_owner, owner_gone
+from ..io.storage import Location
 from . import dataflow, unique_ids
 from .config import SummarizeConfig
 from .inputs import DEFAULT_ID_COLUMN, DERIVED_ID_COLUMN, InputPlan
 from .payload import unit_rows
-from .preflight import Preflighted, check_same_run, preflight, staging_url
+from .preflight import Preflighted, check_same_run, preflight, staging
 from .result import SummarizeResult
 from .settings import max_tokens, run_identity
 from .units import Unit, plan_units
@@ -34,49 +35,46 @@ LEASE_NAME = "_lease"  # in the output: held by the run that writes it
 RUN_LEASE_TTL_S = 60.0  # a run on another host that died holds the output this long at most
 
 
-def _run_record(target: str, wanted: dict[str, Any], config: SummarizeConfig, names: list[str],
+def _run_record(target: Location, wanted: dict[str, Any], config: SummarizeConfig, names: list[str],
                 owner: str) -> dict[str, Any]:
     """The run record at `target`: the one of an earlier attempt of this run (preflight refused any other), or
     a new one. Data files without a record are another job's: resuming into them would mix two outputs."""
-    opts = config.storage_options
-    url = storage.join(target, commit.RUN_NAME)
-    record = storage.read_json(url, opts)
+    at = target.child(commit.RUN_NAME)
+    record = storage.read_json(at)
     if record is None and names:
-        raise RuntimeError(f"output {target} holds Parquet files from another job (no run record {url}); pass "
+        raise RuntimeError(f"output {target} holds Parquet files from another job (no run record {at}); pass "
                            "--overwrite to replace them")
     if record is not None:
         return record
     record = {"attempt": commit.new_attempt(), "identity": wanted, "rows_per_file": config.rows_per_file,
               "ids_unique": False, "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
               "code_version": fingerprints.code_version(), "owner": owner}
-    if not storage.write_json_atomic(url, record, opts, exclusive=True):
-        other = storage.read_json(url, opts) or {}
+    if not storage.write_json_atomic(at, record, exclusive=True):
+        other = storage.read_json(at) or {}
         raise RuntimeError(f"output {target} was started at the same moment by another run ({other.get('owner')}, "
                            f"attempt {other.get('attempt')}); this one stops. Run it again once that run has ended "
                            "to resume it or find it complete")
     return record
 
 
-def _prepare_target(config: SummarizeConfig, wanted: dict[str, Any],
-                    owner: str) -> tuple[str, dict[str, Any], list[str]]:
+def _prepare_target(config: SummarizeConfig, output: Location, wanted: dict[str, Any],
+                    owner: str) -> tuple[Location, dict[str, Any], list[str]]:
     """The folder this run writes into, its run record and the data files already there (one listing)."""
-    opts = config.storage_options
-    target = staging_url(config.output) if config.overwrite else config.output
+    target = staging(output) if config.overwrite else output
     if config.overwrite:
-        record = storage.read_json(storage.join(target, commit.RUN_NAME), opts)
+        record = storage.read_json(target.child(commit.RUN_NAME))
         if record is None or fingerprints.differences(record["identity"], wanted):
-            storage.remove_tree(target, opts)  # a staging of other settings: nothing in it can be reused
-    names = storage.data_names(target, opts)
+            storage.remove_tree(target)  # a staging of other settings: nothing in it can be reused
+    names = storage.data_names(target)
     return target, _run_record(target, wanted, config, names, owner), names
 
 
-def _finish_publish(config: SummarizeConfig) -> dict[str, Any] | None:
+def _finish_publish(output: Location) -> dict[str, Any] | None:
     """A complete staged output whose publish was interrupted is published first; returns the marker."""
-    opts = config.storage_options
-    staged = staging_url(config.output)
-    marker = storage.read_json(storage.join(staged, storage.MARKER_NAME), opts)
+    staged = staging(output)
+    marker = storage.read_json(staged.child(storage.MARKER_NAME))
     if marker is not None:
-        commit.publish(staged, config.output, marker["files"], marker, opts)
+        commit.publish(staged, output, marker["files"], marker)
     return marker
 
 
@@ -89,7 +87,8 @@ class PlannedRun:
     plan: InputPlan
     wanted: dict[str, Any]
     result: SummarizeResult
-    target: str
+    output: Location  # config.output, resolved
+    target: Location  # the output, or its staging with --overwrite
     attempt: str
     units: list[Unit]
     todo: list[Unit]
@@ -109,28 +108,27 @@ def plan_run(config: SummarizeConfig, checked: Preflighted | None = None, owner:
     start = time.perf_counter()
     checked = preflight(config) if checked is None else dataclasses.replace(checked, config=dataclasses.replace(
         config, input=checked.config.input, output=checked.config.output, model=checked.config.model))
-    config, plan, info = checked.config, checked.plan, checked.info
-    opts = config.storage_options
+    config, plan, info, output = checked.config, checked.plan, checked.info, checked.output
     wanted = run_identity(config, plan, info)
-    check_same_run(config, wanted)  # again: another run may have written the output since preflight
+    check_same_run(config, output, wanted)  # again: another run may have written the output since preflight
     result = SummarizeResult(status="complete", output=config.output, rows_in=plan.rows,
                              generation=wanted["generation"])
     if plan.derived_id:
         result.notes.append(f"input has no {DEFAULT_ID_COLUMN!r} column: using the derived id column "
                             f"{DERIVED_ID_COLUMN!r} (a stable uint64 hash of shard name and row number)")
-    published = _finish_publish(config)
+    published = _finish_publish(output)
     if published is not None:
         result.notes.append(f"finished publishing the complete staged output of an interrupted --overwrite into "
                             f"{config.output}")
         if published["identity"] == wanted:  # that was this very request
             config = dataclasses.replace(config, overwrite=False)
-    marker = storage.read_json(storage.join(config.output, storage.MARKER_NAME), opts)
+    marker = storage.read_json(output.child(storage.MARKER_NAME))
     if marker is not None and not config.overwrite:
         result.status, result.rows_out = "already-complete", marker["rows_out"]
         result.notes.append(f"output {config.output} is already complete ({marker['rows_out']} rows); nothing "
                             "written. Pass --overwrite to summarize again.")
         return result
-    target, record, names = _prepare_target(config, wanted, owner or new_owner())
+    target, record, names = _prepare_target(config, output, wanted, owner or new_owner())
     attempt = record["attempt"]
     units = plan_units(plan.shards, record["rows_per_file"])
     planned = {u.name for u in units}
@@ -143,13 +141,14 @@ def plan_run(config: SummarizeConfig, checked: Preflighted | None = None, owner:
     if done:
         result.notes.append(f"resuming attempt {attempt}: {len(done)} of {len(units)} units already committed")
     if not plan.derived_id and not record["ids_unique"]:
-        unique_ids.check_unique(plan, config.input, opts)
+        unique_ids.check_unique(plan)
         record = {**record, "ids_unique": True}
-        storage.write_json_atomic(storage.join(target, commit.RUN_NAME), record, opts)
-    for stats in commit.read_stats(target, sorted(done.values()), opts):
+        storage.write_json_atomic(target.child(commit.RUN_NAME), record)
+    for stats in commit.read_stats(target, sorted(done.values())):
         result.add(stats, by_replica=False)
     result.plan_s = time.perf_counter() - start
-    return PlannedRun(config, plan, wanted, result, target, attempt, units, todo, max_tokens(config, info), start)
+    return PlannedRun(config, plan, wanted, result, output, target, attempt, units, todo, max_tokens(config, info),
+                      start)
 
 
 def run_planned(pendings: list[PlannedRun], config: SummarizeConfig,
@@ -158,7 +157,7 @@ def run_planned(pendings: list[PlannedRun], config: SummarizeConfig,
     e.g. the nightly job's partitions); on_unit(pending) after each unit committed. Whatever on_unit raises
     stops the dataflow (Ray Data shuts the execution down when its iterator is dropped) and propagates."""
     rows = [row for i, p in enumerate(pendings) for row in
-            unit_rows(p.todo, i, p.target, p.attempt, p.plan.id_column, p.plan.derived_id)]
+            unit_rows(p.todo, i, p.target.url, p.attempt, p.plan.id_column, p.plan.derived_id)]
     if not rows:
         return
     with scaled_pool(config.replicas, config.worker_wait_s, config.node_types) as (replicas, initial, notes):
@@ -178,7 +177,7 @@ def run_planned(pendings: list[PlannedRun], config: SummarizeConfig,
 def finish_run(p: PlannedRun, before_commit: Callable[[], None] = lambda: None) -> SummarizeResult:
     """Check that every unit is committed, write the marker (and publish a staged --overwrite); before_commit()
     runs right before the marker is written (a lease check)."""
-    config, result, opts, attempt = p.config, p.result, p.config.storage_options, p.attempt
+    config, result, attempt = p.config, p.result, p.attempt
     if result.rows_out != p.plan.rows or result.units != len(p.units):
         raise RuntimeError(f"output {p.target} has {result.rows_out} rows in {result.units} files for "
                            f"{p.plan.rows} input rows in {len(p.units)} units")
@@ -196,25 +195,24 @@ def finish_run(p: PlannedRun, before_commit: Callable[[], None] = lambda: None) 
     }
     before_commit()
     if config.overwrite:
-        storage.write_json_atomic(storage.join(p.target, storage.MARKER_NAME), marker, opts)
-        commit.publish(p.target, config.output, files, marker, opts)
+        storage.write_json_atomic(p.target.child(storage.MARKER_NAME), marker)
+        commit.publish(p.target, p.output, files, marker)
     else:
-        storage.write_json_atomic(storage.join(config.output, storage.MARKER_NAME), marker, opts)
-        storage.remove_tree(storage.join(p.target, commit.RUN_NAME), opts)
+        storage.write_json_atomic(p.output.child(storage.MARKER_NAME), marker)
+        storage.remove_tree(p.target.child(commit.RUN_NAME))
     return result
 
 
-def take_output(config: SummarizeConfig) -> Lease:
+def take_output(output: Location) -> Lease:
     """The output's lease, held (and renewed) for the whole run: two runs never write one output at once. A
     holder whose process is gone from this host is taken over at once; any other live holder is an error
     naming it."""
-    lease = Lease(storage.join(storage.absolute(config.output), LEASE_NAME), new_owner(), RUN_LEASE_TTL_S,
-                  config.storage_options)
+    lease = Lease(output.child(LEASE_NAME), new_owner(), RUN_LEASE_TTL_S)
     holder = lease.try_acquire()
     if holder is not None and owner_gone(holder):
         holder = lease.take_over()
     if holder is not None:
-        raise RuntimeError(f"output {config.output} is being written by another run ({holder['owner']}, its lease "
+        raise RuntimeError(f"output {output} is being written by another run ({holder['owner']}, its lease "
                            f"runs until {holder['expires']} unless renewed); this one stops. Run it again once that "
                            "run has ended to resume it or find it complete, or choose another output")
     lease.keep_alive()
@@ -225,7 +223,7 @@ def run(config: SummarizeConfig, checked: Preflighted | None = None) -> Summariz
     """Summarize `config.input` into `config.output`, exactly once per row, under the output's lease. Ray must
     be initialized. `checked` (from `preflight` of the same input, model and output) skips a second preflight."""
     checked = preflight(config) if checked is None else checked
-    lease = take_output(config)
+    lease = take_output(checked.output)
     try:
         pending = plan_run(config, checked, lease.owner)
         if isinstance(pending, SummarizeResult):

@@ -23,6 +23,7 @@ import pyarrow.parquet as pq
 import ray
 
 from ..io import storage
+from ..io.storage import Location
 from .inputs import InputPlan
 
 EXAMPLES = 5
@@ -31,9 +32,10 @@ ROWS_PER_COUNTER = 5_000_000
 READ_THREADS = 8
 
 
-def _read(paths: list[str], column: str, input_url: str, storage_options: dict[str, Any], parts: int) -> list:
-    """[null count, ids of part 0, ..., ids of part parts-1] for the shards at `paths`."""
-    fs, _ = storage.arrow_fs(input_url, storage_options)
+def _read(paths: list[str], column: str, input: Location, parts: int) -> list:
+    """[null count, ids of part 0, ..., ids of part parts-1] for the shards at `paths` (on the input's
+    filesystem)."""
+    fs = storage.arrow_fs(input)
     with ThreadPoolExecutor(READ_THREADS) as pool:
         tables = list(pool.map(lambda p: pq.read_table(p, columns=[column], filesystem=fs), paths))
     ids = pa.chunked_array([c for t in tables for c in t.column(0).chunks], type=tables[0].schema.field(0).type)
@@ -54,7 +56,7 @@ def _count(*pieces: pa.Array) -> tuple[int, list[Any]]:
     return len(repeated), repeated.field("values")[:EXAMPLES].to_pylist()
 
 
-def check_unique(plan: InputPlan, input_url: str, storage_options: dict[str, Any] | None = None) -> None:
+def check_unique(plan: InputPlan) -> None:
     """ValueError naming the column and a few offending ids if any id is null or appears twice."""
     shards = [s for s in plan.shards if s.rows]
     if not shards:
@@ -68,7 +70,7 @@ def check_unique(plan: InputPlan, input_url: str, storage_options: dict[str, Any
         rows += shard.rows
     parts = max(1, math.ceil(plan.rows / ROWS_PER_COUNTER))
     read = ray.remote(_read).options(num_returns=parts + 1)
-    refs = [read.remote(paths, plan.id_column, input_url, storage_options or {}, parts) for paths in groups]
+    refs = [read.remote(paths, plan.id_column, plan.input, parts) for paths in groups]
     count = ray.remote(_count)
     results = ray.get([count.remote(*(r[k + 1] for r in refs)) for k in range(parts)])
     nulls = sum(ray.get([r[0] for r in refs]))

@@ -7,7 +7,8 @@ from typing import Any
 
 import pyarrow as pa
 
-from ..io import commit, storage
+from ..io import commit
+from ..io.storage import Location
 from .payload import from_ipc, unit_fields, with_columns
 
 
@@ -21,6 +22,6 @@ def write(batch: pa.Table, *, storage_options: dict[str, Any]) -> pa.Table:
         if table.num_rows != expected:  # never commit a unit that lost or gained rows
             raise RuntimeError(f"unit {u['name']}: {table.num_rows} output rows for {expected} input rows")
         record["file"], record["job"] = commit.file_name(u["name"], u["attempt"]), u["job"]
-        commit.write_unit(storage.join(u["target"], record["file"]), table, record, storage_options)
+        commit.write_unit(Location.of(u["target"], storage_options).child(record["file"]), table, record)
         stats.append(json.dumps(record))
     return with_columns(units, stats=stats)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import io
 import json
-import posixpath
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -26,6 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from . import storage
+from .storage import Location
 
 RUN_NAME = "_RUN.json"
 STATS_KEY = b"bert2bert.unit"
@@ -46,39 +46,38 @@ def committed_units(names: list[str], attempt: str) -> dict[str, str]:
     return {n[: -len(suffix)]: n for n in names if n.endswith(suffix)}
 
 
-def write_unit(url: str, table: pa.Table, stats: dict[str, Any],
-               storage_options: dict[str, Any] | None = None) -> None:
+def write_unit(loc: Location, table: pa.Table, stats: dict[str, Any]) -> None:
     """The unit's whole output as one Parquet file with its stats in the footer, made visible atomically."""
     meta = {**(table.schema.metadata or {}), STATS_KEY: json.dumps(stats, sort_keys=True).encode()}
     buf = io.BytesIO()
     pq.write_table(table.replace_schema_metadata(meta), buf)
-    storage.write_bytes_atomic(url, buf.getvalue(), storage_options)
+    storage.write_bytes_atomic(loc, buf.getvalue())
 
 
-def read_stats(folder: str, names: list[str], storage_options: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+def read_stats(folder: Location, names: list[str]) -> list[dict[str, Any]]:
     """The stats of committed unit files, from their footers only."""
-    fs, root = storage.url_to_fs(folder, storage_options)
+    fs = folder.fresh_fs()
 
     def one(name: str) -> dict[str, Any]:
-        with fs.open(posixpath.join(root, name), "rb") as f:
+        file = folder.child(name)
+        with fs.open(file.path, "rb") as f:
             meta = pq.ParquetFile(f).schema_arrow.metadata or {}
         if STATS_KEY not in meta:
-            raise ValueError(f"{storage.to_url(fs, posixpath.join(root, name))} has no unit stats in its footer")
+            raise ValueError(f"{file} has no unit stats in its footer")
         return json.loads(meta[STATS_KEY])
 
     with ThreadPoolExecutor(FOOTER_THREADS) as pool:
         return list(pool.map(one, names))
 
 
-def publish(staged: str, output: str, files: list[str], marker: dict[str, Any],
-            storage_options: dict[str, Any] | None = None) -> None:
+def publish(staged: Location, output: Location, files: list[str], marker: dict[str, Any]) -> None:
     """Move `files` (relative names) from `staged` into `output`, switch the marker to name them, delete the
     output's other data files and run record, then the staging. Safe to repeat after a crash at any point."""
-    present = set(storage.data_names(output, storage_options))
+    present = set(storage.data_names(output))
     todo = [n for n in files if n not in present]
-    storage.move_files(staged, output, todo, storage_options)
-    storage.write_json_atomic(storage.join(output, storage.MARKER_NAME), {**marker, "files": files}, storage_options)
+    storage.move_files(staged, output, todo)
+    storage.write_json_atomic(output.child(storage.MARKER_NAME), {**marker, "files": files})
     keep = set(files)
-    storage.remove_files(output, [n for n in present if n not in keep], storage_options)
-    storage.remove_tree(storage.join(output, RUN_NAME), storage_options)  # an attempt abandoned in place
-    storage.remove_tree(staged, storage_options)
+    storage.remove_files(output, [n for n in present if n not in keep])
+    storage.remove_tree(output.child(RUN_NAME))  # an attempt abandoned in place
+    storage.remove_tree(staged)

@@ -10,7 +10,7 @@ import posixpath
 import subprocess
 from typing import Any
 
-from . import storage
+from .storage import Location
 
 
 def code_version() -> str:
@@ -36,11 +36,11 @@ WEIGHT_SUFFIXES = (".safetensors", ".safetensors.index.json", ".bin")
 IDENTITY_VERSION = 2
 
 
-def model_fingerprint(model: str, storage_options: dict[str, Any] | None = None) -> str:
+def model_fingerprint(model: Location) -> str:
     """sha256 over the names, sizes and content hashes of the model's weight, config and tokenizer files (S3:
     ETags, so nothing is downloaded), from one listing."""
-    fs, root = storage.url_to_fs(model, storage_options)
-    infos = sorted((i for i in fs.ls(root, detail=True)
+    fs = model.fresh_fs()
+    infos = sorted((i for i in fs.ls(model.path, detail=True)
                     if posixpath.basename(i["name"]) in MODEL_FILES or i["name"].endswith(WEIGHT_SUFFIXES)),
                    key=lambda i: i["name"])
     if not any(i["name"].endswith(WEIGHT_SUFFIXES) for i in infos):

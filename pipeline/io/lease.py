@@ -1,6 +1,6 @@
 """A lease with an expiry, kept as objects in the output, race-safe on S3 and on local disk.
 
-The lease at `<url>/` is a chain of generations `000000000001.json`, `000000000002.json`, ... each saying who
+The lease at `<location>/` is a chain of generations `000000000001.json`, `000000000002.json`, ... each saying who
 holds it until when (or that it was released). The only write is "create generation n+1 if absent": S3's
 conditional PutObject (`If-None-Match: *`), a hard link on local disk. Whoever creates n+1 read n first, so
 the chain is a linear history and exactly one contender wins each step: taking a free or expired lease,
@@ -32,6 +32,7 @@ from typing import Any
 import psutil
 
 from . import storage
+from .storage import Location
 
 RETRIES = (0.2, 0.5, 1.0, 2.0)  # seconds between tries of one lease operation on a storage error
 
@@ -84,12 +85,11 @@ def owner_gone(record: dict[str, Any]) -> bool:
 
 
 class Lease:
-    """One owner's handle on the lease at `url`."""
+    """One owner's handle on the lease at `location`."""
 
-    def __init__(self, url: str, owner: str, ttl_s: float, storage_options: dict[str, Any] | None = None):
-        self.url, self.owner, self.ttl_s = url, owner, ttl_s
+    def __init__(self, location: Location, owner: str, ttl_s: float):
+        self.location, self.owner, self.ttl_s = location, owner, ttl_s
         self.process = this_process()
-        self.storage_options = storage_options or {}
         self.generation = 0  # ours, once acquired
         self.expires_at = 0.0
         self._lock = threading.Lock()
@@ -98,13 +98,12 @@ class Lease:
         self._thread: threading.Thread | None = None
         self._lost: str | None = None
 
-    def _name(self, generation: int) -> str:
-        return storage.join(self.url, f"{generation:012d}.json")
+    def _name(self, generation: int) -> Location:
+        return self.location.child(f"{generation:012d}.json")
 
     def _generations(self) -> list[int]:
-        fs, path = storage.url_to_fs(self.url, self.storage_options)
         try:
-            names = [posixpath.basename(p) for p in fs.ls(path, detail=False)]
+            names = [posixpath.basename(p) for p in self.location.fresh_fs().ls(self.location.path, detail=False)]
         except FileNotFoundError:
             return []
         return sorted(int(n[:-5]) for n in names if n.endswith(".json") and n[:-5].isdigit())
@@ -115,7 +114,7 @@ class Lease:
         if not generations:
             return 0, None
         try:
-            return generations[-1], storage.read_json(self._name(generations[-1]), self.storage_options)
+            return generations[-1], storage.read_json(self._name(generations[-1]))
         except FileNotFoundError:  # superseded and deleted since the listing: the caller looks again
             return generations[-1], None
 
@@ -133,13 +132,12 @@ class Lease:
                   "expires": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(expires_at))}
         failed: OSError | None = None
         try:
-            written = storage.write_bytes_atomic(self._name(generation), json.dumps(record).encode(),
-                                                 self.storage_options, exclusive=True)
+            written = storage.write_bytes_atomic(self._name(generation), json.dumps(record).encode(), exclusive=True)
         except OSError as e:
             written, failed = False, e
         if not written:
             try:
-                there = storage.read_json(self._name(generation), self.storage_options)
+                there = storage.read_json(self._name(generation))
             except FileNotFoundError:  # listed, then deleted: superseded, so not ours
                 there = None
             if there is None and failed is not None:  # the write failed outright; the caller retries
@@ -152,11 +150,10 @@ class Lease:
         return True
 
     def _delete_older(self) -> None:
-        fs, _ = storage.url_to_fs(self.url, self.storage_options)
         for generation in self._generations():
             if generation < self.generation:
                 try:
-                    fs.rm(storage.url_to_fs(self._name(generation), self.storage_options)[1])
+                    self.location.fresh_fs().rm(self._name(generation).path)
                 except FileNotFoundError:  # another owner cleaned it up first
                     pass
 
@@ -191,7 +188,7 @@ class Lease:
                 raise LeaseLost(self._lost)
             if not retried(self._put, self.generation + 1, "held"):
                 holder = self.current()[1] or {}
-                raise self._lose(f"lease {self.url} was taken over by {holder.get('owner')}")
+                raise self._lose(f"lease {self.location} was taken over by {holder.get('owner')}")
 
     def ensure_held(self) -> None:
         """Raise LeaseLost if the lease is known lost or our expiry passed; no storage call (cheap enough to
@@ -199,17 +196,18 @@ class Lease:
         if self.lost.is_set():
             raise LeaseLost(self._lost)
         if time.time() >= self.expires_at:
-            raise self._lose(f"lease {self.url} expired at {self.expires_at:.0f} before it was renewed")
+            raise self._lose(f"lease {self.location} expired at {self.expires_at:.0f} before it was renewed")
 
     def check(self) -> None:
         """Raise LeaseLost if a renewal failed or our expiry passed; renews otherwise."""
         if time.time() >= self.expires_at:
-            raise self._lose(f"lease {self.url} expired at {self.expires_at:.0f} before it was renewed")
+            raise self._lose(f"lease {self.location} expired at {self.expires_at:.0f} before it was renewed")
         try:
             self.renew()
         except OSError as e:
             if time.time() >= self.expires_at:
-                raise self._lose(f"lease {self.url} expired at {self.expires_at:.0f}: renewals failed ({e})") from e
+                raise self._lose(f"lease {self.location} expired at {self.expires_at:.0f}: renewals failed ({e})"
+                                 ) from e
             raise
 
     def release(self) -> None:
@@ -228,7 +226,7 @@ class Lease:
             while not self._stop.wait(pause):
                 try:
                     if time.time() >= self.expires_at:
-                        raise self._lose(f"lease {self.url} expired at {self.expires_at:.0f}: renewals failed")
+                        raise self._lose(f"lease {self.location} expired at {self.expires_at:.0f}: renewals failed")
                     self.renew()
                     pause = self.ttl_s / 3
                 except LeaseLost:
@@ -236,5 +234,5 @@ class Lease:
                 except Exception:  # storage or credentials trouble: try again soon, before the expiry
                     pause = max(0.05, min(self.ttl_s / 10, self.expires_at - time.time()))
 
-        self._thread = threading.Thread(target=beat, name=f"lease {self.url}", daemon=True)
+        self._thread = threading.Thread(target=beat, name=f"lease {self.location}", daemon=True)
         self._thread.start()

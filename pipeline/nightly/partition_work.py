@@ -27,8 +27,9 @@ from ..batch import (
 from ..io import commit, storage
 from ..io.fingerprints import code_version
 from ..io.lease import Lease
+from ..io.storage import Location
 from .config import NightlyConfig
-from .partitions import LEASES, STAGING, Partition, PartitionState, rescan, state_of
+from .partitions import LEASES, STAGING, Partition, PartitionState, Roots, rescan, state_of
 from .report import PartitionOutcome, utc
 
 log = logging.getLogger(__name__)
@@ -40,10 +41,10 @@ def _run_id(partition: Partition, settings: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _drop_other_runs(folder: str, keep: str, opts: dict[str, Any]) -> None:
+def _drop_other_runs(folder: Location, keep: str) -> None:
     """Delete run-* folders other than `keep`: staging of other inputs, weights or settings."""
-    fs, root = storage.url_to_fs(folder, opts)
-    for path in fs.ls(root, detail=False) if fs.isdir(root) else []:
+    fs = folder.fresh_fs()
+    for path in fs.ls(folder.path, detail=False) if fs.isdir(folder.path) else []:
         name = posixpath.basename(path.rstrip("/"))
         if name.startswith("run-") and name != keep:
             fs.rm(path, recursive=True)
@@ -65,6 +66,7 @@ class PartitionWork:
     """One partition taken for this run, from its lease to its switch."""
 
     state: PartitionState
+    roots: Roots
     lease: Lease
     outcome: PartitionOutcome
     run_id: str
@@ -81,21 +83,20 @@ def start_partition(config: NightlyConfig, state: PartitionState, info: ModelInf
            work: PartitionWork) -> None:
     """Everything before the dataflow: reuse the unchanged shards' summaries, check ids over the whole
     partition, plan the summarize run of the rest into the partition's staging."""
-    opts, template, partition = config.summarize.storage_options, config.summarize, state.partition
-    out = storage.join(config.output, partition.path)
-    staging_root = storage.join(config.output, STAGING, partition.path)
-    staged = storage.join(staging_root, f"run-{work.run_id}")
-    _drop_other_runs(staging_root, f"run-{work.run_id}", opts)
+    template, partition, roots = config.summarize, state.partition, work.roots
+    staging_root = roots.output.child(STAGING, partition.path)
+    staged = staging_root.child(f"run-{work.run_id}")
+    _drop_other_runs(staging_root, f"run-{work.run_id}")
     work.kept = _reusable(state, settings)
     todo = [f.name for f in partition.inputs if f.name not in work.kept]
-    job = dataclasses.replace(template, input=storage.join(config.corpus, partition.path, "*.parquet"), output=staged,
+    job = dataclasses.replace(template, input=roots.corpus.child(partition.path, "*.parquet").url, output=staged.url,
                               overwrite=False, only_shards=tuple(todo) if work.kept else ())
     totals = {"rows_in": 0, "rows_out": 0, "failed_by_reason": Counter(), "truncated": 0, "rows_written": 0,
               "oom_splits": 0,
               "shard_files": dict(work.kept), "files": sorted(f for files in work.kept.values() for f in files),
               "generation": generation_settings(info.generation),
               "id_column": (state.marker or {}).get("id_column")}
-    for stats in commit.read_stats(out, totals["files"], opts):
+    for stats in commit.read_stats(roots.output.child(partition.path), totals["files"]):
         totals["rows_in"] += stats["rows"]
         totals["rows_out"] += stats["rows"]
         totals["failed_by_reason"].update(stats["failed_by_reason"])
@@ -104,10 +105,10 @@ def start_partition(config: NightlyConfig, state: PartitionState, info: ModelInf
     if work.kept:
         whole = inspect_input(dataclasses.replace(job, only_shards=()))
         if not whole.derived_id:  # the new shards' ids must not repeat the kept shards' ones
-            check_unique(whole, job.input, opts)
+            check_unique(whole)
     work.summarized = bool(todo)
     if not todo:  # shards only removed: a staging folder all the same, so that `repair` finds a crashed switch
-        storage.write_json_atomic(storage.join(staged, "_SWITCH.json"), {"partition": partition.path}, opts)
+        storage.write_json_atomic(staged.child("_SWITCH.json"), {"partition": partition.path})
     if todo:
         begun = plan_run(job, preflight(job, info))
         work.pending = begun if isinstance(begun, PlannedRun) else None  # None: staged and complete already
@@ -115,17 +116,16 @@ def start_partition(config: NightlyConfig, state: PartitionState, info: ModelInf
 
 def switch_partition(config: NightlyConfig, work: PartitionWork) -> None:
     """Check the staged run and switch the partition's new set of files into place; raises on any failure."""
-    opts, template, partition = config.summarize.storage_options, config.summarize, work.state.partition
-    out = storage.join(config.output, partition.path)
-    staging_root = storage.join(config.output, STAGING, partition.path)
-    staged = storage.join(staging_root, f"run-{work.run_id}")
+    template, partition, roots = config.summarize, work.state.partition, work.roots
+    staging_root = roots.output.child(STAGING, partition.path)
+    staged = staging_root.child(f"run-{work.run_id}")
     totals = work.totals
     if work.pending is not None:
         result = finish_run(work.pending)
         totals["rows_written"], totals["generation"] = result.rows_written, result.generation
         totals["oom_splits"] = result.oom_splits
     if work.summarized:
-        summary = storage.read_json(storage.join(staged, storage.MARKER_NAME), opts)
+        summary = storage.read_json(staged.child(storage.MARKER_NAME))
         if summary is None or summary["rows_out"] != summary["rows_in"]:  # never mark a partial partition done
             counts = f"{summary['rows_out']} rows for {summary['rows_in']} input rows" if summary else "no marker"
             raise RuntimeError(f"staged output {staged} is incomplete: {counts}")
@@ -135,7 +135,7 @@ def switch_partition(config: NightlyConfig, work: PartitionWork) -> None:
         totals["shard_files"].update(summary["shard_files"])
         totals["files"] = sorted(totals["files"] + summary["files"])
         totals["id_column"] = summary.get("id_column")
-    now = rescan(config.corpus, partition, opts)
+    now = rescan(roots.corpus, partition)
     if now is None or now.inputs != partition.inputs:
         raise RuntimeError(f"the inputs of {partition.path} changed during the run; the next run processes them")
     work.lease.check()  # renews: the switch below runs with a full TTL ahead
@@ -150,8 +150,8 @@ def switch_partition(config: NightlyConfig, work: PartitionWork) -> None:
         "reused_shards": sorted(work.kept), "started_at": utc(work.started), "ended_at": utc(time.time()),
         "code_version": code_version(), "owner": work.lease.owner,
     }
-    commit.publish(staged, out, totals["files"], marker, opts)
-    storage.remove_tree(staging_root, opts)
+    commit.publish(staged, roots.output.child(partition.path), totals["files"], marker)
+    storage.remove_tree(staging_root)
     o = work.outcome
     o.rows_in, o.rows_out, o.rows_written = marker["rows_in"], marker["rows_out"], totals["rows_written"]
     o.failed_rows, o.oom_splits = marker["failed_rows"], totals["oom_splits"]
@@ -183,18 +183,18 @@ def close_work(work: PartitionWork, action: str | None = None, detail: str = "")
     work.outcome.seconds = round(time.time() - work.started, 3)
 
 
-def new_work(config: NightlyConfig, state: PartitionState, owner: str, settings: dict[str, Any]) -> PartitionWork:
+def new_work(config: NightlyConfig, roots: Roots, state: PartitionState, owner: str,
+             settings: dict[str, Any]) -> PartitionWork:
     partition = state.partition
     outcome = PartitionOutcome(partition.path, "processed", state.reason, state.detail)
-    lease = Lease(storage.join(config.output, LEASES, partition.path), owner, config.lease_ttl_s,
-                  config.summarize.storage_options)
-    return PartitionWork(state, lease, outcome, _run_id(partition, settings), time.time(), settings)
+    lease = Lease(roots.output.child(LEASES, partition.path), owner, config.lease_ttl_s)
+    return PartitionWork(state, roots, lease, outcome, _run_id(partition, settings), time.time(), settings)
 
 
 def take_partition(config: NightlyConfig, work: PartitionWork, info: ModelInfo) -> None:
     """Take the partition's lease, look again (another run may have done it), then tidy it or start its work.
     Any error, storage ones included, fails this partition only."""
-    opts, settings, lease, outcome = config.summarize.storage_options, work.settings, work.lease, work.outcome
+    settings, lease, outcome, roots = work.settings, work.lease, work.outcome, work.roots
     partition = work.state.partition
     try:
         holder = lease.try_acquire()
@@ -209,16 +209,16 @@ def take_partition(config: NightlyConfig, work: PartitionWork, info: ModelInfo) 
         return
     try:
         lease.keep_alive()
-        current = rescan(config.corpus, partition, opts)
+        current = rescan(roots.corpus, partition)
         if current is None:
             outcome.reason = "gone"
             close_work(work, "skipped", "its input files were removed")
             return
-        fresh = state_of(current, config.output, opts, settings)
+        fresh = state_of(current, roots.output, settings)
         work.state, work.run_id = fresh, _run_id(current, settings)
         if not wanted_now(fresh, config.reprocess):
             outcome.reason = fresh.reason
-            tidied = tidy_partition(fresh, config.output, opts)
+            tidied = tidy_partition(fresh, roots.output)
             done = "completed by another run" if fresh.reason == "done" else fresh.detail
             close_work(work, "skipped", tidied or done)
             return
@@ -231,10 +231,10 @@ def wanted_now(state: PartitionState, reprocess: str) -> bool:
     return state.todo or reprocess == "all" or (reprocess == "stale" and state.reason == "stale")
 
 
-def tidy_partition(state: PartitionState, output: str, opts: dict[str, Any]) -> str:
+def tidy_partition(state: PartitionState, output: Location) -> str:
     """Finish an interrupted switch: delete data files the marker does not name, and staging leftovers."""
-    storage.remove_files(storage.join(output, state.partition.path), list(state.stray_files), opts)
+    storage.remove_files(output.child(state.partition.path), list(state.stray_files))
     if state.staging:
-        storage.remove_tree(storage.join(output, STAGING, state.partition.path), opts)
+        storage.remove_tree(output.child(STAGING, state.partition.path))
     done = [f"removed {len(state.stray_files)} old file(s)"] if state.stray_files else []
     return ", ".join(done + (["removed staging leftovers"] if state.staging else []))

@@ -16,9 +16,18 @@ from typing import Any
 
 from ..io import storage
 from ..io.fingerprints import differences
+from ..io.storage import Location
 
 STAGING = "_staging"  # in-progress runs: <output>/_staging/<partition>/run-<id>/ (hidden from Parquet readers)
 LEASES = "_leases"  # <output>/_leases/<partition>/<generation>.json
+
+
+@dataclass(frozen=True)
+class Roots:
+    """A nightly run's corpus and output, each resolved once; a partition's folders are at its path under them."""
+
+    corpus: Location
+    output: Location
 
 
 @dataclass(frozen=True)
@@ -90,13 +99,11 @@ def _find(fs, root: str, folder: str, by_folder: dict[str, list[InputFile]], ign
         by_folder.setdefault(parent, []).append(InputFile(name, int(info["size"]), storage.version_of(info)))
 
 
-def discover(corpus: str, storage_options: dict[str, Any] | None = None, date: str | None = None,
-             since: str | None = None) -> Discovery:
+def discover(corpus: Location, date: str | None = None, since: str | None = None) -> Discovery:
     """The dated leaf partitions under `corpus` with their shards (sizes and versions), oldest first; with
     `date` or `since`, only those. When every top-level folder is a `date=` one, only the selected dates are
     listed (one listing of the root, one per date); otherwise the whole corpus is listed once, recursively."""
-    fs, root = storage.url_to_fs(corpus, storage_options)
-    root = root.rstrip("/")
+    fs, root = corpus.fresh_fs(), corpus.path.rstrip("/")
     if not fs.isdir(root):
         raise FileNotFoundError(f"corpus {corpus} does not exist or is not a folder")
     by_folder: dict[str, list[InputFile]] = {}
@@ -121,11 +128,11 @@ def discover(corpus: str, storage_options: dict[str, Any] | None = None, date: s
     return Discovery(sorted(partitions, key=lambda p: p.sort_key), sorted(ignored), listings)
 
 
-def rescan(corpus: str, partition: Partition, storage_options: dict[str, Any] | None = None) -> Partition | None:
+def rescan(corpus: Location, partition: Partition) -> Partition | None:
     """The partition's shards as they are now (None when it has none left): one listing of its folder."""
-    fs, root = storage.url_to_fs(storage.join(corpus, partition.path), storage_options)
+    folder = corpus.child(partition.path)
     try:
-        infos = fs.ls(root, detail=True)
+        infos = folder.fresh_fs().ls(folder.path, detail=True)
     except FileNotFoundError:
         return None
     files = sorted((InputFile(posixpath.basename(i["name"].rstrip("/")), int(i["size"]), storage.version_of(i))
@@ -163,13 +170,12 @@ def _diff(old: list[dict[str, Any]], new: list[dict[str, Any]]) -> str:
     return "; ".join(parts)
 
 
-def state_of(partition: Partition, output: str, storage_options: dict[str, Any] | None = None,
-             settings: dict[str, Any] | None = None) -> PartitionState:
+def state_of(partition: Partition, output: Location, settings: dict[str, Any] | None = None) -> PartitionState:
     """Compare the partition's inputs, and `settings` (model and what else the summaries depend on) if given,
     with its marker; reads only (listings and the marker)."""
-    out = storage.join(output, partition.path)
-    marker = storage.read_json(storage.join(out, storage.MARKER_NAME), storage_options)
-    staging = storage.exists(storage.join(output, STAGING, partition.path), storage_options)
+    out = output.child(partition.path)
+    marker = storage.read_json(out.child(storage.MARKER_NAME))
+    staging = storage.exists(output.child(STAGING, partition.path))
     if marker is None:
         if staging:
             return PartitionState(partition, "incomplete", "an earlier run stopped before its marker", staging=True)
@@ -177,7 +183,7 @@ def state_of(partition: Partition, output: str, storage_options: dict[str, Any] 
     if marker.get("inputs") != partition.manifest():
         return PartitionState(partition, "changed", _diff(marker.get("inputs", []), partition.manifest()),
                               marker, staging=staging)
-    stray = tuple(name for name in storage.data_names(out, storage_options) if name not in marker["files"])
+    stray = tuple(name for name in storage.data_names(out) if name not in marker["files"])
     recorded = marker.get("settings") or {}
     if settings is not None and recorded != settings:
         keys = sorted(k for k in {*recorded, *settings} if recorded.get(k) != settings.get(k))

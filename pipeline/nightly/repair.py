@@ -4,21 +4,19 @@ from __future__ import annotations
 
 import posixpath
 
-from ..io import storage
 from ..io.lease import Lease
 from .config import NightlyConfig
 from .partition_work import release_lease, tidy_partition
-from .partitions import LEASES, STAGING, Partition, partition_keys, rescan, state_of
+from .partitions import LEASES, STAGING, Partition, Roots, partition_keys, rescan, state_of
 from .report import PartitionOutcome
 
 
-def repair(config: NightlyConfig, owner: str) -> list[PartitionOutcome]:
+def repair(config: NightlyConfig, roots: Roots, owner: str) -> list[PartitionOutcome]:
     """Finish switches that a crash interrupted, in any partition (selected or not): a partition whose marker
     is current but whose folder still holds files the marker does not name. Such a partition still has its
     staging folder, so one listing of `_staging/` finds them all; each is tidied under its lease."""
-    opts = config.summarize.storage_options
-    fs, root = storage.url_to_fs(storage.join(config.output, STAGING), opts)
-    root = root.rstrip("/")
+    staging = roots.output.child(STAGING)
+    fs, root = staging.fresh_fs(), staging.path.rstrip("/")
     try:
         paths = fs.find(root, withdirs=True, detail=False)
     except FileNotFoundError:
@@ -28,16 +26,16 @@ def repair(config: NightlyConfig, owner: str) -> list[PartitionOutcome]:
     outcomes = []
     for folder in folders:
         keys = partition_keys(folder)
-        current = rescan(config.corpus, Partition(folder, keys, ()), opts) if keys else None
-        state = state_of(current, config.output, opts) if current else None
+        current = rescan(roots.corpus, Partition(folder, keys, ())) if keys else None
+        state = state_of(current, roots.output) if current else None
         if state is None or state.reason != "done" or not state.stray_files:
             continue
         outcome = PartitionOutcome(folder, "repaired", "interrupted switch")
-        lease = Lease(storage.join(config.output, LEASES, folder), owner, config.lease_ttl_s, opts)
+        lease = Lease(roots.output.child(LEASES, folder), owner, config.lease_ttl_s)
         try:
             if lease.try_acquire() is not None:
                 continue  # another run holds it and finishes the switch itself
-            outcome.detail = tidy_partition(state_of(current, config.output, opts), config.output, opts)
+            outcome.detail = tidy_partition(state_of(current, roots.output), roots.output)
         except Exception as e:
             outcome.action, outcome.detail = "failed", f"repair: {type(e).__name__}: {e}"
         finally:

@@ -17,9 +17,10 @@ from ..batch import ModelInfo, SummarizeConfig, inspect_model, run_settings
 from ..cluster.metrics import record_partitions
 from ..io import storage
 from ..io.lease import Lease, new_owner, retried
+from ..io.storage import Location
 from .config import NightlyConfig
 from .partition_work import PartitionWork, close_work, new_work, take_partition, wanted_now
-from .partitions import LEASES, PartitionState, discover, state_of
+from .partitions import LEASES, PartitionState, Roots, discover, state_of
 from .repair import repair
 from .report import NightlyReport, PartitionOutcome, utc
 from .shared_pool import run_together
@@ -27,11 +28,11 @@ from .shared_pool import run_together
 RUNS = "_runs"
 
 
-def plan(config: NightlyConfig, settings: dict[str, Any] | None = None
+def plan(config: NightlyConfig, roots: Roots, settings: dict[str, Any] | None = None
          ) -> tuple[list[PartitionState], list[str], int]:
     """The selected partitions' states, oldest first, the ignored files and the listings made. Reads only."""
-    found = discover(config.corpus, config.summarize.storage_options, config.date, config.since)
-    states = [state_of(p, config.output, config.summarize.storage_options, settings) for p in found.partitions]
+    found = discover(roots.corpus, config.date, config.since)
+    states = [state_of(p, roots.output, settings) for p in found.partitions]
     return states, found.ignored, found.listings
 
 
@@ -57,6 +58,7 @@ def run_nightly(config: NightlyConfig, dry_run: bool = False, info: ModelInfo | 
     start = time.time()
     owner = new_owner()
     opts = config.summarize.storage_options
+    roots = Roots(Location.of(config.corpus, opts), Location.of(config.output, opts))
     report = NightlyReport(owner, config.corpus, config.output, dry_run, utc(start))
     works: list[PartitionWork] = []
     finished = False  # the body ran to its end (or was stopped by SIGTERM): a failed report write then raises
@@ -65,13 +67,13 @@ def run_nightly(config: NightlyConfig, dry_run: bool = False, info: ModelInfo | 
         info = model_info(config) if info is None else info
         settings = run_settings(_template(config), info)
         if not dry_run:
-            report.partitions.extend(repair(config, owner))
-        states, report.ignored_files, report.listings = plan(config, settings)
+            report.partitions.extend(repair(config, roots, owner))
+        states, report.ignored_files, report.listings = plan(config, roots, settings)
         budget = config.max_partitions if config.max_partitions is not None else len(states)
         for state in states:
-            outcome = _outcome_without_work(config, state, owner, dry_run, budget)
+            outcome = _outcome_without_work(config, roots, state, owner, dry_run, budget)
             if outcome is None:
-                works.append(new_work(config, state, owner, settings))  # first: a SIGTERM from here releases it
+                works.append(new_work(config, roots, state, owner, settings))  # first: a SIGTERM from here releases it
                 outcome = works[-1].outcome
                 report.partitions.append(outcome)
                 take_partition(config, works[-1], info)
@@ -92,16 +94,17 @@ def run_nightly(config: NightlyConfig, dry_run: bool = False, info: ModelInfo | 
         if not dry_run:
             record_partitions(report.partitions)
             stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(start))
-            report.report_url = storage.join(config.output, RUNS, f"{stamp}-{owner.rsplit(':', 1)[-1]}.json")
+            at = roots.output.child(RUNS, f"{stamp}-{owner.rsplit(':', 1)[-1]}.json")
+            report.report_url = at.url
             try:
-                retried(storage.write_json_atomic, report.report_url, report.to_dict(), opts)
+                retried(storage.write_json_atomic, at, report.to_dict())
             except Exception:
                 if finished:
                     raise  # otherwise the error that ended the run is the one to see
     return report
 
 
-def _outcome_without_work(config: NightlyConfig, state: PartitionState, owner: str, dry_run: bool,
+def _outcome_without_work(config: NightlyConfig, roots: Roots, state: PartitionState, owner: str, dry_run: bool,
           budget: int) -> PartitionOutcome | None:
     """A selected partition's outcome when it is skipped or a dry run; None when it is to be taken."""
     name = state.partition.path
@@ -110,8 +113,7 @@ def _outcome_without_work(config: NightlyConfig, state: PartitionState, owner: s
         hint = " (pass --reprocess stale to redo it)" if state.reason == "stale" else ""
         return PartitionOutcome(name, "skipped", state.reason, state.detail + hint)
     if dry_run:
-        lease = Lease(storage.join(config.output, LEASES, name), owner, config.lease_ttl_s,
-                      config.summarize.storage_options)
+        lease = Lease(roots.output.child(LEASES, name), owner, config.lease_ttl_s)
         holder = lease.holder()
         leased = f" (leased by {holder['owner']} until {holder['expires']})" if holder else ""
         action = "would-process" if wanted else "skipped"

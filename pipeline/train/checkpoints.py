@@ -20,7 +20,7 @@ import torch
 
 from model import EncoderDecoderModel, Tokenizer
 
-from ..io.storage import arrow_fs, url_to_fs
+from ..io.storage import Location, arrow_fs
 from .config import FinetuneConfig
 
 METRICS_FILE = "metrics.jsonl"
@@ -40,14 +40,14 @@ def latest_checkpoint(cfg: FinetuneConfig) -> ray.train.Checkpoint | None:
     Ray Train's controller learns of a reported checkpoint when it next polls the workers (every 2 s); a worker
     dying in between loses it from Ray's list although it is safely stored, so the run dir is scanned as well.
     """
-    fs, root = url_to_fs(cfg.run_dir, cfg.storage_options)
+    run_dir = Location.of(cfg.run_dir, cfg.storage_options)
+    fs, root = run_dir.fresh_fs(), run_dir.path
     stored = sorted(p for p in fs.glob(f"{root}/checkpoint_*") if fs.exists(f"{p}/{TRAIN_STATE}")
                     and fs.exists(f"{p}/config.json") and fs.exists(f"{p}/model.safetensors"))
     registered = ray.train.get_checkpoint()
     if not stored or (registered and posixpath.basename(registered.path) >= posixpath.basename(stored[-1])):
         return registered
-    filesystem, _ = arrow_fs(cfg.run_dir, cfg.storage_options)
-    return ray.train.Checkpoint(stored[-1], filesystem=filesystem)
+    return ray.train.Checkpoint(stored[-1], filesystem=arrow_fs(run_dir))
 
 
 def report_checkpoint(record: dict, model: EncoderDecoderModel, tok: Tokenizer, optimizer, scheduler,
@@ -82,8 +82,8 @@ class MetricsLog:
     checkpoint's step are dropped (they are trained again)."""
 
     def __init__(self, run_dir: str, resume_step: int, storage_options: dict):
-        self.fs, root = url_to_fs(run_dir, storage_options)
-        self.path = f"{root}/{METRICS_FILE}"
+        metrics = Location.of(run_dir, storage_options).child(METRICS_FILE)
+        self.fs, self.path = metrics.fresh_fs(), metrics.path
         self.records: list[dict] = []
         if self.fs.exists(self.path):
             lines = self.fs.cat_file(self.path).decode().splitlines()

@@ -16,7 +16,7 @@ import torch
 
 from model import Tokenizer, pad_ids
 
-from ..io.storage import arrow_fs, list_parquet
+from ..io.storage import Location, arrow_fs, list_parquet
 
 
 @dataclass(frozen=True)
@@ -35,8 +35,8 @@ class SplitStats:
 def inspect_split(url: str, text_column: str, summary_column: str,
                   storage_options: dict | None = None) -> SplitStats:
     """Count rows and empty pairs of Parquet shards; a missing column is an error naming those present."""
-    filesystem, _ = arrow_fs(url, storage_options)
-    dataset = pads.dataset(list_parquet(url, storage_options), format="parquet", filesystem=filesystem)
+    split = Location.of(url, storage_options)
+    dataset = pads.dataset(list_parquet(split), format="parquet", filesystem=arrow_fs(split))
     present = dataset.schema.names
     missing = [c for c in (text_column, summary_column) if c not in present]
     if missing:
@@ -98,8 +98,8 @@ def pairs_dataset(url: str, text_column: str, summary_column: str,
     """Parquet -> (article, summary) text pairs, empty ones dropped, lazily; each epoch re-reads in a streaming
     fashion. Tokenizing waits for the worker (`PairBatches`), so that a resumed worker skips the batches it
     trained on before its checkpoint without tokenizing or padding them."""
-    filesystem, _ = arrow_fs(url, storage_options)
-    ds = ray.data.read_parquet(list_parquet(url, storage_options), filesystem=filesystem)
+    split = Location.of(url, storage_options)
+    ds = ray.data.read_parquet(list_parquet(split), filesystem=arrow_fs(split))
     return ds.select_columns([text_column, summary_column]).map_batches(
         _drop_empty_pairs, batch_format="pyarrow", batch_size=None,
         fn_kwargs={"text_column": text_column, "summary_column": summary_column})

@@ -19,7 +19,7 @@ from ray.train.torch import TorchTrainer
 
 from model import Tokenizer
 
-from ..io.storage import arrow_fs, url_to_fs
+from ..io.storage import Location, arrow_fs
 from .checkpoints import is_state_file
 from .config import FinetuneConfig
 from .data import SplitStats, TokenizePairs, inspect_split, pairs_dataset
@@ -89,15 +89,15 @@ def run_finetune(cfg: FinetuneConfig) -> FinetuneResult:
 def make_trainer(cfg: FinetuneConfig, loop: Callable[[dict], None], loop_config: dict,
                  train_ds: ray.data.Dataset) -> TorchTrainer:
     """TorchTrainer with cfg's scaling, storage, failure and checkpoint policy and a deterministic data split."""
-    filesystem, run_path = arrow_fs(cfg.run_dir, cfg.storage_options)
-    storage_path, name = posixpath.split(run_path)
+    run_dir = Location.of(cfg.run_dir, cfg.storage_options)
+    storage_path, name = posixpath.split(run_dir.path)
     return TorchTrainer(
         loop,
         train_loop_config=loop_config,
         scaling_config=ray.train.ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
                                                resources_per_worker={"CPU": cfg.cpus_per_worker}),
         run_config=ray.train.RunConfig(
-            name=name, storage_path=storage_path, storage_filesystem=filesystem,
+            name=name, storage_path=storage_path, storage_filesystem=arrow_fs(run_dir),
             failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(
                 num_to_keep=cfg.keep_checkpoints, checkpoint_score_attribute=cfg.score_attribute,
@@ -111,7 +111,8 @@ def make_trainer(cfg: FinetuneConfig, loop: Callable[[dict], None], loop_config:
 
 def export_checkpoint(checkpoint: ray.train.Checkpoint, output_url: str, storage_options: dict | None = None) -> None:
     """Copy the HF model folder of a checkpoint (not its training state) to output_url, config.json last."""
-    fs, root = url_to_fs(output_url, storage_options)
+    output = Location.of(output_url, storage_options)
+    fs, root = output.fresh_fs(), output.path
     fs.makedirs(root, exist_ok=True)
     with checkpoint.as_directory() as local:
         names = [n for n in os.listdir(local) if os.path.isfile(os.path.join(local, n)) and not is_state_file(n)]
