@@ -24,9 +24,9 @@ def _early_stopping(text: str) -> bool | str:
 
 
 def job_parser(module: str, doc: str | None) -> argparse.ArgumentParser:
-    """The parser of `python -m <module>`, with the job's docstring (usage example included) as its help."""
-    return argparse.ArgumentParser(prog=f"python -m {module}", description=doc,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+    """The parser of `python -m <module>` (or `b2b <command>`), the job's docstring (usage included) as help."""
+    prog = f"b2b {module.rsplit('.', 1)[1]}" if os.path.basename(sys.argv[0]) == "b2b" else f"python -m {module}"
+    return argparse.ArgumentParser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
 def add_model_flags(parser: argparse.ArgumentParser) -> None:

@@ -1,0 +1,71 @@
+"""The installed command (`b2b`, from `pip install .`): its local `generate` and the job subcommands."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from model import pipeline
+from tests.helpers import ROOT, articles
+
+B2B = os.path.join(os.path.dirname(sys.executable), "b2b")
+GEN = ["--num-beams", "2", "--max-length", "20"]
+
+
+def b2b(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([B2B, *args], input=stdin, capture_output=True, text=True, cwd=ROOT, timeout=300)
+
+
+def test_piped_text_prints_what_the_pipeline_gives(tiny_model):
+    texts = [r["article"][:400].replace("\n", " ") for r in articles(3)]
+    done = b2b("generate", "--model", str(tiny_model), *GEN, stdin="\n".join(texts) + "\n")
+    assert done.returncode == 0, done.stderr
+    want = pipeline("summarization", model=tiny_model)(texts, num_beams=2, max_length=20)
+    assert done.stdout.splitlines() == [w["summary_text"] for w in want]
+
+
+def test_jsonl_and_parquet_inputs_keep_their_ids(tiny_model, tmp_path):
+    rows = [{"id": f"doc-{i}", "body": r["article"][:300]} for i, r in enumerate(articles(4))]
+    want = pipeline("summarization", model=tiny_model)([r["body"] for r in rows], num_beams=2, max_length=20)
+    (tmp_path / "in.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "in.parquet")
+    for name in ("in.jsonl", "in.parquet"):
+        out = tmp_path / f"{name}.out"
+        done = b2b("generate", str(tmp_path / name), "--model", str(tiny_model), "--text-column", "body",
+                   "--output", str(out), *GEN)
+        assert done.returncode == 0, done.stderr
+        got = [json.loads(line) for line in out.read_text().splitlines()]
+        assert got == [{"id": r["id"], **w} for r, w in zip(rows, want, strict=True)]
+
+
+def test_bad_input_exits_non_zero_with_one_line_naming_it(tiny_model, tmp_path):
+    (tmp_path / "in.jsonl").write_text(json.dumps({"id": 1, "article": "text"}) + "\n")
+    cases = [
+        (("generate", "--model", str(tmp_path / "missing")), "x\n", "missing"),
+        (("generate", str(tmp_path / "in.jsonl"), "--model", str(tiny_model), "--text-column", "body"), None,
+         "column 'body' is not in"),
+        (("generate", "--model", str(tiny_model)), "", "no texts in standard input"),
+        (("generate", str(tmp_path / "nope.txt"), "--model", str(tiny_model)), None, "no input file"),
+    ]
+    for args, stdin, message in cases:
+        done = b2b(*args, stdin=stdin)
+        assert done.returncode != 0 and message in done.stderr, (args, done.stderr)
+        assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+
+
+def test_every_subcommand_has_help_and_unknown_ones_are_refused():
+    for command in ("generate", "summarize", "nightly", "finetune", "convert"):
+        done = b2b(command, "--help")
+        assert done.returncode == 0 and "usage:" in done.stdout and "--" in done.stdout, command
+    assert "b2b generate" in b2b("generate", "--help").stdout
+    top = b2b("--help")
+    assert top.returncode == 0 and all(c in top.stdout for c in ("generate", "summarize", "convert"))
+    wrong = b2b("summarise")
+    assert wrong.returncode == 2 and "unknown command 'summarise'" in wrong.stderr
+    assert pathlib.Path(B2B).exists()
