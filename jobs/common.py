@@ -61,14 +61,52 @@ def summarize_config(args: argparse.Namespace, input: str, output: str, **kwargs
         worker_wait_s=args.wait_for_workers_s or 0.0, rows_per_file=args.rows_per_file, **kwargs)
 
 
+def _json_value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise argparse.ArgumentTypeError(f"not valid JSON ({e.msg} at character {e.pos})") from None
+
+
+def _generation_file(text: str) -> dict:
+    """--generation-config: a generation_config.json file, or its JSON inline."""
+    if os.path.isfile(text):
+        with open(text, encoding="utf-8") as f:
+            text = f.read()
+    settings = {k: v for k, v in _json_object(text).items() if not k.startswith("_") and k != "transformers_version"}
+    unknown = sorted(set(settings) - set(GenerationOverrides.names()))
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown generation setting(s) {', '.join(unknown)} (known: "
+                                         f"{', '.join(GenerationOverrides.names())})")
+    return settings
+
+
 def add_generation_flags(parser: argparse.ArgumentParser) -> None:
-    g = parser.add_argument_group("generation (unset: the checkpoint's generation_config.json)")
-    g.add_argument("--num-beams", type=int, help="beam width (1: greedy)")
-    g.add_argument("--max-length", type=int, help="longest summary in tokens, [CLS] included")
-    g.add_argument("--min-length", type=int, help="shortest summary in tokens before [SEP] is allowed")
+    g = parser.add_argument_group("generation (transformers' names and meanings; unset: the checkpoint's "
+                                  "generation_config.json)")
+    g.add_argument("--generation-config", type=_generation_file, default={},
+                   help="a generation_config.json file, or its JSON inline: any of the settings below (the flags "
+                        "below win over it)")
+    g.add_argument("--num-beams", type=int, help="beam width (1: greedy, or sampling with --do-sample)")
+    g.add_argument("--max-length", type=int, help="longest output in tokens, the decoder start token included")
+    g.add_argument("--min-length", type=int, help="shortest output in tokens before EOS is allowed")
+    g.add_argument("--max-new-tokens", type=int, help="longest output in generated tokens (wins over --max-length)")
+    g.add_argument("--min-new-tokens", type=int, help="shortest output in generated tokens (wins over --min-length)")
     g.add_argument("--length-penalty", type=float, help="exponent on length when ranking finished beams")
     g.add_argument("--no-repeat-ngram-size", type=int, help="forbid repeating n-grams of this size (0: off)")
     g.add_argument("--early-stopping", type=_early_stopping, help="beam search stop rule: true, false or never")
+    g.add_argument("--repetition-penalty", type=float, help="divide the scores of tokens already in the output "
+                                                            "(CTRL's penalty; 1.0: off)")
+    g.add_argument("--do-sample", action="store_true", default=None, help="sample instead of greedy/beam search")
+    g.add_argument("--temperature", type=float, help="sampling: divide the logits by this")
+    g.add_argument("--top-k", type=int, help="sampling: keep the k most likely tokens (0: all)")
+    g.add_argument("--top-p", type=float, help="sampling: keep the smallest set of tokens whose probability "
+                                               "reaches p (nucleus)")
+    g.add_argument("--seed", type=int, help="sampling: seed each generate call with this (the draws still depend "
+                                            "on how rows are batched)")
+    g.add_argument("--bad-words-ids", type=_json_value, help="JSON list of token-id lists that must not be generated")
+    g.add_argument("--forced-bos-token-id", type=int, help="token forced as the first generated token")
+    g.add_argument("--forced-eos-token-id", type=int, help="token forced when max_length is reached")
 
 
 def add_scaling_flags(parser: argparse.ArgumentParser) -> None:
@@ -117,9 +155,9 @@ def add_storage_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def generation_from_args(args: argparse.Namespace) -> GenerationOverrides:
-    return GenerationOverrides(num_beams=args.num_beams, max_length=args.max_length, min_length=args.min_length,
-                               length_penalty=args.length_penalty, no_repeat_ngram_size=args.no_repeat_ngram_size,
-                               early_stopping=args.early_stopping)
+    """--generation-config, with the flags that are set over it."""
+    flags = {name: v for name in GenerationOverrides.names() if (v := getattr(args, name)) is not None}
+    return GenerationOverrides(**{**args.generation_config, **flags})
 
 
 def replicas_from_args(args: argparse.Namespace) -> Replicas:

@@ -69,3 +69,23 @@ def test_every_subcommand_has_help_and_unknown_ones_are_refused():
     wrong = b2b("summarise")
     assert wrong.returncode == 2 and "unknown command 'summarise'" in wrong.stderr
     assert pathlib.Path(B2B).exists()
+
+
+def test_generation_config_and_flags_reach_generate(tiny_model, tmp_path):
+    texts = [r["article"][:300].replace("\n", " ") for r in articles(3)]
+    settings = {"num_beams": 3, "max_length": 12, "repetition_penalty": 1.3, "no_repeat_ngram_size": 2,
+                "transformers_version": "5.24.0", "_from_model_config": False}
+    (tmp_path / "generation_config.json").write_text(json.dumps(settings))
+    done = b2b("generate", "--model", str(tiny_model), "--generation-config", str(tmp_path / "generation_config.json"),
+               "--num-beams", "2", stdin="\n".join(texts))  # the flag wins over the file
+    assert done.returncode == 0, done.stderr
+    want = pipeline("summarization", model=tiny_model)(texts, num_beams=2, max_length=12, repetition_penalty=1.3,
+                                                       no_repeat_ngram_size=2)
+    assert done.stdout.splitlines() == [w["summary_text"] for w in want]
+    sample = ["--do-sample", "--top-k", "5", "--temperature", "0.8", "--seed", "7", "--max-new-tokens", "6"]
+    runs = [b2b("generate", "--model", str(tiny_model), *sample, stdin="\n".join(texts)) for _ in range(2)]
+    drawn = pipeline("summarization", model=tiny_model)(texts, do_sample=True, top_k=5, temperature=0.8, seed=7,
+                                                        max_new_tokens=6)
+    assert runs[0].stdout == runs[1].stdout and runs[0].stdout.splitlines() == [d["summary_text"] for d in drawn]
+    wrong = b2b("generate", "--model", str(tiny_model), "--generation-config", '{"num_beam": 2}', stdin="x")
+    assert wrong.returncode == 2 and "unknown generation setting(s) num_beam" in wrong.stderr

@@ -51,8 +51,6 @@ CHANGES = {  # name -> (edit of the model folder, the identity key the refusal n
 }
 
 
-
-
 @pytest.fixture
 def corpus(tmp_path):
     folder = tmp_path / "in"
@@ -61,8 +59,6 @@ def corpus(tmp_path):
         rows = [{"id": s * 10 + i, "article": a["article"]} for i, a in enumerate(numbered(s * 3, 3))]
         pq.write_table(pa.Table.from_pylist(rows), folder / f"part-{s}.parquet")
     return folder
-
-
 
 
 @pytest.mark.parametrize("change", sorted(CHANGES))
@@ -75,7 +71,7 @@ def test_resume_after_a_change_is_refused_naming_it(local_ray, tiny_model, corpu
     config = summarize_config(corpus, output, model, **IDENTITY)
     pending = plan_run(config)  # an attempt that died before its first unit: its run record is all there is
     record = storage.read_json(Location.of(str(output / commit.RUN_NAME)))
-    assert record["attempt"] == pending.attempt and record["identity"]["identity_version"] == 2
+    assert record["attempt"] == pending.attempt and record["identity"]["identity_version"] == 3
 
     edit, key = CHANGES[change]
     edit(model)
@@ -83,6 +79,17 @@ def test_resume_after_a_change_is_refused_naming_it(local_ray, tiny_model, corpu
         preflight(config)
     assert storage.read_json(Location.of(str(output / commit.RUN_NAME))) == record
     assert not storage.data_files(Location.of(str(output)))
+
+
+def test_resume_with_another_sampling_seed_is_refused_naming_it(local_ray, tiny_model, corpus, tmp_path):
+    sampling = GenerationOverrides(do_sample=True, top_k=5, max_length=8, seed=1)
+    config = summarize_config(corpus, tmp_path / "out", tiny_model, generation=sampling, max_input_tokens=None)
+    plan_run(config)
+    other = summarize_config(corpus, tmp_path / "out", tiny_model, max_input_tokens=None,
+                             generation=GenerationOverrides(do_sample=True, top_k=5, max_length=8, seed=2))
+    with pytest.raises(ValueError, match=r"was started by a run with other inputs or settings \(seed: "):
+        preflight(other)
+    preflight(config)  # the same seed resumes
 
 
 def test_a_record_of_an_older_version_has_unknown_settings(local_ray, tiny_model, corpus, tmp_path):

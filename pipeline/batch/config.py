@@ -17,30 +17,73 @@ DTYPES = ("auto", "float32", "float16", "bfloat16")  # auto: bfloat16 on a GPU, 
 
 @dataclass(frozen=True)
 class GenerationOverrides:
-    """Generation settings that replace the checkpoint's generation_config.json; None keeps the checkpoint's."""
+    """Generation settings that replace the checkpoint's generation_config.json (transformers' names and
+    meanings); None keeps the checkpoint's. `seed` seeds sampling, each generate call the same way."""
 
     num_beams: int | None = None
     max_length: int | None = None
     min_length: int | None = None
+    max_new_tokens: int | None = None
+    min_new_tokens: int | None = None
     length_penalty: float | None = None
     no_repeat_ngram_size: int | None = None
-    early_stopping: bool | None = None
+    early_stopping: bool | str | None = None
+    repetition_penalty: float | None = None
+    do_sample: bool | None = None
+    temperature: float | None = None
+    top_k: int | None = None
+    top_p: float | None = None
+    bad_words_ids: tuple[tuple[int, ...], ...] | None = None
+    forced_bos_token_id: int | None = None
+    forced_eos_token_id: int | None = None
+    num_return_sequences: int | None = None  # only 1: the jobs write one summary per row
+    decoder_start_token_id: int | None = None
+    bos_token_id: int | None = None
+    eos_token_id: int | tuple[int, ...] | None = None
+    pad_token_id: int | None = None
+    seed: int | None = None
 
     def __post_init__(self) -> None:
-        for name in ("num_beams", "max_length"):
+        for name in ("num_beams", "max_length", "max_new_tokens", "num_return_sequences"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
-        for name in ("min_length", "no_repeat_ngram_size"):
+        for name in ("min_length", "min_new_tokens", "no_repeat_ngram_size", "top_k"):
             value = getattr(self, name)
             if value is not None and value < 0:
                 raise ValueError(f"{name} must be >= 0, got {value}")
+        for name in ("temperature", "repetition_penalty"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ValueError(f"{name} must be > 0, got {value}")
+        if self.top_p is not None and not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.max_length is not None and self.min_length is not None and self.min_length > self.max_length:
             raise ValueError(f"min_length {self.min_length} is larger than max_length {self.max_length}")
+        if self.bad_words_ids is not None:  # lists from JSON, kept as tuples: the config stays hashable
+            if not all(isinstance(w, (list, tuple)) and w and all(isinstance(i, int) for i in w)
+                       for w in self.bad_words_ids):
+                raise ValueError("bad_words_ids must be a list of non-empty lists of token ids")
+            object.__setattr__(self, "bad_words_ids", tuple(tuple(w) for w in self.bad_words_ids))
+        if isinstance(self.eos_token_id, list):
+            object.__setattr__(self, "eos_token_id", tuple(self.eos_token_id))
+
+    @classmethod
+    def names(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls)]
+
+    def settings(self) -> dict[str, Any]:
+        """The set generation settings, over the checkpoint's generation config (the seed apart)."""
+        out = {name: v for name in self.names() if name != "seed" and (v := getattr(self, name)) is not None}
+        if "bad_words_ids" in out:
+            out["bad_words_ids"] = [list(w) for w in out["bad_words_ids"]]
+        if isinstance(out.get("eos_token_id"), tuple):
+            out["eos_token_id"] = list(out["eos_token_id"])
+        return out
 
     def as_kwargs(self) -> dict[str, Any]:
-        """The set settings only, as keyword arguments of `EncoderDecoderModel.generate`."""
-        return {f.name: v for f in dataclasses.fields(self) if (v := getattr(self, f.name)) is not None}
+        """The set settings and the seed, as keyword arguments of `EncoderDecoderModel.generate`."""
+        return {**self.settings(), **({"seed": self.seed} if self.seed is not None else {})}
 
 
 @dataclass(frozen=True)

@@ -40,7 +40,7 @@ def inspect_model(config: SummarizeConfig) -> ModelInfo:
     if len(tokenizer) > model_config.encoder.vocab_size:
         raise ValueError(f"the tokenizer of model {url} has {len(tokenizer)} tokens, more than the encoder's "
                          f"vocabulary of {model_config.encoder.vocab_size}: its ids would index past the embeddings")
-    generation = generation.updated(**config.generation.as_kwargs())
+    generation = generation.updated(**config.generation.settings())
     try:
         check_generation(model_config, generation)
     except ValueError as e:

@@ -32,7 +32,7 @@ def run_settings(config: SummarizeConfig, info: ModelInfo) -> dict[str, Any]:
         "text_column": config.text_column, "id_column": config.id_column,
         "passthrough_columns": list(config.passthrough_columns), "max_input_tokens": max_tokens(config, info),
         "add_special_tokens": config.add_special_tokens, "dtype": config.dtype,
-        "generation": generation_settings(info.generation),
+        "generation": generation_settings(info.generation), "seed": config.generation.seed,
     }
 
 

@@ -33,7 +33,7 @@ MODEL_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "specia
                "vocab.txt", "spiece.model", "vocab.json", "merges.txt")
 WEIGHT_SUFFIXES = (".safetensors", ".safetensors.index.json", ".bin")
 # Bumped when the identity gains fields: a record of an older version has unknown settings (never equal).
-IDENTITY_VERSION = 2
+IDENTITY_VERSION = 3
 
 
 def model_fingerprint(model: Location) -> str:
