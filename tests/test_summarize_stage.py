@@ -1,0 +1,35 @@
+"""SummarizeStage in a user's own Ray Data dataflow: the pipeline's summaries, every row once."""
+
+from __future__ import annotations
+
+import pytest
+import ray
+
+from model import pipeline
+from pipeline.batch import SummarizeStage
+from tests.helpers import articles
+
+GEN = {"num_beams": 2, "max_length": 12}
+
+
+def test_stage_gives_the_pipeline_summaries_for_every_row_once(local_ray, tiny_model):
+    texts = [r["article"][:600] for r in articles(50)]
+    items = [{"doc": i, "article": t, "source": "cnndm"} for i, t in enumerate(texts)] + [
+        {"doc": 50, "article": None, "source": "cnndm"}]
+    ds = ray.data.from_items(items).map_batches(
+        SummarizeStage, fn_constructor_kwargs={"model": str(tiny_model), "generation": GEN}, concurrency=(1, 2),
+        batch_size=8, batch_format="pyarrow")
+    rows = ds.take_all()
+    assert sorted(r["doc"] for r in rows) == list(range(51))
+    by_doc = {r["doc"]: r for r in rows}
+    want = pipeline("summarization", model=tiny_model)(texts, **GEN)
+    assert [by_doc[i]["summary"] for i in range(50)] == [w["summary_text"] for w in want]
+    assert all(by_doc[i]["error"] is None and by_doc[i]["summary_tokens"] > 0 and by_doc[i]["source"] == "cnndm"
+               and by_doc[i]["article"] == texts[i] for i in range(50))
+    assert by_doc[50]["summary"] is None and by_doc[50]["error"] == "text is null"
+
+
+def test_stage_names_a_missing_column(tiny_model):
+    stage = SummarizeStage(str(tiny_model), text_column="body", generation=GEN)
+    with pytest.raises(KeyError, match="column 'body' is not in the batch"):
+        stage({"article": ["x"]})
