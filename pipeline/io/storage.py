@@ -38,19 +38,18 @@ def absolute(url: str) -> str:
 
 @dataclass(frozen=True, repr=False)
 class Location:
-    """A URL resolved once: its filesystem and the protocol-less path on it. `options` are the storage options
-    it was opened with, kept only for Ray workers that open more with them; never printed (`str` and `repr`
-    show the URL, passwords masked)."""
+    """A URL resolved once: its filesystem (opened with the storage options, which it keeps and pickles with,
+    so a Ray worker gets the same access) and the protocol-less path on it. `str` and `repr` show the URL
+    with passwords masked, never the options."""
 
     fs: fsspec.AbstractFileSystem
     path: str
-    options: dict[str, Any] = dataclasses.field(default_factory=dict, compare=False)
 
     @classmethod
     def of(cls, url: str, storage_options: dict[str, Any] | None = None) -> Location:
         """The URL resolved with fsspec (local paths come out absolute)."""
         fs, path = fsspec.core.url_to_fs(url, **(storage_options or {}))
-        return cls(fs, path, dict(storage_options or {}))
+        return cls(fs, path)
 
     @property
     def url(self) -> str:
