@@ -156,7 +156,7 @@ def add_storage_flags(parser: argparse.ArgumentParser) -> None:
 
 def generation_from_args(args: argparse.Namespace) -> GenerationOverrides:
     """--generation-config, with the flags that are set over it."""
-    flags = {name: v for name in GenerationOverrides.names() if (v := getattr(args, name)) is not None}
+    flags = {name: v for name in GenerationOverrides.names() if (v := getattr(args, name, None)) is not None}
     return GenerationOverrides(**{**args.generation_config, **flags})
 
 
