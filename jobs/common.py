@@ -104,6 +104,9 @@ def add_generation_flags(parser: argparse.ArgumentParser) -> None:
                                                "reaches p (nucleus)")
     g.add_argument("--seed", type=int, help="sampling: seed each generate call with this (the draws still depend "
                                             "on how rows are batched)")
+    g.add_argument("--num-return-sequences", type=int,
+                   help="outputs per input, best first (beam search: at most --num-beams; greedy: needs "
+                        "--do-sample); one output row per returned sequence, with its rank (0 the best)")
     g.add_argument("--bad-words-ids", type=_json_value, help="JSON list of token-id lists that must not be generated")
     g.add_argument("--forced-bos-token-id", type=int, help="token forced as the first generated token")
     g.add_argument("--forced-eos-token-id", type=int, help="token forced when max_length is reached")

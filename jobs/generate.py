@@ -37,8 +37,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--output", default="-", help="file to write (default: standard output)")
     parser.add_argument("--format", choices=("auto", "text", "jsonl"), default="auto",
                         help="text: one output per line (an error as 'ERROR: ...'); jsonl: one JSON object per "
-                             "input with the id, the task's key and any error; auto: text for text input, jsonl "
-                             "for .jsonl / .parquet")
+                             "output with the id, the task's key and any error (and its rank, 0 the best, with "
+                             "--num-return-sequences above 1: an input's outputs follow each other, best first); "
+                             "auto: text for text input, jsonl for .jsonl / .parquet")
     parser.add_argument("--device", default="auto", help="auto (the GPU when there is one), cpu, cuda or cuda:N")
     parser.add_argument("--dtype", default="auto", choices=("auto", "float32", "float16", "bfloat16"),
                         help="auto: bfloat16 on a GPU, float32 on a CPU (float32 gives transformers' tokens)")
@@ -66,12 +67,18 @@ def read_inputs(path: str, text_column: str, id_column: str) -> tuple[list[Any],
     return table.column(text_column).to_pylist(), ids
 
 
-def write(out: TextIO, results: list[dict], ids: list[Any] | None, start: int, key: str, fmt: str) -> None:
+def write(out: TextIO, results: list, ids: list[Any] | None, start: int, key: str, fmt: str) -> None:
+    """One line per output; with num_return_sequences > 1 an input's outputs follow each other, best first,
+    and JSON lines carry their rank (0 the best)."""
     for i, result in enumerate(results, start):
-        if fmt == "text":
-            out.write((result[key] if result.get("error") is None else f"ERROR: {result['error']}") + "\n")
-        else:
-            out.write(json.dumps({**({"id": ids[i]} if ids is not None else {}), **result}, ensure_ascii=False) + "\n")
+        ranked = list(enumerate(result)) if isinstance(result, list) else [(None, result)]
+        for rank, item in ranked:
+            if fmt == "text":
+                out.write((item[key] if item.get("error") is None else f"ERROR: {item['error']}") + "\n")
+                continue
+            line = {**({"id": ids[i]} if ids is not None else {}), **({"rank": rank} if rank is not None else {}),
+                    **item}
+            out.write(json.dumps(line, ensure_ascii=False) + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -31,9 +31,10 @@ class Generated(NamedTuple):
 
 
 class TextGenerator:
-    """`generator(rows)`: one Generated per row of token ids, with the model's generate and the settings given
-    (transformers' names, over the checkpoint's generation config). Counts its generate calls, their seconds
-    and its out-of-memory splits; on_call(seconds) is told of each call."""
+    """`generator(rows)`: `sequences` Generated per row of token ids (num_return_sequences, best first; rows
+    one after the other, as generate's [B * num_return_sequences] output), with the model's generate and the
+    settings given (transformers' names, over the checkpoint's generation config). Counts its generate calls,
+    their seconds and its out-of-memory splits; on_call(seconds) is told of each call."""
 
     def __init__(self, model: EncoderDecoderModel, tokenizer: Tokenizer, generation: dict[str, Any] | None = None,
                  batch_size: int = 256, max_batch_tokens: int | None = DEFAULT_BATCH_TOKENS,
@@ -42,16 +43,20 @@ class TextGenerator:
         self.model, self.tokenizer = model, tokenizer
         self.generation = dict(generation or {})
         self.beams = int(self.generation.get("num_beams") or model.generation_config.num_beams or 1)
+        self.sequences = int(self.generation.get("num_return_sequences")
+                             or model.generation_config.num_return_sequences or 1)
         self.batch_size, self.max_batch_tokens = batch_size, max_batch_tokens
         self.step, self.policy, self.on_call = step, policy, on_call
         self.special = torch.tensor(sorted(tokenizer.all_special_ids), device=model.device)
         self.calls, self.generate_s, self.oom_splits = 0, 0.0, 0
 
     def __call__(self, rows: Sequence[Sequence[int]]) -> list[Generated]:
-        out: list[Generated | None] = [None] * len(rows)
+        g = self.sequences
+        out: list[Generated | None] = [None] * (len(rows) * g)
         for part in batches([len(r) for r in rows], self.beams, self.max_batch_tokens, self.batch_size):
-            for i, result in zip(part, self.generate_or_split([rows[i] for i in part]), strict=True):
-                out[i] = result
+            results = self.generate_or_split([rows[i] for i in part])
+            for n, i in enumerate(part):
+                out[i * g:(i + 1) * g] = results[n * g:(n + 1) * g]
         return out
 
     @torch.inference_mode()
@@ -85,7 +90,7 @@ class TextGenerator:
             torch.cuda.empty_cache()
         if len(rows) == 1:
             log.warning("one input of %d tokens does not fit alone: %s", len(rows[0]), reason)
-            return [Generated(None, None, ERR_OOM)]
+            return [Generated(None, None, ERR_OOM)] * self.sequences
         self.oom_splits += 1
         half = len(rows) // 2
         return self.generate_or_split(rows[:half]) + self.generate_or_split(rows[half:])

@@ -26,7 +26,9 @@ OUTPUT_KEYS = {"summarization": "summary_text", "translation": "translation_text
 
 class Text2TextPipeline:
     """`pipe(text_or_texts, **generate_kwargs)`: one dict per input, in input order, with the task's key
-    (`summary_text`, `translation_text`, `generated_text`), or that key None and `error` for a bad input."""
+    (`summary_text`, `translation_text`, `generated_text`), or that key None and `error` for a bad input.
+    With num_return_sequences > 1, transformers' shapes: a list of that many dicts (best first) for one
+    string, a list of such lists for a list."""
 
     def __init__(self, task: str, model: EncoderDecoderModel, tokenizer: Tokenizer, batch_size: int = 64,
                  max_batch_tokens: int | None = DEFAULT_BATCH_TOKENS):
@@ -35,17 +37,20 @@ class Text2TextPipeline:
         self.batch_size, self.max_batch_tokens = batch_size, max_batch_tokens
 
     def __call__(self, inputs: str | Sequence[str | None], truncation: bool = True, max_input_tokens: int | None = None,
-                 add_special_tokens: bool = True, **generate_kwargs: Any) -> list[dict[str, Any]]:
+                 add_special_tokens: bool = True, **generate_kwargs: Any) -> list[dict[str, Any]] | list[list]:
         texts = [inputs] if isinstance(inputs, str) else list(inputs)
-        if generate_kwargs.get("num_return_sequences", 1) != 1:
-            raise ValueError("num_return_sequences must be 1: one output per input")
-        out: list[dict[str, Any]] = [{self.key: None, "error": problem(t)} for t in texts]
-        good = [i for i, item in enumerate(out) if item["error"] is None]
-        ids = self.tokenizer.encode_batch([texts[i] for i in good], max_input_tokens, truncation, add_special_tokens)
         generator = TextGenerator(self.model, self.tokenizer, generate_kwargs, self.batch_size, self.max_batch_tokens)
-        for i, result in zip(good, generator(ids), strict=True):
-            out[i] = {self.key: result.text} if result.error is None else {self.key: None, "error": result.error}
-        return out
+        g = generator.sequences
+        out: list[list[dict[str, Any]]] = [[{self.key: None, "error": problem(t)}] * g for t in texts]
+        good = [i for i, items in enumerate(out) if items[0]["error"] is None]
+        ids = self.tokenizer.encode_batch([texts[i] for i in good], max_input_tokens, truncation, add_special_tokens)
+        results = generator(ids)
+        for n, i in enumerate(good):
+            out[i] = [{self.key: r.text} if r.error is None else {self.key: None, "error": r.error}
+                      for r in results[n * g:(n + 1) * g]]
+        if isinstance(inputs, str):
+            return out[0]
+        return [items[0] for items in out] if g == 1 else out
 
 
 def problem(text: object) -> str | None:

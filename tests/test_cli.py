@@ -89,3 +89,15 @@ def test_generation_config_and_flags_reach_generate(tiny_model, tmp_path):
     assert runs[0].stdout == runs[1].stdout and runs[0].stdout.splitlines() == [d["summary_text"] for d in drawn]
     wrong = b2b("generate", "--model", str(tiny_model), "--generation-config", '{"num_beam": 2}', stdin="x")
     assert wrong.returncode == 2 and "unknown generation setting(s) num_beam" in wrong.stderr
+
+
+def test_num_return_sequences_writes_each_with_its_rank(tiny_model, tmp_path):
+    rows = [{"id": f"doc-{i}", "text": r["article"][:300]} for i, r in enumerate(articles(2))]
+    (tmp_path / "in.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    done = b2b("generate", str(tmp_path / "in.jsonl"), "--model", str(tiny_model), "--num-beams", "3",
+               "--num-return-sequences", "2", "--max-length", "12")
+    assert done.returncode == 0, done.stderr
+    want = pipeline("summarization", model=tiny_model)([r["text"] for r in rows], num_beams=3,
+                                                       num_return_sequences=2, max_length=12)
+    assert [json.loads(line) for line in done.stdout.splitlines()] == [
+        {"id": r["id"], "rank": k, **w} for r, items in zip(rows, want, strict=True) for k, w in enumerate(items)]

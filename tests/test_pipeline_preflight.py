@@ -158,11 +158,11 @@ def test_output_filesystems_must_honour_exclusive_creates(bucket, tmp_path):
         storage.check_writable(Location.of("overwriting://b/out"))
 
 
-def test_a_checkpoint_asking_for_several_sequences_per_row_is_refused(shards, bert2bert_dir, tmp_path):
+def test_a_checkpoint_asking_for_more_sequences_than_beams_is_refused(shards, bert2bert_dir, tmp_path):
     model = tmp_path / "model"
     shutil.copytree(bert2bert_dir, model)
     path = model / "generation_config.json"
-    path.write_text(json.dumps({**json.loads(path.read_text()), "num_beams": 4, "num_return_sequences": 2}))
+    path.write_text(json.dumps({**json.loads(path.read_text()), "num_beams": 4, "num_return_sequences": 5}))
     fails(SummarizeConfig(input=str(shards), output=str(tmp_path / "out"), model=str(model)), ValueError,
-          "asks for num_return_sequences 2: the batch jobs write one summary per input row")
+          f"generation settings do not fit model {model}: num_return_sequences (5) must be <= num_beams (4)")
     assert not (tmp_path / "out").exists()

@@ -8,6 +8,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from model import pipeline
 from pipeline.batch import GenerationOverrides
 from pipeline.batch.preflight import staging
 from pipeline.batch.run import run
@@ -88,3 +89,19 @@ def test_derived_ids_and_passthrough(local_ray, bert2bert_dir, tmp_path):
     table = pq.read_table(out)
     assert table.schema.field("row_hash").type == pa.uint64() and table.column("source").to_pylist().count("cnn") == 2
     assert len(set(table.column("row_hash").to_pylist())) == 4
+
+
+def test_num_return_sequences_writes_one_row_per_sequence_with_its_rank(local_ray, corpus, tiny_model, tmp_path):
+    folder, rows = corpus
+    gen = GenerationOverrides(num_beams=3, num_return_sequences=2, max_length=10)
+    result = run(summarize_config(folder, tmp_path / "out", tiny_model, **{**RUN, "generation": gen},
+                                  rows_per_file=4))
+    assert (result.rows_in, result.rows_out, result.failed_by_reason) == (21, 21, {ERR_NULL: 1, ERR_EMPTY: 2})
+    table = pq.read_table(tmp_path / "out").sort_by([("id", "ascending"), ("rank", "ascending")])
+    assert table.num_rows == 42 and table.column("rank").to_pylist() == [0, 1] * 21
+    got = table.to_pylist()
+    assert [r["id"] for r in got] == [i for i in [*range(18), 100, 101, 102] for _ in range(2)]
+    assert [r["error"] for r in got[36:]] == [ERR_NULL] * 2 + [ERR_EMPTY] * 4
+    want = pipeline("summarization", model=tiny_model)([r["article"] for r in rows], max_input_tokens=MAX_TOKENS,
+                                                        **gen.as_kwargs())
+    assert [r["summary"] for r in got[:36]] == [w["summary_text"] for items in want for w in items]

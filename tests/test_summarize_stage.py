@@ -33,3 +33,14 @@ def test_stage_names_a_missing_column(tiny_model):
     stage = SummarizeStage(str(tiny_model), text_column="body", generation=GEN)
     with pytest.raises(KeyError, match="column 'body' is not in the batch"):
         stage({"article": ["x"]})
+
+
+def test_stage_repeats_each_row_once_per_returned_sequence(tiny_model):
+    texts = [r["article"][:300] for r in articles(3)]
+    gen = {"num_beams": 3, "num_return_sequences": 3, "max_length": 10}
+    out = SummarizeStage(str(tiny_model), generation=gen)({"doc": [0, 1, 2, 3], "article": [*texts, ""]})
+    assert out.column("doc").to_pylist() == [0] * 3 + [1] * 3 + [2] * 3 + [3] * 3
+    assert out.column("rank").to_pylist() == [0, 1, 2] * 4
+    want = pipeline("summarization", model=tiny_model)(texts, **gen)
+    assert out.column("summary").to_pylist()[:9] == [w["summary_text"] for items in want for w in items]
+    assert out.column("error").to_pylist()[9:] == ["text is empty or whitespace only"] * 3

@@ -51,5 +51,19 @@ def test_tasks_keys_loaded_models_and_refusals(tiny_model):
         pipeline("fill-mask", model=tiny_model)
     with pytest.raises(ValueError, match="tokenizer="):
         pipeline("summarization", model=model)
-    with pytest.raises(ValueError, match="num_return_sequences"):
-        pipeline("summarization", model=tiny_model)(text, num_beams=2, num_return_sequences=2)
+
+
+def test_num_return_sequences_gives_transformers_shapes_best_first(tiny_model):
+    model, tok = EncoderDecoderModel.from_pretrained(tiny_model), Tokenizer.from_pretrained(tiny_model)
+    texts = [r["article"][:300] for r in articles(3)]
+    summarize = pipeline("summarization", model=tiny_model)
+    gen = dict(num_beams=3, num_return_sequences=3, max_length=12)
+    got = summarize([texts[0], "", texts[1], texts[2]], **gen)
+    assert got[1] == [{"summary_text": None, "error": "empty text"}] * 3
+    enc = tok([texts[0], texts[1], texts[2]], padding=True, truncation=True, return_tensors="pt")
+    with torch.inference_mode():
+        out = model.generate(**enc, **gen)
+    want = tok.batch_decode(out, skip_special_tokens=True)
+    assert [[g["summary_text"] for g in items] for items in (got[0], got[2], got[3])] == [want[0:3], want[3:6],
+                                                                                        want[6:9]]
+    assert summarize(texts[0], **gen) == got[0]  # one string: a list of its sequences

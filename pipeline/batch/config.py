@@ -36,7 +36,7 @@ class GenerationOverrides:
     bad_words_ids: tuple[tuple[int, ...], ...] | None = None
     forced_bos_token_id: int | None = None
     forced_eos_token_id: int | None = None
-    num_return_sequences: int | None = None  # only 1: the jobs write one summary per row
+    num_return_sequences: int | None = None  # > 1: one output row per sequence, with its rank
     decoder_start_token_id: int | None = None
     bos_token_id: int | None = None
     eos_token_id: int | tuple[int, ...] | None = None

@@ -1,5 +1,5 @@
 """The model a run uses, checked before any work: readable config, weights and tokenizer, a tokenizer that fits the
-encoder's vocabulary, generation settings the model can run (one sequence per row)."""
+encoder's vocabulary, generation settings the model can run."""
 
 from __future__ import annotations
 
@@ -45,7 +45,4 @@ def inspect_model(config: SummarizeConfig) -> ModelInfo:
         check_generation(model_config, generation)
     except ValueError as e:
         raise ValueError(f"generation settings do not fit model {url}: {e}") from e
-    if generation.num_return_sequences != 1:
-        raise ValueError(f"model {url} asks for num_return_sequences {generation.num_return_sequences}: the batch "
-                         "jobs write one summary per input row; set it to 1 in its generation_config.json")
     return ModelInfo(model_config, generation, tokenizer, fingerprint)

@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 
 OUTPUT_TYPES = {
     "summary": pa.string(),
+    "rank": pa.int32(),  # only with num_return_sequences > 1: 0 the best of an input's outputs
     "error": pa.string(),
     "input_tokens": pa.int32(),
     "truncated": pa.bool_(),
@@ -72,25 +73,29 @@ class Summarizer:
         log.info("replica %s: %s, %s", self.replica, device, self.model.dtype)
 
     def summarize(self, batch: pa.Table) -> pa.Table:
-        """Tokenized rows in (any order, any count), output rows out in the same order."""
+        """Tokenized rows in (any order, any count), output rows out in the same order: one per row, or with
+        num_return_sequences g > 1, g per row (best first) with their rank; a row's error is on each of them."""
+        g, n = self.generator.sequences, batch.num_rows
         errors = batch.column("error")
         todo = np.flatnonzero(pc.is_null(errors).to_numpy(zero_copy_only=False))
-        summaries = np.full(batch.num_rows, None, dtype=object)
-        summary_tokens = np.full(batch.num_rows, None, dtype=object)
+        summaries = np.full(n * g, None, dtype=object)
+        summary_tokens = np.full(n * g, None, dtype=object)
         if len(todo):
-            errors = errors.to_numpy(zero_copy_only=False).astype(object)
+            errors = np.repeat(errors.to_numpy(zero_copy_only=False).astype(object), g)
             results = self.generator(batch.column("input_ids").take(pa.array(todo)).to_pylist())
-            summaries[todo], summary_tokens[todo], errors[todo] = zip(*results, strict=True)
-            errors = pa.array(errors, pa.string())
-        out = batch.drop_columns(list(TOKENIZED_COLUMNS))
+            slots = (todo[:, None] * g + np.arange(g)).ravel()
+            summaries[slots], summary_tokens[slots], errors[slots] = zip(*results, strict=True)
+        rows = batch if g == 1 else batch.take(pa.array(np.repeat(np.arange(n), g)))
+        out = rows.drop_columns(list(TOKENIZED_COLUMNS))
         columns = {
             "summary": pa.array(summaries, OUTPUT_TYPES["summary"]),
-            "error": errors,
-            "input_tokens": batch.column("input_tokens"),
-            "truncated": batch.column("truncated"),
-            "cleaned": batch.column("cleaned"),
+            **({"rank": pa.array(np.tile(np.arange(g), n), OUTPUT_TYPES["rank"])} if g > 1 else {}),
+            "error": pa.array(errors, pa.string()) if len(todo) else rows.column("error"),
+            "input_tokens": rows.column("input_tokens"),
+            "truncated": rows.column("truncated"),
+            "cleaned": rows.column("cleaned"),
             "summary_tokens": pa.array(summary_tokens, OUTPUT_TYPES["summary_tokens"]),
-            "replica": pa.array([self.replica] * batch.num_rows, OUTPUT_TYPES["replica"]),
+            "replica": pa.array([self.replica] * (n * g), OUTPUT_TYPES["replica"]),
         }
         for name, values in columns.items():
             out = out.append_column(pa.field(name, OUTPUT_TYPES[name]), values.cast(OUTPUT_TYPES[name]))
@@ -106,7 +111,7 @@ class Summarizer:
             start, generate_s, calls, splits = time.perf_counter(), g.generate_s, g.calls, g.oom_splits
             out = self.summarize(from_ipc(data))
             payloads.append(to_ipc(out))
-            stats.append(json.dumps({**unit_stats(out), "replica": self.replica, "node": self.node,
+            stats.append(json.dumps({**unit_stats(out, g.sequences), "replica": self.replica, "node": self.node,
                                      "generate_calls": g.calls - calls, "generate_s": g.generate_s - generate_s,
                                      "oom_splits": g.oom_splits - splits, "busy_s": time.perf_counter() - start}))
             if self.metrics:
@@ -116,13 +121,17 @@ class Summarizer:
         return with_columns(units, payload=payloads, stats=stats)
 
 
-def unit_stats(out: pa.Table) -> dict[str, Any]:
-    """Row counts of one unit's output: what the report and the file's footer carry."""
-    errors = pc.value_counts(out.column("error").drop_null()).to_pylist()
+def unit_stats(out: pa.Table, sequences: int) -> dict[str, Any]:
+    """Counts of one unit's output, what the report and the file's footer carry: rows, failures, truncation
+    and input tokens per input row (an input's first output, with `sequences` outputs per input), output
+    tokens over every output."""
+    first = out if sequences == 1 else out.filter(pc.equal(out.column("rank"), 0))
+    errors = pc.value_counts(first.column("error").drop_null()).to_pylist()
     return {
-        "rows": out.num_rows,
+        "rows": first.num_rows,
+        "sequences": sequences,
         "failed_by_reason": {e["values"]: e["counts"] for e in errors},
-        "truncated": int(pc.sum(out.column("truncated").cast(pa.int64())).as_py() or 0),
-        "input_tokens": int(pc.sum(out.column("input_tokens")).as_py() or 0),
+        "truncated": int(pc.sum(first.column("truncated").cast(pa.int64())).as_py() or 0),
+        "input_tokens": int(pc.sum(first.column("input_tokens")).as_py() or 0),
         "summary_tokens": int(pc.sum(out.column("summary_tokens")).as_py() or 0),
     }

@@ -4,7 +4,8 @@
     ds = ds.map_batches(SummarizeStage, fn_constructor_kwargs={"model": "s3://bucket/models/b2b"},
                         concurrency=(1, 4), num_gpus=1, batch_size=256, batch_format="pyarrow")
 
-Each batch keeps its columns and gains summary, error, input_tokens, summary_tokens and truncated: the
+Each batch keeps its columns and gains summary, error, input_tokens, summary_tokens and truncated (and rank,
+each row repeated once per output, with num_return_sequences > 1): the
 summarize job's own cleaning, tokenizing and replica (length-sorted calls by token budget, out-of-memory
 split, per-row errors), without its commit protocol (the dataflow is yours, and so is writing it).
 """
@@ -13,12 +14,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 
 from .replica import Summarizer
 from .text import tokenize
 
-STAGE_COLUMNS = ("summary", "error", "input_tokens", "summary_tokens", "truncated")
+STAGE_COLUMNS = ("summary", "rank", "error", "input_tokens", "summary_tokens", "truncated")
 
 
 class SummarizeStage(Summarizer):
@@ -40,7 +42,10 @@ class SummarizeStage(Summarizer):
                            f"(columns: {', '.join(table.column_names)})")
         done = self.summarize(tokenize(table.select([self.text_column]), self.tokenizer, self.text_column,
                                        self.max_input_tokens, self.add_special_tokens))
+        g = self.generator.sequences
+        table = table if g == 1 else table.take(pa.array(np.repeat(np.arange(table.num_rows), g)))
         for name in STAGE_COLUMNS:
             table = table.drop_columns([name]) if name in table.column_names else table
-            table = table.append_column(name, done.column(name))
+            if name in done.column_names:
+                table = table.append_column(name, done.column(name))
         return table
