@@ -58,7 +58,8 @@ class StackConfig:
         if self.intermediate_size is None:
             self.intermediate_size = 4 * self.hidden_size
         if self.hidden_act not in ACTIVATIONS:
-            raise ValueError(f"hidden_act {self.hidden_act!r} is not supported; expected one of {ACTIVATIONS}")
+            name = self.family.renames.get("hidden_act", "hidden_act")
+            raise ValueError(f"{name} {self.hidden_act!r} is not supported; expected one of {ACTIVATIONS}")
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(
                 f"hidden_size {self.hidden_size} is not a multiple of num_attention_heads {self.num_attention_heads}"

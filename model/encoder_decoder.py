@@ -37,7 +37,8 @@ def shift_right(labels: torch.Tensor, start_id: int | None, pad_id: int | None) 
         )
     if pad_id is None:
         raise ValueError(
-            "pad_token_id is not set: set model.config.pad_token_id (for BERT usually tokenizer.pad_token_id)"
+            "pad_token_id is not set: set model.config.pad_token_id (for BERT usually tokenizer.pad_token_id; a GPT-2 "
+            "decoder has no pad token: transformers' bert2gpt2 recipe pads with its unk id, 50256)"
         )
     shifted = labels.new_empty(labels.shape)
     shifted[:, 0] = start_id
