@@ -79,6 +79,12 @@ class StackConfig:
         return family(self.model_type)
 
     @property
+    def max_positions(self) -> int:
+        """The longest input this side can embed: RoBERTa's positions start after pad_token_id."""
+        offset = self.pad_token_id + 1 if self.family.positions_after_pad and self.pad_token_id is not None else 0
+        return self.max_position_embeddings - offset
+
+    @property
     def head_dim(self) -> int:
         return self.hidden_size // self.num_attention_heads
 

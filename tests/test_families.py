@@ -306,3 +306,12 @@ def test_gpt2_without_a_pad_id_is_a_clear_error_where_one_is_needed():
     with pytest.raises(ValueError, match="pad_token_id is not set"):
         model(ids, mask, labels=torch.tensor([[5, EOS], [6, EOS]]))
     assert model.config.decoder.pad_token_id is None
+
+
+def test_roberta_positions_start_after_the_pad_id():
+    _, ours = twins("roberta2roberta")
+    assert ours.config.encoder.max_positions == ours.config.decoder.max_positions == 64 - (PAD + 1)
+    assert twins("bert2gpt2")[1].config.decoder.max_positions == 64
+    ids, mask = inputs("roberta2roberta", [4, 3], 0)
+    with pytest.raises(ValueError, match="exceeds the 62 positions"):
+        ours.generate(ids, mask, max_length=63)
