@@ -253,9 +253,9 @@ class EncoderDecoderModel(nn.Module):
         for key, tensor in state.items():
             if own[key].shape != tensor.shape:
                 raise ValueError(f"{key}: checkpoint shape {list(tensor.shape)} != config shape {list(own[key].shape)}")
-        shared = model.shared_keys()
-        state = {**{k: v for k, v in state.items() if k not in shared}, **{k: state[v] for k, v in shared.items()
-                                                                            if v in state}}
+        for alias, source in model.shared_keys().items():  # a shared encoder holds the decoder's, as 4.x tied them
+            if source in state:
+                state[alias] = state[source]
         fresh = sorted(set(own) - set(state))
         model.load_state_dict({**own, **state})
         if fresh:

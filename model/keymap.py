@@ -47,10 +47,9 @@ def head_entries(fam: Family, hf_prefix: str, untied_head: bool) -> list[Entry]:
 
 class KeyMap:
     def __init__(self, entries: list[Entry], ignored: Callable[[str], bool]):
-        self.entries = entries
         self.ignored = ignored
         self.hf_patterns = [(e.pattern(e.hf), e) for e in entries]
-        self.ours_patterns = [(e.pattern(o), e, i) for e in entries for i, o in enumerate(e.ours)]
+        self.ours_patterns = [(e.pattern(o), e) for e in entries for o in e.ours]
 
     @classmethod
     def for_model(cls, config: EncoderDecoderConfig, untied_head: bool) -> KeyMap:
@@ -109,21 +108,21 @@ class KeyMap:
         shape = [sum(s[0] for s in shapes), *shapes[0][1:]]
         return shape[::-1] if entry.transpose else shape
 
-    def _find(self, ours: str) -> tuple[Entry, str | None, int]:
-        for pattern, entry, i in self.ours_patterns:
+    def _find(self, ours: str) -> tuple[Entry, str | None]:
+        for pattern, entry in self.ours_patterns:
             if m := pattern.fullmatch(ours):
-                return entry, (m.group(1) if m.groups() else None), i
+                return entry, (m.group(1) if m.groups() else None)
         raise KeyError(ours)
 
     def hf_name(self, ours: str) -> str:
-        entry, layer, _ = self._find(ours)
+        entry, layer = self._find(ours)
         return entry.fill(entry.hf, layer)
 
     def to_hf(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """HF's keys and tensors for our state dict (stacked and transposed back where HF fuses)."""
         out = {}
         for key in state:
-            entry, layer, _ = self._find(key)
+            entry, layer = self._find(key)
             name = entry.fill(entry.hf, layer)
             if name in out:
                 continue
