@@ -1,4 +1,5 @@
-"""A BERT2BERT encoder-decoder in plain PyTorch, compatible with Hugging Face checkpoints."""
+"""Encoder-decoders of BERT, BertGeneration, RoBERTa and GPT-2 in plain PyTorch, compatible with Hugging Face
+checkpoints."""
 
 from .batch_generate import ERR_OOM, Generated, TextGenerator
 from .checkpoint import read_configs, write_atomic
@@ -11,7 +12,7 @@ from .compat import (
     BertTokenizer,
     BertTokenizerFast,
 )
-from .config import BertConfig, EncoderDecoderConfig, GenerationConfig
+from .config import BertConfig, EncoderDecoderConfig, GenerationConfig, StackConfig
 from .decode_policy import DecodePolicy
 from .encoder_decoder import EncoderDecoderModel, Seq2SeqOutput
 from .generation import DEFAULT_BATCH_TOKENS, batches
@@ -39,6 +40,7 @@ __all__ = [
     "EncoderDecoderModel",
     "GenerationConfig",
     "Seq2SeqOutput",
+    "StackConfig",
     "Text2TextPipeline",
     "Tokenizer",
     "DecodePolicy",

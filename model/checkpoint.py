@@ -1,7 +1,8 @@
-"""Hugging Face checkpoints: key names, safetensors (single and sharded), configs, fsspec URLs.
+"""Hugging Face checkpoints: safetensors (single and sharded), pickles on request, configs, fsspec URLs.
 
-The HF <-> ours mapping is one declarative table per BERT stack, with `{}` for the layer index.
-Unknown keys raise, naming the key and the file; shapes are checked against the config.
+Key names go through model.keymap (the families' tables). Unknown keys raise, naming the key and the file;
+shapes are checked against the config. A shared-weight model (tie_encoder_decoder) loads from transformers
+4.x's layout (the encoder's shared tensors absent) or from a file with both copies, and saves both copies.
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ import io
 import json
 import logging
 import os
-import re
 import tempfile
 from collections.abc import Iterable
 from typing import Any
@@ -23,6 +23,8 @@ from safetensors.torch import load as load_safetensors_bytes
 from safetensors.torch import save as save_safetensors_bytes
 
 from .config import EncoderDecoderConfig, GenerationConfig
+from .families import Family, family
+from .keymap import KeyMap
 
 log = logging.getLogger(__name__)
 
@@ -31,104 +33,6 @@ GENERATION_CONFIG_NAME = "generation_config.json"
 WEIGHTS_NAME = "model.safetensors"
 WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
 PICKLE_NAME = "pytorch_model.bin"
-
-# One BERT stack: HF module path -> our module path; `.weight` / `.bias` follow both.
-STACK = {
-    "embeddings.word_embeddings": "embed.tok",
-    "embeddings.position_embeddings": "embed.pos",
-    "embeddings.token_type_embeddings": "embed.tok_type",
-    "embeddings.LayerNorm": "embed.norm",
-    "encoder.layer.{}.attention.self.query": "layers.{}.attn.q",
-    "encoder.layer.{}.attention.self.key": "layers.{}.attn.k",
-    "encoder.layer.{}.attention.self.value": "layers.{}.attn.v",
-    "encoder.layer.{}.attention.output.dense": "layers.{}.attn.o",
-    "encoder.layer.{}.attention.output.LayerNorm": "layers.{}.attn.norm",
-    "encoder.layer.{}.crossattention.self.query": "layers.{}.cross.q",
-    "encoder.layer.{}.crossattention.self.key": "layers.{}.cross.k",
-    "encoder.layer.{}.crossattention.self.value": "layers.{}.cross.v",
-    "encoder.layer.{}.crossattention.output.dense": "layers.{}.cross.o",
-    "encoder.layer.{}.crossattention.output.LayerNorm": "layers.{}.cross.norm",
-    "encoder.layer.{}.intermediate.dense": "layers.{}.ffn_up",
-    "encoder.layer.{}.output.dense": "layers.{}.ffn_down",
-    "encoder.layer.{}.output.LayerNorm": "layers.{}.ffn_norm",
-    "pooler.dense": "pooler",
-}
-BERT_HEAD = {
-    "cls.predictions.transform.dense": "dense",
-    "cls.predictions.transform.LayerNorm": "norm",
-}
-# Parameters of the LM head (not module paths). The projection is tied to the decoder's word embeddings and the
-# projection's bias to `bias`, so their copies in a file are ignored unless the head is untied.
-HEAD_PARAMS = {"cls.predictions.bias": "bias", "lm_head.bias": "bias"}
-TIED_COPIES = {"cls.predictions.decoder.weight", "lm_head.decoder.weight"}
-TIED_BIAS_COPIES = {"cls.predictions.decoder.bias", "lm_head.decoder.bias"}
-IGNORED = re.compile(r"(.*\.)?embeddings\.(position_ids|token_type_ids)$|(.*\.)?cls\.seq_relationship\.(weight|bias)$")
-
-
-def _compile(table: dict[str, str]) -> list[tuple[re.Pattern, str]]:
-    """`{}` matches a layer index only, anchored on both ends, so no pattern can misfire on another key."""
-    out = []
-    for hf, ours in table.items():
-        pattern = re.escape(hf).replace(r"\{\}", r"(?P<layer>\d+)")
-        repl = ours.replace("{}", r"\g<layer>") + r".\g<param>"
-        out.append((re.compile(rf"^{pattern}\.(?P<param>weight|bias)$"), repl))
-    return out
-
-
-STACK_RULES = _compile(STACK)
-HEAD_RULES = _compile(BERT_HEAD)
-
-
-def map_stack_key(key: str) -> str | None:
-    for pattern, repl in STACK_RULES:
-        if pattern.match(key):
-            return pattern.sub(repl, key)
-    return None
-
-
-def hf_to_ours(key: str, untied_head: bool = False) -> str | None:
-    """Our name for an HF EncoderDecoderModel key; None for a known benign key; KeyError if unknown."""
-    if IGNORED.match(key) or key.removeprefix("decoder.") in TIED_BIAS_COPIES:
-        return None
-    if key.removeprefix("decoder.") in TIED_COPIES:
-        return "lm_head.weight" if untied_head else None
-    for prefix, ours in (("encoder.", "encoder."), ("decoder.bert.", "decoder.")):
-        if key.startswith(prefix) and (mapped := map_stack_key(key[len(prefix):])):
-            return ours + mapped
-    if key.startswith("decoder."):
-        rest = key[len("decoder."):]
-        if rest in HEAD_PARAMS:
-            return "lm_head." + HEAD_PARAMS[rest]
-        for pattern, repl in HEAD_RULES:
-            if pattern.match(rest):
-                return "lm_head." + pattern.sub(repl, rest)
-    if key in ("enc_to_dec_proj.weight", "enc_to_dec_proj.bias"):
-        return key
-    raise KeyError(key)
-
-
-def ours_to_hf(key: str, decoder_type: str) -> str:
-    """The HF name of one of our keys (the inverse of hf_to_ours)."""
-    if key.startswith("lm_head."):
-        name = key[len("lm_head."):]
-        if decoder_type == "bert-generation":
-            return {"bias": "decoder.lm_head.bias", "weight": "decoder.lm_head.decoder.weight"}[name]
-        inverse = {v: k for k, v in BERT_HEAD.items()}
-        module, _, param = name.rpartition(".")
-        if module:
-            return f"decoder.{inverse[module]}.{param}"
-        return {"bias": "decoder.cls.predictions.bias", "weight": "decoder.cls.predictions.decoder.weight"}[name]
-    if key.startswith("enc_to_dec_proj."):
-        return key
-    part, _, rest = key.partition(".")
-    module, _, param = rest.rpartition(".")
-    for hf, ours in STACK.items():
-        pattern = re.compile("^" + re.escape(ours).replace(r"\{\}", r"(\d+)") + "$")
-        if m := pattern.match(module):
-            hf_module = hf.replace("{}", m.group(1)) if m.groups() else hf
-            return ("encoder." if part == "encoder" else "decoder.bert.") + f"{hf_module}.{param}"
-    raise KeyError(key)
-
 
 # ---- files and URLs -------------------------------------------------------------------------------------------
 
@@ -244,76 +148,94 @@ def read_weights(folder: Folder, allow_pickle: bool = False) -> Iterable[tuple[s
 
 
 def load_hf_state(url: str, config: EncoderDecoderConfig, expected: dict[str, torch.Size], untied_head: bool,
-                  dtype: torch.dtype | None, allow_pickle: bool = False,
-                  storage_options: dict[str, Any] | None = None) -> dict[str, torch.Tensor]:
-    """Our state dict from an HF encoder-decoder checkpoint, checked key by key and shape by shape."""
+                  dtype: torch.dtype | None, allow_pickle: bool = False, storage_options: dict[str, Any] | None = None,
+                  shared: dict[str, str] | None = None) -> dict[str, torch.Tensor]:
+    """Our state dict from an HF encoder-decoder checkpoint, checked key by key and shape by shape.
+
+    shared maps our keys that alias another key's tensor (the tied encoder's) to that key: the file may hold
+    both copies (they must be equal) or only the one it aliases (transformers 4.x's layout)."""
     folder = Folder(url, storage_options)
+    keys = KeyMap.for_model(config, untied_head)
     state: dict[str, torch.Tensor] = {}
     unexpected = []
     for file, key, tensor in read_weights(folder, allow_pickle):
         try:
-            ours = hf_to_ours(key, untied_head)
+            pieces = keys.to_ours(key, tensor)
         except KeyError:
             unexpected.append(f"{key} ({file})")
             continue
-        if ours is None:
+        if pieces is None:
             continue
-        if ours not in expected:
+        if any(ours not in expected for ours, _ in pieces):
             unexpected.append(f"{key} ({file})")
             continue
-        if tensor.shape != expected[ours]:
+        if any(piece.shape != expected[ours] for ours, piece in pieces):
             raise ValueError(
-                f"{file}: {key} has shape {list(tensor.shape)} but config.json implies {list(expected[ours])}"
+                f"{file}: {key} has shape {list(tensor.shape)} but config.json implies {keys.hf_shape(key, expected)}"
             )
-        state[ours] = tensor.to(dtype) if dtype is not None and tensor.is_floating_point() else tensor
+        for ours, piece in pieces:
+            state[ours] = piece.to(dtype) if dtype is not None and piece.is_floating_point() else piece
+    for alias, source in (shared or {}).items():
+        if alias in state and source in state and not torch.equal(state[alias], state[source]):
+            raise ValueError(
+                f"checkpoint at {folder.url}: config.json sets tie_encoder_decoder but {keys.hf_name(alias)} differs "
+                f"from {keys.hf_name(source)}; set tie_encoder_decoder to false to load them apart")
+        if source in state:
+            state[alias] = state[source]
     missing = sorted(set(expected) - set(state))
     if unexpected or missing:
         lines = [f"checkpoint at {folder.url} does not match its config.json:"]
         if missing:
-            lines.append("missing keys: " + ", ".join(ours_to_hf(k, config.decoder.model_type) for k in missing))
+            lines.append("missing keys: " + ", ".join(dict.fromkeys(keys.hf_name(k) for k in missing)))
         if unexpected:
             lines.append("unexpected keys: " + ", ".join(unexpected))
         raise ValueError("\n".join(lines))
     return state
 
 
-def save_hf(url: str, state: dict[str, torch.Tensor], config: EncoderDecoderConfig,
-            generation: GenerationConfig, storage_options: dict[str, Any] | None = None) -> None:
+def save_hf(url: str, state: dict[str, torch.Tensor], config: EncoderDecoderConfig, generation: GenerationConfig,
+            untied_head: bool, storage_options: dict[str, Any] | None = None) -> None:
     """Weights first, then generation_config.json, then config.json: a reader that finds the new config
-    finds the new weights. Tied weights are stored once, under HF's names."""
+    finds the new weights. Tied LM-head weights are stored once, under HF's names; shared encoder weights are
+    stored as copies (transformers 5 does not tie them)."""
     folder = Folder(url, storage_options)
-    decoder_type = config.decoder.model_type
-    tensors = {ours_to_hf(k, decoder_type): v.detach().contiguous().cpu() for k, v in state.items()}
+    tensors, seen = {}, set()
+    for key, tensor in KeyMap.for_model(config, untied_head).to_hf(state).items():
+        tensor = tensor.contiguous().cpu()
+        if tensor.untyped_storage().data_ptr() in seen:  # safetensors stores no two names for one memory
+            tensor = tensor.clone()
+        seen.add(tensor.untyped_storage().data_ptr())
+        tensors[key] = tensor
     folder.write_atomic(WEIGHTS_NAME, save_safetensors_bytes(tensors, metadata={"format": "pt"}))
     folder.write_atomic(GENERATION_CONFIG_NAME, generation.to_json().encode())
     folder.write_atomic(CONFIG_NAME, config.to_json().encode())
 
 
-def read_bert(url: str, storage_options: dict[str, Any] | None = None) -> tuple[dict, dict[str, torch.Tensor]]:
-    """config.json and weights of a single BERT checkpoint (BertModel, BertForMaskedLM, BertLMHeadModel,
-    BertGeneration...), with the `bert.` prefix of headed models removed."""
+def read_pretrained(url: str, storage_options: dict[str, Any] | None = None
+                    ) -> tuple[dict, Family, dict[str, torch.Tensor]]:
+    """config.json, family and weights of one pretrained checkpoint (BertModel, BertForMaskedLM, RobertaModel,
+    RobertaForCausalLM, GPT2LMHeadModel...), with the base model's prefix of headed classes removed."""
     folder = Folder(url, storage_options)
-    tensors = {key.removeprefix("bert."): tensor for _, key, tensor in read_weights(folder)}
-    return folder.read_json(CONFIG_NAME), tensors
+    raw = folder.read_json(CONFIG_NAME)
+    try:
+        fam = family(raw.get("model_type", "bert"))
+    except ValueError as e:
+        raise ValueError(f"{folder.name(CONFIG_NAME)}: {e}") from e
+    prefix = fam.base_prefix + "."
+    tensors = {key.removeprefix(prefix): tensor for _, key, tensor in read_weights(folder)}
+    return raw, fam, tensors
 
 
-def warm_start_state(tensors: dict[str, torch.Tensor], part: str) -> tuple[dict[str, torch.Tensor], list[str]]:
-    """Our keys for one BERT checkpoint used as `part` ("encoder" or "decoder"); also the keys not used."""
+def warm_start_state(tensors: dict[str, torch.Tensor], fam: Family, part: str
+                     ) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """Our keys for one pretrained checkpoint used as `part` ("encoder" or "decoder"); also the keys not used."""
+    keys = KeyMap.for_part(fam, part)
     state, unused = {}, []
     for key, tensor in tensors.items():
-        if IGNORED.match(key) or key in TIED_COPIES or key in TIED_BIAS_COPIES:
+        try:
+            pieces = keys.to_ours(key, tensor)
+        except KeyError:
+            unused.append(key)
             continue
-        mapped = map_stack_key(key)
-        if mapped is not None and not (part == "decoder" and mapped.startswith("pooler")):
-            state[f"{part}.{mapped}"] = tensor
-            continue
-        if part == "decoder":
-            if key in HEAD_PARAMS:
-                state["lm_head." + HEAD_PARAMS[key]] = tensor
-                continue
-            rule = next(((p, r) for p, r in HEAD_RULES if p.match(key)), None)
-            if rule is not None:
-                state["lm_head." + rule[0].sub(rule[1], key)] = tensor
-                continue
-        unused.append(key)
+        state.update(pieces or ())
     return state, unused

@@ -11,8 +11,9 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from .families import Family, family
+
 ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "relu")
-MODEL_TYPES = ("bert", "bert-generation")
 
 
 def _split_known(cls, data: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -23,17 +24,19 @@ def _split_known(cls, data: dict[str, Any]) -> tuple[dict[str, Any], dict[str, A
 
 
 @dataclass
-class BertConfig:
-    """A BERT or BertGeneration config.json, as transformers writes it."""
+class StackConfig:
+    """One side's config.json (BERT, BertGeneration, RoBERTa or GPT-2) in BERT's field names; the family
+    (`model_type`) says how its config.json names them and which it has."""
 
     vocab_size: int = 30522
     hidden_size: int = 768
     num_hidden_layers: int = 12
     num_attention_heads: int = 12
-    intermediate_size: int = 3072
+    intermediate_size: int | None = 3072  # None: 4 * hidden_size (GPT-2's n_inner)
     hidden_act: str = "gelu"
     hidden_dropout_prob: float = 0.1
     attention_probs_dropout_prob: float = 0.1
+    embed_dropout_prob: float | None = None  # None: hidden_dropout_prob (GPT-2's embd_pdrop)
     max_position_embeddings: int = 512
     type_vocab_size: int = 2
     layer_norm_eps: float = 1e-12
@@ -44,14 +47,19 @@ class BertConfig:
     is_decoder: bool = False
     add_cross_attention: bool = False
     tie_word_embeddings: bool = True
+    scale_attn_weights: bool = True
+    scale_attn_by_inverse_layer_idx: bool = False
+    reorder_and_upcast_attn: bool = False
     model_type: str = "bert"
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.model_type not in MODEL_TYPES:
-            raise ValueError(f"model_type {self.model_type!r} is not supported; expected one of {MODEL_TYPES}")
+        family(self.model_type)
+        if self.intermediate_size is None:
+            self.intermediate_size = 4 * self.hidden_size
         if self.hidden_act not in ACTIVATIONS:
-            raise ValueError(f"hidden_act {self.hidden_act!r} is not supported; expected one of {ACTIVATIONS}")
+            name = self.family.renames.get("hidden_act", "hidden_act")
+            raise ValueError(f"{name} {self.hidden_act!r} is not supported; expected one of {ACTIVATIONS}")
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(
                 f"hidden_size {self.hidden_size} is not a multiple of num_attention_heads {self.num_attention_heads}"
@@ -59,54 +67,75 @@ class BertConfig:
         position_type = self.extra.get("position_embedding_type", "absolute")
         if position_type != "absolute":
             raise ValueError(f"position_embedding_type {position_type!r} is not supported; only 'absolute' is")
+        if self.reorder_and_upcast_attn:
+            raise ValueError("reorder_and_upcast_attn=True is not supported (it changes only transformers' eager "
+                             "attention); set it to false")
+        if self.extra.get("cross_attention_hidden_size") is not None:
+            raise ValueError("cross_attention_hidden_size is not supported (the encoder's states are projected with "
+                             "enc_to_dec_proj when the widths differ)")
 
     @property
-    def has_token_types(self) -> bool:
-        return self.model_type == "bert"
+    def family(self) -> Family:
+        return family(self.model_type)
+
+    @property
+    def max_positions(self) -> int:
+        """The longest input this side can embed: RoBERTa's positions start after pad_token_id."""
+        offset = self.pad_token_id + 1 if self.family.positions_after_pad and self.pad_token_id is not None else 0
+        return self.max_position_embeddings - offset
 
     @property
     def head_dim(self) -> int:
         return self.hidden_size // self.num_attention_heads
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> BertConfig:
-        data = dict(data)
-        if data.get("model_type") == "bert-generation":
-            data.setdefault("type_vocab_size", 0)
-            data.setdefault("bos_token_id", 2)
-            data.setdefault("eos_token_id", 1)
+    def from_dict(cls, data: dict[str, Any]) -> StackConfig:
+        fam = family(data.get("model_type", "bert"))
+        data = {**fam.defaults, **{name: data[key] for name, key in fam.renames.items() if key in data},
+                **{k: v for k, v in data.items() if k not in fam.renames.values()}}
         known, extra = _split_known(cls, data)
         return cls(**known, extra=extra)
 
     def to_dict(self) -> dict[str, Any]:
-        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extra"}
-        if self.model_type == "bert-generation":
-            out.pop("type_vocab_size")
+        fam = self.family
+        out = {fam.renames.get(f.name, f.name): getattr(self, f.name) for f in dataclasses.fields(self)
+               if f.name != "extra" and f.name not in fam.omit}
         return {**self.extra, **out}
+
+
+BertConfig = StackConfig  # the name BERT users know
 
 
 @dataclass
 class EncoderDecoderConfig:
-    """An `encoder-decoder` config.json: two nested BERT configs and the ids that tie them together."""
+    """An `encoder-decoder` config.json: the two sides' configs and the ids that tie them together."""
 
-    encoder: BertConfig
-    decoder: BertConfig
+    encoder: StackConfig
+    decoder: StackConfig
     decoder_start_token_id: int | None = None
     pad_token_id: int | None = None
     eos_token_id: int | None = None
+    tie_encoder_decoder: bool = False  # the encoder shares the decoder's weights (transformers 4.x's roberta_shared)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not (self.decoder.is_decoder and self.decoder.add_cross_attention):
             raise ValueError("the decoder config needs is_decoder=True and add_cross_attention=True")
-        if self.extra.get("tie_encoder_decoder"):
-            raise ValueError("tie_encoder_decoder=True is not supported")
         if self.encoder.is_decoder:
             raise ValueError("the encoder config has is_decoder=True; an encoder must be bidirectional")
+        if self.encoder.family.decoder_only:
+            raise ValueError(f"model_type {self.encoder.model_type!r} is a decoder only; it cannot be the encoder")
+        if self.tie_encoder_decoder:
+            names = ("model_type", "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+                     "intermediate_size", "max_position_embeddings", "type_vocab_size")
+            differ = [name for name in names if getattr(self.encoder, name) != getattr(self.decoder, name)]
+            if differ:
+                raise ValueError(f"tie_encoder_decoder=True needs the same encoder and decoder shapes; "
+                                 f"they differ in {', '.join(differ)}")
 
     @classmethod
     def from_encoder_decoder_configs(
-        cls, encoder: BertConfig, decoder: BertConfig, **kwargs: Any
+        cls, encoder: StackConfig, decoder: StackConfig, **kwargs: Any
     ) -> EncoderDecoderConfig:
         decoder = dataclasses.replace(decoder, is_decoder=True, add_cross_attention=True, extra=dict(decoder.extra))
         return cls(encoder=encoder, decoder=decoder, **kwargs)
@@ -119,8 +148,8 @@ class EncoderDecoderConfig:
             if not isinstance(data.get(part), dict):
                 raise ValueError(f"config has no '{part}' section")
         known, extra = _split_known(cls, data)
-        known["encoder"] = BertConfig.from_dict(data["encoder"])
-        known["decoder"] = BertConfig.from_dict(data["decoder"])
+        known["encoder"] = StackConfig.from_dict(data["encoder"])
+        known["decoder"] = StackConfig.from_dict(data["decoder"])
         extra.pop("model_type", None)
         extra.pop("is_encoder_decoder", None)
         return cls(**known, extra=extra)
@@ -132,6 +161,7 @@ class EncoderDecoderConfig:
             "is_encoder_decoder": True,
             "encoder": self.encoder.to_dict(),
             "decoder": self.decoder.to_dict(),
+            "tie_encoder_decoder": self.tie_encoder_decoder,
             **{
                 name: value
                 for name in ("decoder_start_token_id", "pad_token_id", "eos_token_id")

@@ -1,4 +1,5 @@
-"""The BERT2BERT encoder-decoder: forward and loss, encode once, decode with a cache."""
+"""The encoder-decoder of any two families (model.families): forward and loss, encode once, decode with a cache,
+load, save and warm start."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import checkpoint, generation
-from .config import BertConfig, EncoderDecoderConfig, GenerationConfig
+from .config import EncoderDecoderConfig, GenerationConfig, StackConfig
 from .layers import KVCache, Linear, LMHead, Stack
 from .placement import DeviceMap, placement, resolve_dtype
 from .tokenizer import special_token_ids
@@ -36,7 +37,8 @@ def shift_right(labels: torch.Tensor, start_id: int | None, pad_id: int | None) 
         )
     if pad_id is None:
         raise ValueError(
-            "pad_token_id is not set: set model.config.pad_token_id (for BERT usually tokenizer.pad_token_id)"
+            "pad_token_id is not set: set model.config.pad_token_id (for BERT usually tokenizer.pad_token_id; a GPT-2 "
+            "decoder has no pad token: transformers' bert2gpt2 recipe pads with its unk id, 50256)"
         )
     shifted = labels.new_empty(labels.shape)
     shifted[:, 0] = start_id
@@ -61,8 +63,10 @@ class EncoderDecoderModel(nn.Module):
             pad_token_id=config.pad_token_id,
         )
         enc, dec = config.encoder, config.decoder
-        self.encoder = Stack(enc, pooler=enc.model_type == "bert")
+        self.encoder = Stack(enc, pooler=enc.family.pooler)
         self.decoder = Stack(dec, pooler=False)
+        if config.tie_encoder_decoder:
+            self.encoder.share(self.decoder)
         self.lm_head = LMHead(dec)
         projection_needed = enc.hidden_size != dec.hidden_size
         self.enc_to_dec_proj = Linear(enc.hidden_size, dec.hidden_size) if projection_needed else None
@@ -90,17 +94,18 @@ class EncoderDecoderModel(nn.Module):
                 elif isinstance(m, nn.LayerNorm):
                     m.weight.fill_(1.0)
                     m.bias.zero_()
-        self.lm_head.bias.zero_()
+        if self.lm_head.bias is not None:
+            self.lm_head.bias.zero_()
         if self.lm_head.weight is not None:
             self.lm_head.weight.normal_(0.0, self.config.decoder.initializer_range)
 
     @property
     def device(self) -> torch.device:
-        return self.lm_head.bias.device
+        return self.decoder.embed.tok.weight.device
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.lm_head.bias.dtype
+        return self.decoder.embed.tok.weight.dtype
 
     def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
@@ -109,6 +114,8 @@ class EncoderDecoderModel(nn.Module):
         x = self.encoder.embed(input_ids, token_type_ids=token_type_ids)
         for block in self.encoder.layers:
             x = block(x, mask)
+        if self.encoder.final_norm is not None:
+            x = self.encoder.final_norm(x)
         return x if self.enc_to_dec_proj is None else self.enc_to_dec_proj(x)
 
     def memory_kv(self, memory: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -154,6 +161,8 @@ class EncoderDecoderModel(nn.Module):
         x = self.decoder.embed(ids, start=start)
         for i, block in enumerate(self.decoder.layers):
             x = block(x, mask, is_causal, write, i, memory_kv[i], memory_mask, group)
+        if self.decoder.final_norm is not None:
+            x = self.decoder.final_norm(x)
         return self.lm_head(x, self.decoder.embed.tok.weight)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
@@ -200,37 +209,53 @@ class EncoderDecoderModel(nn.Module):
             model = cls(config, generation)
         expected = {k: v.shape for k, v in model.state_dict().items()}
         state = checkpoint.load_hf_state(str(path), config, expected, untied_head=model.lm_head.weight is not None,
-                                         dtype=dtype, allow_pickle=allow_pickle, storage_options=storage_options)
+                                         dtype=dtype, allow_pickle=allow_pickle, storage_options=storage_options,
+                                         shared=model.shared_keys())
         model.load_state_dict(state, strict=True, assign=True)
         return model.to(device).eval() if device is not None else model.eval()
 
     def save_pretrained(self, path: str | os.PathLike, storage_options: dict[str, Any] | None = None) -> None:
         """config.json, generation_config.json and model.safetensors with HF's key names (local path or URL)."""
-        checkpoint.save_hf(str(path), self.state_dict(), self.config, self.generation_config, storage_options)
+        checkpoint.save_hf(str(path), self.state_dict(), self.config, self.generation_config,
+                           self.lm_head.weight is not None, storage_options)
+
+    def shared_keys(self) -> dict[str, str]:
+        """Each state-dict key of the encoder that holds a decoder tensor (tie_encoder_decoder), with that key."""
+        owner = {}
+        for key, tensor in self.decoder.state_dict(prefix="decoder.", keep_vars=True).items():
+            owner.setdefault(id(tensor), key)
+        return {key: owner[id(tensor)]
+                for key, tensor in self.encoder.state_dict(prefix="encoder.", keep_vars=True).items()
+                if id(tensor) in owner}
 
     @classmethod
     def from_encoder_decoder_pretrained(cls, encoder_path: str | os.PathLike, decoder_path: str | os.PathLike,
                                         storage_options: dict[str, Any] | None = None,
                                         **config_kwargs) -> EncoderDecoderModel:
-        """Warm start from two BERT checkpoints. The decoder gets fresh cross-attention (and a fresh LM-head
-        transform when its checkpoint has none). decoder_start_token_id, pad_token_id and eos_token_id default
-        to the decoder checkpoint's [CLS], [PAD] and [SEP] ids when its vocabulary has them."""
-        enc_raw, enc_tensors = checkpoint.read_bert(str(encoder_path), storage_options)
-        dec_raw, dec_tensors = checkpoint.read_bert(str(decoder_path), storage_options)
+        """Warm start from two pretrained checkpoints of any families (a GPT-2 only as the decoder). The decoder
+        gets fresh cross-attention (and a fresh LM-head transform when its checkpoint has none).
+        decoder_start_token_id, pad_token_id and eos_token_id default to the decoder checkpoint's [CLS], [PAD]
+        and [SEP] ids when its vocabulary has them; config_kwargs set any EncoderDecoderConfig field
+        (tie_encoder_decoder=True shares the encoder's weights with the decoder's)."""
+        enc_raw, enc_family, enc_tensors = checkpoint.read_pretrained(str(encoder_path), storage_options)
+        dec_raw, dec_family, dec_tensors = checkpoint.read_pretrained(str(decoder_path), storage_options)
         enc_raw = {**enc_raw, "is_decoder": False, "add_cross_attention": False}
         defaults = {k: v for k, v in special_token_ids(str(decoder_path), storage_options).items() if v is not None}
         config = EncoderDecoderConfig.from_encoder_decoder_configs(
-            BertConfig.from_dict(enc_raw), BertConfig.from_dict(dec_raw), **{**defaults, **config_kwargs})
+            StackConfig.from_dict(enc_raw), StackConfig.from_dict(dec_raw), **{**defaults, **config_kwargs})
         model = cls(config)
         state, unused = {}, []
-        for part, tensors in (("encoder", enc_tensors), ("decoder", dec_tensors)):
-            part_state, part_unused = checkpoint.warm_start_state(tensors, part)
+        for part, fam, tensors in (("encoder", enc_family, enc_tensors), ("decoder", dec_family, dec_tensors)):
+            part_state, part_unused = checkpoint.warm_start_state(tensors, fam, part)
             state.update(part_state)
             unused += [f"{part}: {k}" for k in part_unused]
         own = model.state_dict()
         for key, tensor in state.items():
             if own[key].shape != tensor.shape:
                 raise ValueError(f"{key}: checkpoint shape {list(tensor.shape)} != config shape {list(own[key].shape)}")
+        for alias, source in model.shared_keys().items():  # a shared encoder holds the decoder's, as 4.x tied them
+            if source in state:
+                state[alias] = state[source]
         fresh = sorted(set(own) - set(state))
         model.load_state_dict({**own, **state})
         if fresh:

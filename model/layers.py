@@ -1,4 +1,5 @@
-"""BERT building blocks: embeddings, attention (self and cross, SDPA, KV cache), feed-forward, block, LM head.
+"""Transformer building blocks for every family: embeddings, attention (self and cross, SDPA, KV cache),
+feed-forward, block (post-LN as BERT or pre-LN as GPT-2), LM head. What differs is read from the config's family.
 
 Shapes: B articles, N = B * G decoder rows (G beams per article, rows grouped by article),
 T new tokens, S keys, H heads, D head dim, C hidden size.
@@ -13,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import BertConfig
+from .config import StackConfig
 
 
 def activation(name: str):
@@ -85,18 +86,30 @@ class Linear(nn.Linear):
 
 
 class Embeddings(nn.Module):
-    def __init__(self, cfg: BertConfig):
+    def __init__(self, cfg: StackConfig):
         super().__init__()
-        self.tok = nn.Embedding(cfg.vocab_size, cfg.hidden_size, padding_idx=cfg.pad_token_id)
-        self.pos = nn.Embedding(cfg.max_position_embeddings, cfg.hidden_size)
-        self.tok_type = nn.Embedding(cfg.type_vocab_size, cfg.hidden_size) if cfg.has_token_types else None
-        self.norm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
-        self.drop = nn.Dropout(cfg.hidden_dropout_prob)
+        fam = cfg.family
+        self.tok = nn.Embedding(cfg.vocab_size, cfg.hidden_size, padding_idx=cfg.pad_token_id if fam.pad_row else None)
+        self.pad_positions = cfg.pad_token_id if fam.positions_after_pad else None
+        self.pos = nn.Embedding(cfg.max_position_embeddings, cfg.hidden_size, padding_idx=self.pad_positions)
+        self.tok_type = nn.Embedding(cfg.type_vocab_size, cfg.hidden_size) if fam.token_types else None
+        self.norm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps) if fam.embed_norm else None
+        drop = cfg.embed_dropout_prob
+        self.drop = nn.Dropout(cfg.hidden_dropout_prob if drop is None else drop)
+
+    def positions(self, ids: torch.Tensor, start: int | torch.Tensor) -> torch.Tensor:
+        """Positions of ids [N, T] after `start` earlier tokens (start may be a [1] tensor).
+
+        RoBERTa counts from pad_token_id + 1 over the non-pad tokens of `ids` and gives pads pad_token_id, as
+        transformers' create_position_ids_from_input_ids (also one token at a time after a cache)."""
+        if self.pad_positions is None:
+            return start + torch.arange(ids.shape[1], device=ids.device)
+        real = (ids != self.pad_positions).long()
+        return (real.cumsum(1) + start) * real + self.pad_positions
 
     def forward(self, ids: torch.Tensor, start: int | torch.Tensor = 0,
                 token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
-        positions = start + torch.arange(ids.shape[1], device=ids.device)  # start may be a [1] tensor
-        x = self.tok(ids) + self.pos(positions)
+        x = self.tok(ids) + self.pos(self.positions(ids, start))
         if self.tok_type is None:
             if token_type_ids is not None and bool(token_type_ids.any()):
                 raise ValueError("token_type_ids other than 0 given to a model without token type embeddings")
@@ -104,7 +117,8 @@ class Embeddings(nn.Module):
             x = x + self.tok_type.weight[0]  # token type 0 everywhere, as transformers does without token_type_ids
         else:
             x = x + self.tok_type(token_type_ids)
-        x = self.norm(x)
+        if self.norm is not None:
+            x = self.norm(x)
         return self.drop(x) if self.training else x
 
 
@@ -163,18 +177,20 @@ CacheWrite = Callable[[int, torch.Tensor, torch.Tensor], tuple[torch.Tensor, tor
 
 
 class Attention(nn.Module):
-    """Multi-head attention with BERT's post-LN output: LayerNorm(x + dropout(o(attn)))."""
+    """Multi-head attention: projections, scores, output projection; `norm` is its sublayer's LayerNorm, which the
+    block applies before (pre-LN) or after (post-LN) it."""
 
-    def __init__(self, cfg: BertConfig):
+    def __init__(self, cfg: StackConfig, layer: int = 0):
         super().__init__()
         c = cfg.hidden_size
         self.heads = cfg.num_attention_heads
-        self.scale = (c // self.heads) ** -0.5
+        self.scale = (c // self.heads) ** -0.5 if cfg.scale_attn_weights else 1.0
+        if cfg.scale_attn_by_inverse_layer_idx:
+            self.scale /= layer + 1
         self.q, self.k, self.v, self.o = (Linear(c, c) for _ in range(4))
         self.qkv_packed = PackedWeight()
         self.norm = nn.LayerNorm(c, eps=cfg.layer_norm_eps)
         self.attn_drop = cfg.attention_probs_dropout_prob
-        self.drop = nn.Dropout(cfg.hidden_dropout_prob)
 
     def split_heads(self, x: torch.Tensor) -> torch.Tensor:
         b, t, c = x.shape
@@ -193,14 +209,14 @@ class Attention(nn.Module):
             q, k, v = self.q(x), self.k(x), self.v(x)
         return q, self.split_heads(k), self.split_heads(v)
 
-    def forward(self, x, q, k, v, mask=None, is_causal: bool = False, group: int = 1) -> torch.Tensor:
-        """x, q [N, T, C] (q projected); k, v [N / group, H, S, D]; mask broadcastable to [N / group, H, group * T, S],
-        True = attend.
+    def forward(self, q, k, v, mask=None, is_causal: bool = False, group: int = 1) -> torch.Tensor:
+        """q [N, T, C] (projected); k, v [N / group, H, S, D]; mask broadcastable to [N / group, H, group * T, S],
+        True = attend. Returns the output projection [N, T, C].
 
         With group > 1 the G rows of one article share one k/v: their queries are stacked along the
         query axis instead of copying k/v per row.
         """
-        n, t, c = x.shape
+        n, t, c = q.shape
         q = self.split_heads(q.reshape(n // group, group * t, c))  # [B, H, G*T, D]
         if t == 1 and not (self.training or is_causal) and q.device.type == "cpu":  # decode: SDPA is slow on CPU
             scores = (q @ k.transpose(-1, -2)).mul_(self.scale)  # [B, H, G, S]
@@ -209,57 +225,77 @@ class Attention(nn.Module):
             out = scores.softmax(-1) @ v
         else:
             p = self.attn_drop if self.training else 0.0
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, is_causal=is_causal)
-        out = self.o(out.transpose(1, 2).reshape(n, t, c))
-        return self.norm(x + (self.drop(out) if self.training else out))
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, is_causal=is_causal,
+                                                 scale=self.scale)
+        return self.o(out.transpose(1, 2).reshape(n, t, c))
 
 
 class Block(nn.Module):
-    """One BERT layer: self-attention, optional cross-attention, feed-forward; each post-LN."""
+    """One layer: self-attention, optional cross-attention, feed-forward; each LN(x + f(x)) (post-LN, BERT) or
+    x + f(LN(x)) (pre-LN, GPT-2)."""
 
-    def __init__(self, cfg: BertConfig):
+    def __init__(self, cfg: StackConfig, layer: int = 0):
         super().__init__()
-        self.attn = Attention(cfg)
-        self.cross = Attention(cfg) if cfg.add_cross_attention else None
+        self.pre_ln = cfg.family.pre_ln
+        self.attn = Attention(cfg, layer)
+        self.cross = Attention(cfg, layer) if cfg.add_cross_attention else None
         self.ffn_up = Linear(cfg.hidden_size, cfg.intermediate_size)
         self.ffn_down = Linear(cfg.intermediate_size, cfg.hidden_size)
         self.ffn_norm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
         self.act = activation(cfg.hidden_act)
         self.drop = nn.Dropout(cfg.hidden_dropout_prob)
 
+    def residual(self, x: torch.Tensor, out: torch.Tensor, norm: nn.LayerNorm) -> torch.Tensor:
+        out = self.drop(out) if self.training else out
+        return x + out if self.pre_ln else norm(x + out)
+
     def forward(self, x, mask=None, is_causal=False, write: CacheWrite | None = None, layer=0, memory_kv=None,
                 memory_mask=None, group=1) -> torch.Tensor:
         """write: where this layer's self-attention keys/values go (a KVCache's `at`), None without a cache."""
-        q, k, v = self.attn.project_qkv(x)
+        h = self.attn.norm(x) if self.pre_ln else x
+        q, k, v = self.attn.project_qkv(h)
         if write is not None:
             k, v = write(layer, k, v)
-        x = self.attn(x, q, k, v, mask, is_causal=is_causal)
+        x = self.residual(x, self.attn(q, k, v, mask, is_causal=is_causal), self.attn.norm)
         if self.cross is not None:
-            x = self.cross(x, self.cross.q(x), *memory_kv, memory_mask, group=group)
-        h = self.ffn_down(self.act(self.ffn_up(x)))
-        return self.ffn_norm(x + (self.drop(h) if self.training else h))
+            h = self.cross.norm(x) if self.pre_ln else x
+            x = self.residual(x, self.cross(self.cross.q(h), *memory_kv, memory_mask, group=group), self.cross.norm)
+        h = self.ffn_norm(x) if self.pre_ln else x
+        return self.residual(x, self.ffn_down(self.act(self.ffn_up(h))), self.ffn_norm)
 
 
 class Stack(nn.Module):
-    """Embeddings and layers of one BERT: the encoder (with its pooler) or the decoder."""
+    """Embeddings and layers of one side: the encoder (with its pooler, where the family has one) or the decoder;
+    pre-LN families end with a LayerNorm."""
 
-    def __init__(self, cfg: BertConfig, pooler: bool):
+    def __init__(self, cfg: StackConfig, pooler: bool):
         super().__init__()
         self.embed = Embeddings(cfg)
-        self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.num_hidden_layers))
+        self.layers = nn.ModuleList(Block(cfg, i) for i in range(cfg.num_hidden_layers))
+        self.final_norm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps) if cfg.family.pre_ln else None
         self.pooler = Linear(cfg.hidden_size, cfg.hidden_size) if pooler else None
+
+    def share(self, other: Stack) -> None:
+        """Use other's modules wherever both stacks have them (transformers 4.x's tie_encoder_decoder): one
+        tensor in memory; what only one side has (cross-attention, pooler) stays its own."""
+        self.embed = other.embed
+        self.final_norm = other.final_norm
+        for mine, theirs in zip(self.layers, other.layers, strict=True):
+            for name in ("attn", "ffn_up", "ffn_down", "ffn_norm"):
+                setattr(mine, name, getattr(theirs, name))
 
 
 class LMHead(nn.Module):
-    """BERT: dense, activation, LayerNorm, then the tied projection plus bias. BertGeneration: projection plus bias."""
+    """An optional transform (dense, activation, LayerNorm: BERT, RoBERTa), then the projection (tied to the
+    word embeddings unless the config unties it) plus an optional bias."""
 
-    def __init__(self, cfg: BertConfig):
+    def __init__(self, cfg: StackConfig):
         super().__init__()
-        transform = cfg.model_type == "bert"
-        self.dense = Linear(cfg.hidden_size, cfg.hidden_size) if transform else None
-        self.norm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps) if transform else None
-        self.act = activation(cfg.hidden_act)
-        self.bias = nn.Parameter(torch.zeros(cfg.vocab_size))
+        fam = cfg.family
+        self.dense = Linear(cfg.hidden_size, cfg.hidden_size) if fam.head_transform else None
+        self.norm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps) if fam.head_transform else None
+        self.act = activation(fam.head_act or cfg.hidden_act)
+        self.bias = nn.Parameter(torch.zeros(cfg.vocab_size)) if fam.head_bias is not None else None
         self.weight = None if cfg.tie_word_embeddings else nn.Parameter(torch.zeros(cfg.vocab_size, cfg.hidden_size))
         self.packed = PackedWeight()
 

@@ -28,7 +28,7 @@ class Plan:
 def plan(model_config: EncoderDecoderConfig, config: GenerationConfig) -> Plan:
     """Resolve lengths and ids as transformers does (max_new_tokens wins over max_length) and reject bad settings
     for a model of `model_config` (checkable before any weights load)."""
-    c, positions, vocab = config, model_config.decoder.max_position_embeddings, model_config.decoder.vocab_size
+    c, positions, vocab = config, model_config.decoder.max_positions, model_config.decoder.vocab_size
     start = c.decoder_start_token_id if c.decoder_start_token_id is not None else c.bos_token_id
     if start is None:
         raise ValueError("decoder_start_token_id is not set (for BERT2BERT usually the [CLS] id)")
@@ -52,7 +52,8 @@ def plan(model_config: EncoderDecoderConfig, config: GenerationConfig) -> Plan:
     if max_length < 2:
         raise ValueError(f"max_length {max_length} leaves no room after the decoder start token (it counts it)")
     if max_length > positions:
-        raise ValueError(f"max_length {max_length} exceeds the decoder's max_position_embeddings {positions}")
+        raise ValueError(f"max_length {max_length} exceeds the {positions} positions of the decoder's "
+                         "max_position_embeddings")
     for name, value in (("decoder_start_token_id", start), ("pad_token_id", c.pad_token_id),
                         *(("eos_token_id", e) for e in eos)):
         if value is not None and not 0 <= value < vocab:
