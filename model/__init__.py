@@ -20,7 +20,7 @@ from .placement import run_dtype
 from .plan import plan as check_generation
 from .steps import compiled_decode_step, decode_step, static_decode_step
 from .text_pipeline import Text2TextPipeline, pipeline
-from .tokenizer import BatchEncoding, Tokenizer, pad_ids
+from .tokenizer import BatchEncoding, Tokenizer, load_tokenizers, pad_ids, save_tokenizers
 
 __all__ = [
     "DEFAULT_BATCH_TOKENS",
@@ -46,12 +46,14 @@ __all__ = [
     "DecodePolicy",
     "batches",
     "check_generation",
+    "load_tokenizers",
     "compiled_decode_step",
     "decode_step",
     "pad_ids",
     "pipeline",
     "read_configs",
     "run_dtype",
+    "save_tokenizers",
     "static_decode_step",
     "write_atomic",
 ]

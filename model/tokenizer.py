@@ -1,5 +1,13 @@
-"""Tokenizers with transformers' behaviour: BERT WordPiece on the `tokenizers` library, SentencePiece
-(BertGeneration) in model.sentencepiece."""
+"""Tokenizers with transformers' behaviour: BERT WordPiece and byte-level BPE (RoBERTa, GPT-2, model.bpe) on
+the `tokenizers` library, SentencePiece (BertGeneration) in model.sentencepiece.
+
+A model folder holds its tokenizers in this layout, which save_tokenizers writes and load_tokenizers reads:
+- the root: the encoder's tokenizer (the inputs'), what transformers' AutoTokenizer.from_pretrained(folder)
+  and Tokenizer.from_pretrained(folder) load;
+- `decoder_tokenizer/`: the decoder's tokenizer, only when its vocabulary differs from the encoder's (bert2gpt2:
+  BERT's WordPiece at the root, GPT-2's BPE here). Without it the root's tokenizer serves both sides.
+Special ids for the decoder (start, pad, eos: special_token_ids) come from the decoder's tokenizer.
+"""
 
 from __future__ import annotations
 
@@ -12,12 +20,14 @@ import numpy as np
 import torch
 from tokenizers import Tokenizer as Backend
 from tokenizers import decoders, normalizers, pre_tokenizers, processors
-from tokenizers.models import WordPiece
+from tokenizers.models import BPE, WordPiece
 
+from . import bpe
 from .checkpoint import Folder
 from .sentencepiece import SentencePieceVocab, token_content
 
 SPIECE_NAME = "spiece.model"
+DECODER_TOKENIZER = "decoder_tokenizer"
 
 SPECIAL = {"cls_token": "[CLS]", "sep_token": "[SEP]", "pad_token": "[PAD]", "unk_token": "[UNK]",
            "mask_token": "[MASK]"}
@@ -45,14 +55,32 @@ def _from_vocab(vocab_text: str, cfg: dict) -> Backend:
     return backend
 
 
+def _bpe_config(folder: Folder, config: dict) -> dict:
+    """tokenizer_config.json of a byte-level BPE folder with its tokenizer_class named as model.bpe names it."""
+    given = config.get("tokenizer_class")
+    model_config = None if given else json.loads(_read_text(folder, "config.json") or "{}")
+    name = bpe.tokenizer_class(config, model_config)
+    if name is None and given:
+        raise ValueError(f"{folder.url}: tokenizer_class {given!r} with a byte-level BPE vocabulary is not supported; "
+                         "RobertaTokenizer(Fast) and GPT2Tokenizer(Fast) are")
+    if name is None:
+        raise ValueError(f"{folder.url}: a byte-level BPE vocabulary needs tokenizer_config.json's tokenizer_class "
+                         "(RobertaTokenizer or GPT2Tokenizer) or config.json's model_type (roberta or gpt2); "
+                         "the folder has neither")
+    return {**config, "tokenizer_class": name}
+
+
 def special_token_ids(path: str, storage_options: dict[str, Any] | None = None) -> dict[str, int | None]:
-    """decoder_start/pad/eos ids from a checkpoint's vocabulary, if any: [CLS], [PAD], [SEP] for BERT's,
-    <s>, <pad>, </s> for a SentencePiece one (BertGeneration)."""
+    """decoder_start/pad/eos ids from the vocabulary of a checkpoint's decoder (`decoder_tokenizer/` if the
+    folder has one), if any: [CLS], [PAD], [SEP] for BERT's; bos, pad, eos for SentencePiece (<s>, <pad>, </s>)
+    and byte-level BPE ones (RoBERTa's <s>, <pad>, </s>; GPT-2's <|endoftext|> twice and no pad: None, since
+    the model card's pad = eos = start would hide the start token from a decoder mask taken from pad; set
+    pad_token_id yourself)."""
     try:
-        tok = Tokenizer.from_pretrained(path, storage_options)
+        tok = load_tokenizers(path, storage_options)[1]
     except FileNotFoundError:
         return {"decoder_start_token_id": None, "pad_token_id": None, "eos_token_id": None}
-    if tok.kind == "sentencepiece":
+    if tok.kind in ("sentencepiece", "bpe"):
         return {"decoder_start_token_id": tok.bos_token_id, "pad_token_id": tok.pad_token_id,
                 "eos_token_id": tok.eos_token_id}
     return {"decoder_start_token_id": tok.cls_token_id, "pad_token_id": tok.pad_token_id,
@@ -111,25 +139,58 @@ def _truncation(truncation: bool | str) -> bool:
 
 class Tokenizer:
     """`tok(texts)` and `tok.batch_decode(ids)` as transformers' tokenizer of the checkpoint with its defaults:
-    BertTokenizerFast for WordPiece vocabularies and tokenizer.json files, BertGenerationTokenizer for
-    SentencePiece ones."""
+    BertTokenizerFast for WordPiece vocabularies and WordPiece tokenizer.json files, RobertaTokenizerFast and
+    GPT2TokenizerFast for byte-level BPE ones (kind "bpe"), BertGenerationTokenizer for SentencePiece ones.
+    Token ids are attributes as in transformers (`cls_token_id`, ..., None where the vocabulary has no such
+    token), the tokens themselves are `special_tokens`."""
 
     def __init__(self, backend: Backend | SentencePieceVocab, config: dict | None = None):
         self.backend = backend
         self.config = dict(config or {})
-        self.model_max_length = int(min(self.config.get("model_max_length", 512), 2**62))
+        bpe_tokens = bpe.special_tokens(self.config)
         if isinstance(backend, SentencePieceVocab):
             self.kind, tokens = "sentencepiece", backend.special
-            self.all_special_ids = backend.special_ids
+        elif bpe_tokens is not None:
+            self.kind, tokens = "bpe", bpe_tokens
         else:
             self.kind = "wordpiece"
             tokens = {name: self.config.get(name, tok) for name, tok in SPECIAL.items()}
-        ids = {name: backend.token_to_id(token_content(tok)) for name, tok in tokens.items()}
-        if self.kind == "wordpiece":
+        default_length = bpe.MAX_LENGTH.get(bpe.CLASSES.get(self.config.get("tokenizer_class")), 512)
+        self.model_max_length = int(min(self.config.get("model_max_length", default_length), 2**62))
+        self.special_tokens = {name: token_content(tok) for name, tok in tokens.items()}
+        ids = {name: None if tok is None else backend.token_to_id(tok) for name, tok in self.special_tokens.items()}
+        if self.kind == "bpe":
+            missing = sorted({tok for name, tok in self.special_tokens.items() if tok and ids[name] is None})
+            if missing:
+                raise ValueError(f"special tokens {missing} are not in the vocabulary")
+            backend.add_special_tokens(list(dict.fromkeys(t for t in self.special_tokens.values() if t is not None)))
+        if self.kind == "sentencepiece":
+            self.all_special_ids = backend.special_ids
+        else:
             self.all_special_ids = sorted({i for i in ids.values() if i is not None})
         for name in ("cls", "sep", "pad", "unk", "mask", "bos", "eos"):
             setattr(self, f"{name}_token_id", ids.get(f"{name}_token"))
-        self.pad_token = token_content(tokens.get("pad_token"))
+        for name in ("cls", "sep", "unk", "mask", "bos", "eos"):
+            setattr(self, f"{name}_token", self.special_tokens.get(f"{name}_token"))
+
+    @property
+    def pad_token(self) -> str | None:
+        return self.special_tokens.get("pad_token")
+
+    @pad_token.setter
+    def pad_token(self, token: str) -> None:
+        """transformers' `tok.pad_token = tok.eos_token` (GPT-2 has no pad token): a token of the vocabulary,
+        marked special (skipped in decoding) and saved by save_pretrained."""
+        if self.kind == "sentencepiece":
+            raise ValueError("set a SentencePiece vocabulary's pad token with Tokenizer.from_pretrained(path, "
+                             "pad_token=...)")
+        token_id = self.backend.token_to_id(token)
+        if token_id is None:
+            raise ValueError(f"pad token {token!r} is not in the vocabulary")
+        self.backend.add_special_tokens([token])
+        self.special_tokens["pad_token"] = self.config["pad_token"] = token
+        self.pad_token_id = token_id
+        self.all_special_ids = sorted({*self.all_special_ids, token_id})
 
     @property
     def vocab_size(self) -> int:
@@ -146,39 +207,63 @@ class Tokenizer:
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, storage_options: dict[str, Any] | None = None,
                         **special_tokens: str) -> Tokenizer:
-        """tokenizer.json if the folder (local or fsspec URL) has one, else SentencePiece from spiece.model,
-        else WordPiece from vocab.txt; with tokenizer_config.json. Special tokens of a SentencePiece vocabulary
+        """From the folder (local or fsspec URL), with tokenizer_config.json: tokenizer.json if it has one, else
+        SentencePiece from spiece.model, else byte-level BPE from vocab.json + merges.txt, else WordPiece from
+        vocab.txt. A byte-level BPE folder is RoBERTa's or GPT-2's by tokenizer_config.json's tokenizer_class or,
+        without one, config.json's model_type. Special tokens of SentencePiece and byte-level BPE vocabularies
         can be overridden as in transformers (pad_token="<pad>", eos_token="</s>", bos_token="<s>")."""
         folder = Folder(path, storage_options)
         config = json.loads(_read_text(folder, "tokenizer_config.json") or "{}")
-        if special_tokens and (folder.exists("tokenizer.json") or not folder.exists(SPIECE_NAME)):
-            raise ValueError("special token overrides apply to SentencePiece vocabularies (spiece.model) only")
         tokenizer_json = _read_text(folder, "tokenizer.json")
+        backend = None
         if tokenizer_json is not None:
-            return cls(Backend.from_str(tokenizer_json), config)
-        if folder.exists(SPIECE_NAME):
+            backend = Backend.from_str(tokenizer_json)
+            if isinstance(backend.model, BPE):
+                config = _bpe_config(folder, config)
+        elif folder.exists(SPIECE_NAME):
             return cls(SentencePieceVocab(folder.read_bytes(SPIECE_NAME), config, special_tokens), config)
-        vocab = _read_text(folder, "vocab.txt")
-        if vocab is None:
-            raise FileNotFoundError(f"{folder.url}: no tokenizer.json, {SPIECE_NAME} or vocab.txt found")
-        return cls(_from_vocab(vocab, config), config)
+        elif folder.exists(bpe.VOCAB_NAME) and folder.exists(bpe.MERGES_NAME):
+            config = _bpe_config(folder, config)
+            backend = bpe.from_files(_read_text(folder, bpe.VOCAB_NAME), _read_text(folder, bpe.MERGES_NAME),
+                                     config, (folder.name(bpe.VOCAB_NAME), folder.name(bpe.MERGES_NAME)))
+        if special_tokens and bpe.special_tokens(config) is None:
+            raise ValueError("special token overrides apply to SentencePiece vocabularies (spiece.model) and "
+                             "byte-level BPE ones only")
+        if backend is None:
+            vocab = _read_text(folder, "vocab.txt")
+            if vocab is None:
+                raise FileNotFoundError(f"{folder.url}: no tokenizer.json, {SPIECE_NAME}, {bpe.VOCAB_NAME} + "
+                                        f"{bpe.MERGES_NAME} or vocab.txt found")
+            backend = _from_vocab(vocab, config)
+        return cls(backend, {**config, **special_tokens})
+
+    def files(self) -> dict[str, bytes]:
+        """The folder's files as transformers writes them for this tokenizer's class (and the vocabulary files
+        of the class's older layout)."""
+        config = {**self.config, "model_max_length": self.model_max_length}
+        if isinstance(self.backend, SentencePieceVocab):
+            return self.backend.files(config)
+        if self.kind == "bpe":
+            config.update(self.special_tokens)
+            special = {name: tok for name, tok in self.special_tokens.items() if tok is not None}
+            vocab_files = bpe.vocab_files(self.backend)
+        else:
+            config.setdefault("tokenizer_class", "BertTokenizer")
+            special = {k: config.get(k, v) for k, v in SPECIAL.items()}
+            vocab = sorted(self.backend.get_vocab(with_added_tokens=False).items(), key=lambda kv: kv[1])
+            vocab_files = {"vocab.txt": "".join(tok + "\n" for tok, _ in vocab).encode()}
+        self.backend.no_truncation()  # the last call's settings are no part of the tokenizer
+        self.backend.no_padding()
+        return {
+            "tokenizer.json": self.backend.to_str().encode(),
+            "tokenizer_config.json": json.dumps(config, indent=2).encode(),
+            "special_tokens_map.json": json.dumps(special, indent=2).encode(),
+            **vocab_files,
+        }
 
     def save_pretrained(self, path: str | os.PathLike, storage_options: dict[str, Any] | None = None) -> None:
         folder = Folder(path, storage_options)
-        config = {**self.config, "model_max_length": self.model_max_length}
-        if isinstance(self.backend, SentencePieceVocab):
-            files = self.backend.files(config)
-        else:
-            vocab = sorted(self.backend.get_vocab(with_added_tokens=False).items(), key=lambda kv: kv[1])
-            config.setdefault("tokenizer_class", "BertTokenizer")
-            files = {
-                "tokenizer.json": self.backend.to_str().encode(),
-                "tokenizer_config.json": json.dumps(config, indent=2).encode(),
-                "special_tokens_map.json": json.dumps({k: config.get(k, v) for k, v in SPECIAL.items()},
-                                                      indent=2).encode(),
-                "vocab.txt": "".join(tok + "\n" for tok, _ in vocab).encode(),
-            }
-        for name, data in files.items():
+        for name, data in self.files().items():
             folder.write_atomic(name, data)
 
     def encode_truncated(self, texts: Sequence[str], max_length: int | None = None, truncation: bool = True,
@@ -216,6 +301,9 @@ class Tokenizer:
         if return_tensors not in (None, "pt"):
             raise ValueError(f"return_tensors must be 'pt' or None, got {return_tensors!r}")
         pad_to = _padding(padding, max_length)
+        if pad_to is not None and self.pad_token_id is None:
+            raise ValueError("Asking to pad but the tokenizer has no pad token (GPT-2's has none): set one, as "
+                             "transformers' `tok.pad_token = tok.eos_token`, or pass padding=False")
         ids = self.encode_batch([texts] if isinstance(texts, str) else texts, max_length, _truncation(truncation),
                                 add_special_tokens)
         with_types = self.kind == "wordpiece" if return_token_type_ids is None else return_token_type_ids
@@ -226,10 +314,11 @@ class Tokenizer:
         else:
             if pad_to is None and len({len(row) for row in ids}) > 1:
                 raise ValueError("texts of different lengths need padding=True for return_tensors='pt'")
-            input_ids, attention_mask = pad_ids(ids, self.pad_token_id)
+            # without padding the rows are of one length: the pad id fills nothing
+            input_ids, attention_mask = pad_ids(ids, self.pad_token_id if pad_to is not None else 0)
             if pad_to and pad_to > input_ids.shape[1]:
                 extra = pad_to - input_ids.shape[1]
-                input_ids = torch.nn.functional.pad(input_ids, (0, extra), value=self.pad_token_id or 0)
+                input_ids = torch.nn.functional.pad(input_ids, (0, extra), value=self.pad_token_id)
                 attention_mask = torch.nn.functional.pad(attention_mask, (0, extra))
             out = {"input_ids": input_ids, "attention_mask": attention_mask}
             if with_types:
@@ -246,3 +335,29 @@ class Tokenizer:
         if isinstance(self.backend, SentencePieceVocab):
             return [self.backend.decode(row, skip_special_tokens) for row in rows]
         return self.backend.decode_batch(rows, skip_special_tokens=skip_special_tokens)
+
+
+def load_tokenizers(path: str | os.PathLike, storage_options: dict[str, Any] | None = None,
+                    decoder_tokenizer: str | os.PathLike | None = None) -> tuple[Tokenizer, Tokenizer]:
+    """(encoder's, decoder's) tokenizers of a model folder: the root's, and the one in `decoder_tokenizer` (a
+    folder path or URL, for a checkpoint that has only one) if given, else the folder's `decoder_tokenizer/` if
+    it has one, else the root's again (the same object)."""
+    encoder = Tokenizer.from_pretrained(path, storage_options)
+    if decoder_tokenizer is None:
+        folder = Folder(path, storage_options)
+        if not folder.exists(DECODER_TOKENIZER):
+            return encoder, encoder
+        decoder_tokenizer = folder.name(DECODER_TOKENIZER)
+    return encoder, Tokenizer.from_pretrained(decoder_tokenizer, storage_options)
+
+
+def save_tokenizers(path: str | os.PathLike, encoder: Tokenizer, decoder: Tokenizer,
+                    storage_options: dict[str, Any] | None = None) -> None:
+    """The encoder's tokenizer at the folder's root and, when the decoder's files differ from it, the decoder's
+    in `decoder_tokenizer/`; when they do not, a `decoder_tokenizer/` left by an earlier save is removed."""
+    folder = Folder(path, storage_options)
+    encoder.save_pretrained(path, storage_options)
+    if decoder is not encoder and decoder.files() != encoder.files():
+        decoder.save_pretrained(folder.name(DECODER_TOKENIZER), storage_options)
+    elif folder.exists(DECODER_TOKENIZER):
+        folder.fs.rm(f"{folder.root}/{DECODER_TOKENIZER}", recursive=True)

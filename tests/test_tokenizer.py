@@ -69,5 +69,6 @@ def test_special_ids_and_save_round_trip(tmp_path):
 
 
 def test_missing_tokenizer_files_is_clear(tmp_path):
-    with pytest.raises(FileNotFoundError, match="no tokenizer.json, spiece.model or vocab.txt"):
+    missing = r"no tokenizer.json, spiece.model, vocab.json \+ merges.txt or vocab.txt"
+    with pytest.raises(FileNotFoundError, match=missing):
         Tokenizer.from_pretrained(tmp_path)
