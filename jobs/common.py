@@ -29,9 +29,17 @@ def job_parser(module: str, doc: str | None) -> argparse.ArgumentParser:
     return argparse.ArgumentParser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
+def add_decoder_tokenizer_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--decoder-tokenizer", default=None,
+                        help="the decoder's tokenizer folder, for a model whose decoder has another vocabulary "
+                             "(bert2gpt2) and whose folder holds only the encoder's tokenizer (default: the model "
+                             "folder's decoder_tokenizer/, else the model's one tokenizer)")
+
+
 def add_model_flags(parser: argparse.ArgumentParser) -> None:
     """The model and how input rows reach it; used by jobs.summarize and jobs.nightly."""
     parser.add_argument("--model", required=True, help="HF-layout encoder-decoder folder with tokenizer files")
+    add_decoder_tokenizer_flag(parser)
     parser.add_argument("--text-column", default="article", help="column holding the text to summarize")
     parser.add_argument("--id-column", default=None,
                         help="unique id column (default: 'id' if present, else a derived row_hash of path + row)")
@@ -53,7 +61,8 @@ def add_model_flags(parser: argparse.ArgumentParser) -> None:
 def summarize_config(args: argparse.Namespace, input: str, output: str, **kwargs: Any) -> SummarizeConfig:
     """A SummarizeConfig from the shared flags (add_model/generation/scaling/storage_flags)."""
     return SummarizeConfig(
-        input=input, output=output, model=args.model, text_column=args.text_column, id_column=args.id_column,
+        input=input, output=output, model=args.model, decoder_tokenizer=args.decoder_tokenizer,
+        text_column=args.text_column, id_column=args.id_column,
         passthrough_columns=tuple(c for c in args.passthrough_columns.split(",") if c),
         max_input_tokens=args.max_input_tokens, add_special_tokens=args.add_special_tokens, dtype=args.dtype,
         generation=generation_from_args(args),

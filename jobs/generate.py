@@ -28,6 +28,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="a .txt (one text per line), .jsonl or .parquet file; - or nothing: standard input, one "
                              "text per line")
     parser.add_argument("--model", required=True, help="HF-layout encoder-decoder folder (or URL) with tokenizer files")
+    common.add_decoder_tokenizer_flag(parser)
     parser.add_argument("--task", default="summarization",
                         choices=("summarization", "translation", "text2text-generation"),
                         help="names the output key: summary_text, translation_text or generated_text")
@@ -89,7 +90,8 @@ def main(argv: list[str] | None = None) -> int:
         texts, ids = read_inputs(args.input, args.text_column, args.id_column)
         if not texts:
             raise ValueError(f"no texts in {'standard input' if args.input == '-' else args.input}")
-        generate = pipeline(args.task, model=args.model, device=args.device, dtype=args.dtype,
+        generate = pipeline(args.task, model=args.model, decoder_tokenizer=args.decoder_tokenizer,
+                            device=args.device, dtype=args.dtype,
                             batch_size=args.batch_size, max_batch_tokens=args.max_batch_tokens,
                             storage_options=args.storage_options)
         settings = common.generation_from_args(args).as_kwargs()

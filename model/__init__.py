@@ -1,7 +1,7 @@
 """Encoder-decoders of BERT, BertGeneration, RoBERTa and GPT-2 in plain PyTorch, compatible with Hugging Face
 checkpoints."""
 
-from .batch_generate import ERR_OOM, Generated, TextGenerator
+from .batch_generate import ERR_OOM, Generated, TextGenerator, check_vocabularies
 from .checkpoint import read_configs, write_atomic
 from .compat import (
     AutoModel,
@@ -20,9 +20,10 @@ from .placement import run_dtype
 from .plan import plan as check_generation
 from .steps import compiled_decode_step, decode_step, static_decode_step
 from .text_pipeline import Text2TextPipeline, pipeline
-from .tokenizer import BatchEncoding, Tokenizer, load_tokenizers, pad_ids, save_tokenizers
+from .tokenizer import DECODER_TOKENIZER, BatchEncoding, Tokenizer, load_tokenizers, pad_ids, save_tokenizers
 
 __all__ = [
+    "DECODER_TOKENIZER",
     "DEFAULT_BATCH_TOKENS",
     "ERR_OOM",
     "Generated",
@@ -46,9 +47,10 @@ __all__ = [
     "DecodePolicy",
     "batches",
     "check_generation",
-    "load_tokenizers",
+    "check_vocabularies",
     "compiled_decode_step",
     "decode_step",
+    "load_tokenizers",
     "pad_ids",
     "pipeline",
     "read_configs",

@@ -14,10 +14,11 @@ from typing import Any, NamedTuple
 
 import torch
 
+from .config import EncoderDecoderConfig
 from .encoder_decoder import EncoderDecoderModel
 from .generation import DEFAULT_BATCH_TOKENS, batches
 from .steps import DecodeStep
-from .tokenizer import Tokenizer, pad_ids
+from .tokenizer import DECODER_TOKENIZER, Tokenizer, pad_ids
 
 log = logging.getLogger(__name__)
 
@@ -30,24 +31,43 @@ class Generated(NamedTuple):
     error: str | None
 
 
+def check_vocabularies(config: EncoderDecoderConfig, tokenizer: Tokenizer, decoder_tokenizer: Tokenizer) -> None:
+    """ValueError unless the tokenizers fit the model: the inputs' ids within the encoder's embeddings, and the
+    outputs decoded with a tokenizer of the decoder's vocabulary (two vocabularies need two tokenizers)."""
+    encoder, decoder = config.encoder.vocab_size, config.decoder.vocab_size
+    if len(tokenizer) > encoder:
+        raise ValueError(f"the tokenizer has {len(tokenizer)} tokens, more than the encoder's vocabulary of "
+                         f"{encoder}: its ids would index past the embeddings")
+    if decoder_tokenizer is tokenizer and decoder != encoder:
+        raise ValueError(f"the decoder's vocabulary ({decoder} tokens) is not the encoder's ({encoder}) and only "
+                         "one tokenizer was found: save the decoder's tokenizer in the model folder's "
+                         f"{DECODER_TOKENIZER}/ or pass a decoder tokenizer")
+    if len(decoder_tokenizer) > decoder:
+        raise ValueError(f"the decoder tokenizer has {len(decoder_tokenizer)} tokens, more than the decoder's "
+                         f"vocabulary of {decoder}: it is not the decoder's")
+
+
 class TextGenerator:
     """`generator(rows)`: `sequences` Generated per row of token ids (num_return_sequences, best first; rows
     one after the other, as generate's [B * num_return_sequences] output), with the model's generate and the
-    settings given (transformers' names, over the checkpoint's generation config). Counts its generate calls,
-    their seconds and its out-of-memory splits; on_call(seconds) is told of each call."""
+    settings given (transformers' names, over the checkpoint's generation config). Outputs are decoded with
+    decoder_tokenizer (the decoder's vocabulary), by default `tokenizer`. Counts its generate calls, their
+    seconds and its out-of-memory splits; on_call(seconds) is told of each call."""
 
     def __init__(self, model: EncoderDecoderModel, tokenizer: Tokenizer, generation: dict[str, Any] | None = None,
                  batch_size: int = 256, max_batch_tokens: int | None = DEFAULT_BATCH_TOKENS,
                  step: DecodeStep | None = None, policy: str | None = None,
-                 on_call: Callable[[float], None] | None = None):
+                 on_call: Callable[[float], None] | None = None, decoder_tokenizer: Tokenizer | None = None):
         self.model, self.tokenizer = model, tokenizer
+        self.decoder_tokenizer = decoder_tokenizer or tokenizer  # decodes the outputs: the decoder's vocabulary
+        check_vocabularies(model.config, tokenizer, self.decoder_tokenizer)
         self.generation = dict(generation or {})
         self.beams = int(self.generation.get("num_beams") or model.generation_config.num_beams or 1)
         self.sequences = int(self.generation.get("num_return_sequences")
                              or model.generation_config.num_return_sequences or 1)
         self.batch_size, self.max_batch_tokens = batch_size, max_batch_tokens
         self.step, self.policy, self.on_call = step, policy, on_call
-        self.special = torch.tensor(sorted(tokenizer.all_special_ids), device=model.device)
+        self.special = torch.tensor(sorted(self.decoder_tokenizer.all_special_ids), device=model.device)
         self.calls, self.generate_s, self.oom_splits = 0, 0.0, 0
 
     def __call__(self, rows: Sequence[Sequence[int]]) -> list[Generated]:
@@ -75,7 +95,7 @@ class TextGenerator:
             self.calls += 1
             if self.on_call:
                 self.on_call(seconds)
-        return self.tokenizer.batch_decode(out, skip_special_tokens=True), counts
+        return self.decoder_tokenizer.batch_decode(out, skip_special_tokens=True), counts
 
     def generate_or_split(self, rows: Sequence[Sequence[int]]) -> list[Generated]:
         """One call for the rows; out of device memory, each half is tried on its own."""

@@ -18,7 +18,7 @@ from .batch_generate import TextGenerator
 from .encoder_decoder import EncoderDecoderModel
 from .generation import DEFAULT_BATCH_TOKENS
 from .placement import run_device, run_dtype
-from .tokenizer import Tokenizer
+from .tokenizer import Tokenizer, load_tokenizers
 
 OUTPUT_KEYS = {"summarization": "summary_text", "translation": "translation_text",
                "text2text-generation": "generated_text"}
@@ -31,15 +31,16 @@ class Text2TextPipeline:
     string, a list of such lists for a list."""
 
     def __init__(self, task: str, model: EncoderDecoderModel, tokenizer: Tokenizer, batch_size: int = 64,
-                 max_batch_tokens: int | None = DEFAULT_BATCH_TOKENS):
+                 max_batch_tokens: int | None = DEFAULT_BATCH_TOKENS, decoder_tokenizer: Tokenizer | None = None):
         self.task, self.key = task, OUTPUT_KEYS[task]
-        self.model, self.tokenizer = model, tokenizer
+        self.model, self.tokenizer, self.decoder_tokenizer = model, tokenizer, decoder_tokenizer or tokenizer
         self.batch_size, self.max_batch_tokens = batch_size, max_batch_tokens
 
     def __call__(self, inputs: str | Sequence[str | None], truncation: bool = True, max_input_tokens: int | None = None,
                  add_special_tokens: bool = True, **generate_kwargs: Any) -> list[dict[str, Any]] | list[list]:
         texts = [inputs] if isinstance(inputs, str) else list(inputs)
-        generator = TextGenerator(self.model, self.tokenizer, generate_kwargs, self.batch_size, self.max_batch_tokens)
+        generator = TextGenerator(self.model, self.tokenizer, generate_kwargs, self.batch_size, self.max_batch_tokens,
+                                  decoder_tokenizer=self.decoder_tokenizer)
         g = generator.sequences
         out: list[list[dict[str, Any]]] = [[{self.key: None, "error": problem(t)}] * g for t in texts]
         good = [i for i, items in enumerate(out) if items[0]["error"] is None]
@@ -64,10 +65,13 @@ def problem(text: object) -> str | None:
 def pipeline(task: str, model: str | os.PathLike | EncoderDecoderModel, tokenizer: str | os.PathLike | Tokenizer |
              None = None, device: torch.device | str | int | None = "auto", dtype: torch.dtype | str = "auto",
              batch_size: int = 64, max_batch_tokens: int | None = DEFAULT_BATCH_TOKENS,
-             storage_options: dict[str, Any] | None = None) -> Text2TextPipeline:
+             storage_options: dict[str, Any] | None = None,
+             decoder_tokenizer: str | os.PathLike | Tokenizer | None = None) -> Text2TextPipeline:
     """A summarization, translation or text2text-generation pipeline on a checkpoint folder (local or fsspec
     URL) or a loaded model. device "auto" is the GPU when there is one; dtype "auto" bfloat16 there and float32
-    on a CPU. `tokenizer` defaults to the model's folder."""
+    on a CPU. `tokenizer` (the inputs') defaults to the model's folder; the outputs are decoded with
+    `decoder_tokenizer`, by default the folder's `decoder_tokenizer/` when the two vocabularies differ, else
+    the same tokenizer."""
     task = "translation" if task.startswith("translation") else task  # translation_en_to_de and the like
     if task not in OUTPUT_KEYS:
         raise ValueError(f"task must be one of {sorted(OUTPUT_KEYS)}, got {task!r}")
@@ -80,6 +84,9 @@ def pipeline(task: str, model: str | os.PathLike | EncoderDecoderModel, tokenize
         loaded = EncoderDecoderModel.from_pretrained(model, dtype=run_dtype(dtype, where), device=where,
                                                      storage_options=storage_options)
         tokenizer = model if tokenizer is None else tokenizer
-    if not isinstance(tokenizer, Tokenizer):
-        tokenizer = Tokenizer.from_pretrained(tokenizer, storage_options)
-    return Text2TextPipeline(task, loaded, tokenizer, batch_size, max_batch_tokens)
+    encoder_side, decoder_side = ((tokenizer, tokenizer) if isinstance(tokenizer, Tokenizer)
+                                  else load_tokenizers(tokenizer, storage_options))
+    if decoder_tokenizer is not None:
+        decoder_side = (decoder_tokenizer if isinstance(decoder_tokenizer, Tokenizer)
+                        else Tokenizer.from_pretrained(decoder_tokenizer, storage_options))
+    return Text2TextPipeline(task, loaded, encoder_side, batch_size, max_batch_tokens, decoder_side)

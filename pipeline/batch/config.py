@@ -93,10 +93,12 @@ class SummarizeConfig:
     input: str  # a Parquet file, a folder of shards or a glob, at any fsspec URL
     output: str  # a folder URL; data files, then the _SUCCESS.json marker
     model: str  # an HF-layout encoder-decoder folder (local or fsspec URL) with its tokenizer files
+    decoder_tokenizer: str | None = None  # the decoder's tokenizer folder, for a model folder that holds only the
+    # encoder's and a decoder with another vocabulary (default: the folder's decoder_tokenizer/, else the same)
     text_column: str = "article"
     id_column: str | None = None  # None: use "id" if the input has it, else derive one from path + row
     passthrough_columns: tuple[str, ...] = ()
-    max_input_tokens: int | None = None  # None: the encoder's max_position_embeddings
+    max_input_tokens: int | None = None  # None: the encoder's usable positions
     add_special_tokens: bool = True  # False: the text's tokens only (transformers' add_special_tokens=False)
     dtype: str = "auto"
     generation: GenerationOverrides = field(default_factory=GenerationOverrides)

@@ -5,7 +5,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from model import EncoderDecoderConfig, GenerationConfig, Tokenizer, check_generation, read_configs
+from model import (
+    EncoderDecoderConfig,
+    GenerationConfig,
+    Tokenizer,
+    check_generation,
+    check_vocabularies,
+    load_tokenizers,
+    read_configs,
+)
 
 from ..io import fingerprints, storage
 from ..io.storage import Location
@@ -29,17 +37,21 @@ def inspect_model(config: SummarizeConfig) -> ModelInfo:
         folder = Location.of(url, opts)
         if not any(storage.exists(folder.child(n)) for n in ("model.safetensors", "model.safetensors.index.json")):
             raise FileNotFoundError("no model.safetensors or model.safetensors.index.json")
-        tokenizer = Tokenizer.from_pretrained(url, opts)
-        fingerprint = fingerprints.model_fingerprint(folder)
+        tokenizer, decoder_tokenizer = load_tokenizers(url, opts)
+        decoder_folder = Location.of(config.decoder_tokenizer, opts) if config.decoder_tokenizer else None
+        if decoder_folder is not None:
+            decoder_tokenizer = Tokenizer.from_pretrained(config.decoder_tokenizer, opts)
+        fingerprint = fingerprints.model_fingerprint(folder, decoder_folder)
     except Exception as e:  # whatever the cause, the job cannot start without the model
         raise ValueError(f"model {url} is not readable: {type(e).__name__}: {e}") from e
-    limit = model_config.encoder.max_position_embeddings
+    limit = model_config.encoder.max_positions
     if config.max_input_tokens is not None and config.max_input_tokens > limit:
         raise ValueError(f"max_input_tokens {config.max_input_tokens} exceeds the encoder's "
-                         f"max_position_embeddings {limit}")
-    if len(tokenizer) > model_config.encoder.vocab_size:
-        raise ValueError(f"the tokenizer of model {url} has {len(tokenizer)} tokens, more than the encoder's "
-                         f"vocabulary of {model_config.encoder.vocab_size}: its ids would index past the embeddings")
+                         f"usable positions {limit}")
+    try:
+        check_vocabularies(model_config, tokenizer, decoder_tokenizer)
+    except ValueError as e:
+        raise ValueError(f"model {url}: {e}") from e
     generation = generation.updated(**config.generation.settings())
     try:
         check_generation(model_config, generation)

@@ -47,8 +47,9 @@ def preflight(config: SummarizeConfig, info: ModelInfo | None = None) -> Preflig
     """Everything that can make the job meaningless, checked without Ray from listings and footers: shards,
     columns, id types, model, tokenizer, generation settings, output. `info` (from `inspect_model` of the same
     model and settings) skips reading the model again."""
+    decoder_tokenizer = config.decoder_tokenizer and storage.absolute(config.decoder_tokenizer)
     config = dataclasses.replace(config, input=storage.absolute(config.input), output=storage.absolute(config.output),
-                                 model=storage.absolute(config.model))
+                                 model=storage.absolute(config.model), decoder_tokenizer=decoder_tokenizer)
     output = Location.of(config.output, config.storage_options)
     plan = inspect_input(config)
     _check_apart(config, plan, output)

@@ -21,7 +21,15 @@ import pyarrow.compute as pc
 import ray
 import torch
 
-from model import DEFAULT_BATCH_TOKENS, EncoderDecoderModel, TextGenerator, Tokenizer, compiled_decode_step, run_dtype
+from model import (
+    DEFAULT_BATCH_TOKENS,
+    EncoderDecoderModel,
+    TextGenerator,
+    Tokenizer,
+    compiled_decode_step,
+    load_tokenizers,
+    run_dtype,
+)
 
 from ..cluster.metrics import replica_metrics
 from .payload import from_ipc, to_ipc, unit_fields, with_columns
@@ -49,7 +57,8 @@ class Summarizer:
 
     def __init__(self, model_url: str, generation: dict, dtype: str = "auto", threads: int | None = None,
                  storage_options: dict | None = None, batch_size: int = 256,
-                 max_batch_tokens: int = DEFAULT_BATCH_TOKENS, compile: bool = False):
+                 max_batch_tokens: int = DEFAULT_BATCH_TOKENS, compile: bool = False,
+                 decoder_tokenizer: str | None = None):
         if threads:
             torch.set_num_threads(threads)
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -57,7 +66,9 @@ class Summarizer:
             torch.backends.cuda.matmul.allow_tf32 = dtype == "auto"
         self.model = EncoderDecoderModel.from_pretrained(model_url, dtype=run_dtype(dtype, device),
                                                          device=device, storage_options=storage_options)
-        self.tokenizer = Tokenizer.from_pretrained(model_url, storage_options)
+        self.tokenizer, self.decoder_tokenizer = load_tokenizers(model_url, storage_options)
+        if decoder_tokenizer is not None:  # the decoder's vocabulary, for a checkpoint that holds only the encoder's
+            self.decoder_tokenizer = Tokenizer.from_pretrained(decoder_tokenizer, storage_options)
         self.replica = f"{socket.gethostname()}:{os.getpid()}"
         self.node = ray.get_runtime_context().get_node_id() if ray.is_initialized() else socket.gethostname()
         self.metrics = replica_metrics(self.replica)
@@ -65,7 +76,7 @@ class Summarizer:
         self.generator = TextGenerator(
             self.model, self.tokenizer, generation, batch_size, max_batch_tokens,
             step=compiled_decode_step(self.model) if compile else None, policy="gpu" if compile else None,
-            on_call=self.metrics.generate.observe if self.metrics else None)
+            on_call=self.metrics.generate.observe if self.metrics else None, decoder_tokenizer=self.decoder_tokenizer)
         given = ray.get_gpu_ids() if ray.is_initialized() else []
         if given and device == "cpu":
             log.warning("Ray assigned GPU(s) %s to this replica but torch sees no CUDA device: running on CPU",

@@ -15,7 +15,7 @@ from .model_check import ModelInfo
 
 
 def max_tokens(config: SummarizeConfig, info: ModelInfo) -> int:
-    return config.max_input_tokens or info.config.encoder.max_position_embeddings
+    return config.max_input_tokens or info.config.encoder.max_positions
 
 
 def generation_settings(generation: GenerationConfig) -> dict[str, Any]:

@@ -26,9 +26,10 @@ STAGE_COLUMNS = ("summary", "rank", "error", "input_tokens", "summary_tokens", "
 class SummarizeStage(Summarizer):
     def __init__(self, model: str, text_column: str = "article", generation: dict[str, Any] | None = None,
                  max_input_tokens: int | None = None, add_special_tokens: bool = True, **replica: Any):
-        """replica: Summarizer's dtype, threads, storage_options, batch_size, max_batch_tokens, compile."""
+        """replica: Summarizer's dtype, threads, storage_options, batch_size, max_batch_tokens, compile,
+        decoder_tokenizer."""
         super().__init__(model, generation or {}, **replica)
-        limit = self.model.config.encoder.max_position_embeddings
+        limit = self.model.config.encoder.max_positions
         if max_input_tokens is not None and not 0 < max_input_tokens <= limit:
             raise ValueError(f"max_input_tokens must be in 1..{limit} (the encoder's positions), "
                              f"got {max_input_tokens}")

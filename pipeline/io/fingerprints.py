@@ -10,6 +10,8 @@ import posixpath
 import subprocess
 from typing import Any
 
+from model import DECODER_TOKENIZER
+
 from .storage import Location
 
 
@@ -36,17 +38,30 @@ WEIGHT_SUFFIXES = (".safetensors", ".safetensors.index.json", ".bin")
 IDENTITY_VERSION = 3
 
 
-def model_fingerprint(model: Location) -> str:
+def _model_files(folder: Location, label: str = "") -> list[tuple[str, Any, dict]]:
+    """(label + name, filesystem, listing info) of a folder's weight, config and tokenizer files; none if the
+    folder does not exist."""
+    fs = folder.fresh_fs()
+    try:
+        listed = fs.ls(folder.path, detail=True)
+    except FileNotFoundError:
+        return []
+    return [(label + posixpath.basename(i["name"]), fs, i) for i in listed
+            if posixpath.basename(i["name"]) in MODEL_FILES or i["name"].endswith(WEIGHT_SUFFIXES)]
+
+
+def model_fingerprint(model: Location, decoder_tokenizer: Location | None = None) -> str:
     """sha256 over the names, sizes and content hashes of the model's weight, config and tokenizer files (S3:
-    ETags, so nothing is downloaded), from one listing."""
-    fs = model.fresh_fs()
-    infos = sorted((i for i in fs.ls(model.path, detail=True)
-                    if posixpath.basename(i["name"]) in MODEL_FILES or i["name"].endswith(WEIGHT_SUFFIXES)),
-                   key=lambda i: i["name"])
-    if not any(i["name"].endswith(WEIGHT_SUFFIXES) for i in infos):
+    ETags, so nothing is downloaded), from one listing per folder: the model's, its `decoder_tokenizer/` and a
+    decoder tokenizer given apart."""
+    files = _model_files(model)
+    if not any(i["name"].endswith(WEIGHT_SUFFIXES) for _, _, i in files):
         raise FileNotFoundError(f"no weight files (*.safetensors, *.bin) in model {model}")
+    files += _model_files(model.child(DECODER_TOKENIZER), f"{DECODER_TOKENIZER}/")
+    if decoder_tokenizer is not None:
+        files += _model_files(decoder_tokenizer, "decoder tokenizer: ")
     total = hashlib.sha256()
-    for info in infos:
+    for label, fs, info in sorted(files, key=lambda f: f[0]):
         tag = info.get("ETag")
         if not tag:
             content = hashlib.sha256()
@@ -54,7 +69,7 @@ def model_fingerprint(model: Location) -> str:
                 while chunk := f.read(1 << 24):
                     content.update(chunk)
             tag = content.hexdigest()
-        total.update(f"{posixpath.basename(info['name'])}\0{info['size']}\0{str(tag).strip(chr(34))}\n".encode())
+        total.update(f"{label}\0{info['size']}\0{str(tag).strip(chr(34))}\n".encode())
     return total.hexdigest()
 
 

@@ -18,7 +18,7 @@ import ray.train
 import ray.train.torch
 import torch
 
-from model import EncoderDecoderModel, Tokenizer
+from model import EncoderDecoderModel, Tokenizer, save_tokenizers
 
 from ..io.storage import Location, arrow_fs
 from .config import FinetuneConfig
@@ -50,12 +50,14 @@ def latest_checkpoint(cfg: FinetuneConfig) -> ray.train.Checkpoint | None:
     return ray.train.Checkpoint(stored[-1], filesystem=arrow_fs(run_dir))
 
 
-def report_checkpoint(record: dict, model: EncoderDecoderModel, tok: Tokenizer, optimizer, scheduler,
-                       rank: int) -> None:
+def report_checkpoint(record: dict, model: EncoderDecoderModel, tokenizers: tuple[Tokenizer, Tokenizer], optimizer,
+                      scheduler, rank: int) -> None:
+    """The model with its encoder's and decoder's tokenizers (one folder: the HF layout), the training state and
+    each rank's RNG, reported to Ray Train."""
     with tempfile.TemporaryDirectory() as tmp:
         if rank == 0:
             model.save_pretrained(tmp)
-            tok.save_pretrained(tmp)
+            save_tokenizers(tmp, *tokenizers)
             torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                         **{k: torch.tensor(record[k]) for k in ("step", "epoch", "position")}},
                        os.path.join(tmp, TRAIN_STATE))

@@ -80,7 +80,12 @@ class FinetuneConfig:
 
     @property
     def tokenizer_url(self) -> str:
+        """Where the encoder's tokenizer is (the decoder's: decoder_tokenizer_url)."""
         return self.init_url or self.encoder_url
+
+    @property
+    def decoder_tokenizer_url(self) -> str:
+        return self.init_url or self.decoder_url
 
     @property
     def score_attribute(self) -> str:

@@ -14,7 +14,7 @@ import pyarrow.dataset as pads
 import ray.data
 import torch
 
-from model import Tokenizer, pad_ids
+from model import Tokenizer, load_tokenizers, pad_ids
 
 from ..io.storage import Location, arrow_fs, list_parquet
 
@@ -57,29 +57,55 @@ class TokenizePairs:
     """(article, summary) strings -> unpadded `input_ids` and `labels` (`pairs_dataset` has dropped the empty
     pairs already).
 
-    input_ids are `[CLS] article [SEP]`; labels are `summary [SEP]`: the decoder starts from [CLS]
-    (decoder_start_token_id) and learns to emit the summary and stop.
+    input_ids are the article as the tokenizer encodes it (`[CLS] article [SEP]`, `<s> article </s>`); labels
+    are the summary in the decoder's vocabulary (decoder_tokenizer, by default the same), without the start
+    token its tokenizer puts first ([CLS], <s>) and ending with its end token ([SEP], </s>, GPT-2's
+    <|endoftext|>, added where the tokenizer adds none): the decoder starts from decoder_start_token_id and
+    learns to emit the summary and stop.
     """
 
     def __init__(self, tokenizer: Tokenizer, text_column: str, summary_column: str, max_source_tokens: int,
-                 max_target_tokens: int, keep_reference: bool = False):
+                 max_target_tokens: int, keep_reference: bool = False, decoder_tokenizer: Tokenizer | None = None):
         self.tok, self.text_column, self.summary_column = tokenizer, text_column, summary_column
+        self.decoder_tok = decoder_tokenizer or tokenizer
         self.max_source_tokens, self.max_target_tokens = max_source_tokens, max_target_tokens
         self.keep_reference = keep_reference
+        d = self.decoder_tok
+        self.start = {i for i in (d.cls_token_id, d.bos_token_id) if i is not None}
+        self.end = d.sep_token_id if d.sep_token_id is not None else d.eos_token_id
+        if self.end is None:
+            raise ValueError("the decoder's tokenizer has no end token (sep or eos): labels could not end")
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         texts = [str(t) for t in batch[self.text_column]]
         summaries = [str(s) for s in batch[self.summary_column]]
         sources = self.tok.encode_batch(texts, self.max_source_tokens)
-        # one more token than the limit: the leading [CLS] is dropped from labels
-        targets = self.tok.encode_batch(summaries, self.max_target_tokens + 1)
+        # one more token than the limit: a leading start token is dropped from labels
+        targets = self.decoder_tok.encode_batch(summaries, self.max_target_tokens + 1)
         out = {
             "input_ids": _ragged([np.asarray(ids, dtype=np.int32) for ids in sources]),
-            "labels": _ragged([np.asarray(ids[1:], dtype=np.int32) for ids in targets]),
+            "labels": _ragged([np.asarray(self.label(ids), dtype=np.int32) for ids in targets]),
         }
         if self.keep_reference:
             out["reference"] = np.asarray(summaries, dtype=object)
         return out
+
+
+    def label(self, ids: list[int]) -> list[int]:
+        """A summary's ids without a leading start token, ending with the end token, at most max_target_tokens."""
+        ids = ids[1:] if ids and ids[0] in self.start else ids[:self.max_target_tokens]
+        return ids if ids and ids[-1] == self.end else [*ids[:self.max_target_tokens - 1], self.end]
+
+
+def load_pair_tokenizers(encoder_url: str, decoder_url: str | None = None,
+                         storage_options: dict | None = None) -> tuple[Tokenizer, Tokenizer]:
+    """The encoder's and the decoder's tokenizers: of one encoder-decoder folder (its decoder_tokenizer/ when
+    the vocabularies differ), or of the two checkpoints a warm start reads (one tokenizer when they are the
+    same folder)."""
+    if decoder_url is None or decoder_url == encoder_url:
+        return load_tokenizers(encoder_url, storage_options)
+    return (Tokenizer.from_pretrained(encoder_url, storage_options),
+            Tokenizer.from_pretrained(decoder_url, storage_options))
 
 
 def _ragged(rows: list[np.ndarray]) -> np.ndarray:

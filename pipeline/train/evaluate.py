@@ -13,11 +13,12 @@ ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")
 
 
 @torch.no_grad()
-def evaluate(model: EncoderDecoderModel, tok: Tokenizer, rows: list[dict], batch_size: int, rouge_samples: int,
-             num_beams: int, max_length: int, device: torch.device) -> dict[str, float]:
+def evaluate(model: EncoderDecoderModel, tok: Tokenizer, decoder_tok: Tokenizer, rows: list[dict], batch_size: int,
+             rouge_samples: int, num_beams: int, max_length: int, device: torch.device) -> dict[str, float]:
     """eval_loss (mean over label tokens of all rows) and eval_rouge1/2/L (F1, x100) on the first rouge_samples.
 
-    rows are tokenized pairs as `TokenizePairs` makes them, with the `reference` summary text.
+    rows are tokenized pairs as `TokenizePairs` makes them, with the `reference` summary text; tok pads the
+    inputs, decoder_tok decodes the summaries.
     """
     was_training = model.training
     model.eval()
@@ -35,7 +36,7 @@ def evaluate(model: EncoderDecoderModel, tok: Tokenizer, rows: list[dict], batch
             batch = _batch(sample[start : start + batch_size], tok.pad_token_id, device)
             out = model.generate(batch["input_ids"], attention_mask=batch["attention_mask"], num_beams=num_beams,
                                  max_length=max_length)
-            predictions += tok.batch_decode(out, skip_special_tokens=True)
+            predictions += decoder_tok.batch_decode(out, skip_special_tokens=True)
         metrics.update(rouge([r["reference"] for r in sample], predictions))
     model.train(was_training)
     return metrics

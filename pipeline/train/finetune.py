@@ -17,12 +17,10 @@ import ray.train
 from ray.data import ExecutionOptions
 from ray.train.torch import TorchTrainer
 
-from model import Tokenizer
-
 from ..io.storage import Location, arrow_fs
 from .checkpoints import is_state_file
 from .config import FinetuneConfig
-from .data import SplitStats, TokenizePairs, inspect_split, pairs_dataset
+from .data import SplitStats, TokenizePairs, inspect_split, load_pair_tokenizers, pairs_dataset
 from .loop import train_loop
 
 log = logging.getLogger(__name__)
@@ -67,8 +65,9 @@ def run_finetune(cfg: FinetuneConfig) -> FinetuneResult:
     columns = dict(text_column=cfg.text_column, summary_column=cfg.summary_column,
                    storage_options=cfg.storage_options)
     train_ds = pairs_dataset(cfg.train_url, **columns)
-    tokenize = TokenizePairs(Tokenizer.from_pretrained(cfg.tokenizer_url, cfg.storage_options), cfg.text_column,
-                             cfg.summary_column, cfg.max_source_tokens, cfg.max_target_tokens, keep_reference=True)
+    tok, decoder_tok = load_pair_tokenizers(cfg.tokenizer_url, cfg.decoder_tokenizer_url, cfg.storage_options)
+    tokenize = TokenizePairs(tok, cfg.text_column, cfg.summary_column, cfg.max_source_tokens, cfg.max_target_tokens,
+                             keep_reference=True, decoder_tokenizer=decoder_tok)
     eval_pairs = pairs_dataset(cfg.eval_url, **columns).limit(cfg.eval_rows).take_batch(cfg.eval_rows,
                                                                                           batch_format="numpy")
     tokenized = tokenize(eval_pairs)
@@ -115,8 +114,11 @@ def export_checkpoint(checkpoint: ray.train.Checkpoint, output_url: str, storage
     fs, root = output.fresh_fs(), output.path
     fs.makedirs(root, exist_ok=True)
     with checkpoint.as_directory() as local:
-        names = [n for n in os.listdir(local) if os.path.isfile(os.path.join(local, n)) and not is_state_file(n)]
+        names = [os.path.relpath(os.path.join(folder, n), local) for folder, _, files in os.walk(local) for n in files
+                 if not is_state_file(n)]
         for name in sorted(names, key=lambda n: n == "config.json"):
-            fs.put_file(os.path.join(local, name), posixpath.join(root, name))
+            target = posixpath.join(root, *name.split(os.sep))
+            fs.makedirs(posixpath.dirname(target), exist_ok=True)
+            fs.put_file(os.path.join(local, name), target)
 
 

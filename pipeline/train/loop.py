@@ -12,11 +12,11 @@ import ray.train
 import ray.train.torch
 import torch
 
-from model import EncoderDecoderModel, Tokenizer
+from model import EncoderDecoderModel, check_vocabularies
 
 from .checkpoints import TRAIN_STATE, MetricsLog, latest_checkpoint, report_checkpoint, set_rng
 from .config import FinetuneConfig
-from .data import PairBatches, TokenizePairs
+from .data import PairBatches, TokenizePairs, load_pair_tokenizers
 from .evaluate import evaluate
 
 
@@ -56,13 +56,12 @@ def train_loop(loop_config: dict) -> None:
     total_steps: int = loop_config["total_steps"]
     rank = ray.train.get_context().get_world_rank()
     device = ray.train.torch.get_device()
-    tok = Tokenizer.from_pretrained(cfg.tokenizer_url, cfg.storage_options)
+    tok, decoder_tok = load_pair_tokenizers(cfg.tokenizer_url, cfg.decoder_tokenizer_url, cfg.storage_options)
 
     checkpoint = latest_checkpoint(cfg)
     with checkpoint.as_directory() if checkpoint else contextlib.nullcontext() as ckpt_dir:
         model = build_model(cfg, ckpt_dir)
-        if model.config.encoder.vocab_size != model.config.decoder.vocab_size:
-            raise ValueError("encoder and decoder vocabularies differ; one tokenizer cannot serve both")
+        check_vocabularies(model.config, tok, decoder_tok)
         unwrapped = model.train()
         model = ray.train.torch.prepare_model(model)
         optimizer = make_optimizer(unwrapped, cfg)
@@ -85,7 +84,8 @@ def train_loop(loop_config: dict) -> None:
     dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.precision]
     scaler = torch.amp.GradScaler("cuda") if cfg.precision == "fp16" else None
     shard = ray.train.get_dataset_shard("train")
-    tokenize = TokenizePairs(tok, cfg.text_column, cfg.summary_column, cfg.max_source_tokens, cfg.max_target_tokens)
+    tokenize = TokenizePairs(tok, cfg.text_column, cfg.summary_column, cfg.max_source_tokens, cfg.max_target_tokens,
+                             decoder_tokenizer=decoder_tok)
     pairs = PairBatches(tokenize, tok.pad_token_id, cfg.batch_size, cfg.shuffle_buffer, cfg.seed, device)
     step, epoch = state["step"], state["epoch"]
     skip = state["position"]  # resuming: the micro-batches of this epoch trained on before the checkpoint
@@ -124,13 +124,13 @@ def train_loop(loop_config: dict) -> None:
                 window_loss, window_tokens, window_start = 0.0, 0, time.perf_counter()
             if step % cfg.eval_every == 0 or done:
                 if rank == 0:
-                    record.update(evaluate(unwrapped, tok, loop_config["eval_rows"], cfg.batch_size,
+                    record.update(evaluate(unwrapped, tok, decoder_tok, loop_config["eval_rows"], cfg.batch_size,
                                            cfg.rouge_samples, cfg.eval_beams, cfg.max_target_tokens + 1, device))
                     window_start = time.perf_counter()
             if metrics_log is not None and len(record) > len(state):
                 metrics_log.append(record)
             if step % cfg.checkpoint_every == 0 or done:
-                report_checkpoint(record, unwrapped, tok, optimizer, scheduler, rank)
+                report_checkpoint(record, unwrapped, (tok, decoder_tok), optimizer, scheduler, rank)
             elif step % cfg.eval_every == 0:
                 ray.train.report(record)
             if done:
