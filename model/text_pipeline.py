@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from .batch_generate import TextGenerator
+from .batch_generate import TextGenerator, check_vocabularies
 from .encoder_decoder import EncoderDecoderModel
 from .generation import DEFAULT_BATCH_TOKENS
 from .placement import run_device, run_dtype
@@ -34,6 +34,7 @@ class Text2TextPipeline:
                  max_batch_tokens: int | None = DEFAULT_BATCH_TOKENS, decoder_tokenizer: Tokenizer | None = None):
         self.task, self.key = task, OUTPUT_KEYS[task]
         self.model, self.tokenizer, self.decoder_tokenizer = model, tokenizer, decoder_tokenizer or tokenizer
+        check_vocabularies(model.config, self.tokenizer, self.decoder_tokenizer)
         self.batch_size, self.max_batch_tokens = batch_size, max_batch_tokens
 
     def __call__(self, inputs: str | Sequence[str | None], truncation: bool = True, max_input_tokens: int | None = None,
