@@ -52,8 +52,8 @@ def plan(model_config: EncoderDecoderConfig, config: GenerationConfig) -> Plan:
     if max_length < 2:
         raise ValueError(f"max_length {max_length} leaves no room after the decoder start token (it counts it)")
     if max_length > positions:
-        raise ValueError(f"max_length {max_length} exceeds the {positions} positions of the decoder's "
-                         "max_position_embeddings")
+        raise ValueError(f"max_length {max_length} exceeds the decoder's {positions} usable positions "
+                         f"(max_position_embeddings {model_config.decoder.max_position_embeddings})")
     for name, value in (("decoder_start_token_id", start), ("pad_token_id", c.pad_token_id),
                         *(("eos_token_id", e) for e in eos)):
         if value is not None and not 0 <= value < vocab:

@@ -65,7 +65,8 @@ def test_max_length_beyond_the_decoder_positions(capsys, tmp_path, bert2bert_dir
     shard(tmp_path / "in" / "a.parquet", [1, 2])
     refused(capsys, ["--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"), "--model",
                      str(bert2bert_dir), "--max-length", "600"],
-            "generation settings do not fit model", "max_length 600 exceeds the decoder's max_position_embeddings 512")
+            "generation settings do not fit model",
+            "max_length 600 exceeds the decoder's 512 usable positions (max_position_embeddings 512)")
 
 
 def test_id_columns_of_different_types(capsys, tmp_path, bert2bert_dir):
