@@ -2,13 +2,15 @@
 
 Prints, per workload, the median seconds of each side, the throughput ratio, the identical-output rate
 (token for token up to each sequence's EOS) and, for (a), how close we come to the machine's floor.
-(a) and (b) use the MiniLM warm start; (c) is a bert-base-sized bert2bert with random weights (nothing to
+(a) and (b) use the MiniLM warm start; roberta2roberta and bert2gpt2 run (b) on a 6-layer MiniLM-sized model of
+that family with random weights; (c) is a bert-base-sized bert2bert with random weights (nothing to
 download), 512 tokens in, the CNN/DM recipe: ours eager, ours compiled and transformers at each batch
 size, with peak GPU memory, then ours against transformers in float32 at the first batch size.
 --compare-fp32 measures what a lower precision changes: the share of summaries identical to float32 and
 the ROUGE-L of the lower-precision summaries against the float32 ones, on the repo's CNN/DM articles.
 
     .venv/bin/python -m benchmarks.generate --device cpu --dtype fp32 --workloads a,b
+    .venv/bin/python -m benchmarks.generate --device cpu --dtype fp32 --workloads roberta2roberta,bert2gpt2 --repeats 1
     .venv/bin/python -m benchmarks.generate --device cpu --dtype bf16 --compare-fp32 --workloads none
     python -m benchmarks.generate --device cuda --dtype bf16 --workloads c --compare-fp32   # within 8 minutes
 """
@@ -19,6 +21,7 @@ import argparse
 import copy
 import json
 import pathlib
+import shutil
 import statistics
 import sys
 import tempfile
@@ -44,6 +47,7 @@ SHORT = dict(num_beams=4, max_length=64)
 CNNDM = dict(num_beams=4, max_length=142, min_length=56, no_repeat_ngram_size=3, length_penalty=2.0,
              early_stopping=True)
 START = time.monotonic()
+FAMILIES = {"roberta2roberta", "bert2gpt2"}
 
 
 MINILM: pathlib.Path | None = None  # --minilm
@@ -244,6 +248,34 @@ def bert_base(layers: int) -> EncoderDecoderModel:
         bert, bert, decoder_start_token_id=101, pad_token_id=0, eos_token_id=102))
 
 
+def family_twins(name: str, device: str, dtype: torch.dtype):
+    """A 6-layer, MiniLM-sized roberta2roberta or bert2gpt2 with random weights, built and saved by transformers
+    (real vocabulary sizes, GPT-2's pad set to its EOS as the bert2gpt2 checkpoints do), loaded by both sides,
+    and the tokenizer of its inputs."""
+    torch.manual_seed(0)
+    size = dict(hidden_size=384, num_hidden_layers=6, num_attention_heads=12, intermediate_size=1536)
+    if name == "roberta2roberta":
+        encoder = transformers.RobertaConfig(vocab_size=50265, max_position_embeddings=514, type_vocab_size=1, **size)
+        decoder = copy.deepcopy(encoder)  # from_encoder_decoder_configs makes it a decoder with cross-attention
+        ids = dict(decoder_start_token_id=0, pad_token_id=1, eos_token_id=2)
+        vocab = [ROOT / "data" / "bpe" / "roberta-base" / name for name in ("vocab.json", "merges.txt")]
+    else:
+        encoder = transformers.BertConfig(**size)
+        decoder = transformers.GPT2Config(n_embd=384, n_layer=6, n_head=12)
+        ids = dict(decoder_start_token_id=50256, pad_token_id=50256, eos_token_id=50256)
+        vocab = [minilm_path() / name for name in ("vocab.txt", "tokenizer_config.json")]
+    config = transformers.EncoderDecoderConfig.from_encoder_decoder_configs(encoder, decoder, **ids)
+    with tempfile.TemporaryDirectory() as tmp:
+        hf = transformers.EncoderDecoderModel(config=config)
+        hf.generation_config.update(**ids)
+        hf.save_pretrained(tmp)
+        for file in vocab:  # the encoder's vocabulary: its family comes from config.json's encoder model_type
+            shutil.copy(file, tmp)
+        ours, tok = EncoderDecoderModel.from_pretrained(tmp), Tokenizer.from_pretrained(tmp)
+        hf = transformers.EncoderDecoderModel.from_pretrained(tmp, dtype=dtype)
+    return ours.to(device, dtype).eval(), hf.to(device).eval(), tok
+
+
 def workload_c(args, dtype: torch.dtype) -> None:
     tok = Tokenizer.from_pretrained(minilm_path())
     sizes = list(map(int, args.batch_sizes.split(",")))
@@ -264,7 +296,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where both models run")
     ap.add_argument("--dtype", choices=tuple(DTYPES), default="fp32", help="weights and activations dtype")
-    ap.add_argument("--workloads", default="a,b", help="comma-separated subset of a,b,c, or none")
+    ap.add_argument("--workloads", default="a,b",
+                    help="comma-separated subset of a,b,c,roberta2roberta,bert2gpt2 (the last two: (b)'s recipe on "
+                         "a 6-layer model of that family), or none")
     ap.add_argument("--repeats", type=int, default=3, help="timed runs per side (alternating); medians reported")
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     ap.add_argument("--batch-sizes", default="32,64,128,256", help="(c): articles per generate call")
@@ -294,6 +328,9 @@ def main() -> int:
             compare("a", ours, hf, articles(tok, 8, 110), SHORT, args.repeats, args.device, floor=True)
         if "b" in work:
             compare("b", ours, hf, articles(tok, 32, 400), CNNDM, args.repeats, args.device)
+    for family in FAMILIES & set(work):
+        ours, hf, tok = family_twins(family, args.device, dtype)
+        compare(f"b, {family}", ours, hf, articles(tok, 32, 400), CNNDM, args.repeats, args.device)
     if "c" in work:
         workload_c(args, dtype)
     if args.compare_fp32 and args.dtype != "fp32":
