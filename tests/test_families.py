@@ -313,5 +313,5 @@ def test_roberta_positions_start_after_the_pad_id():
     assert ours.config.encoder.max_positions == ours.config.decoder.max_positions == 64 - (PAD + 1)
     assert twins("bert2gpt2")[1].config.decoder.max_positions == 64
     ids, mask = inputs("roberta2roberta", [4, 3], 0)
-    with pytest.raises(ValueError, match="exceeds the 62 positions"):
+    with pytest.raises(ValueError, match="exceeds the decoder.s 62 usable positions"):
         ours.generate(ids, mask, max_length=63)
