@@ -119,8 +119,11 @@ class FakeCluster:
 
 def start(worker_cpus: int = 3, max_workers: int = 2, idle_timeout_minutes: float = 0.25) -> FakeCluster:
     temp_dir = tempfile.mkdtemp(prefix="rayf", dir="/tmp")
-    ports = {name: free_port() for name in ("port", "dashboard-port", "metrics-export-port",
-                                            "ray-client-server-port")}
+    # every port of the head its own: Ray's defaults (the dashboard agent's 52365) may be held by another Ray on
+    # this machine, such as a test session's local one, and then no job can be submitted
+    ports = {name: free_port() for name in ("port", "dashboard-port", "metrics-export-port", "ray-client-server-port",
+                                            "dashboard-agent-listen-port", "dashboard-agent-grpc-port",
+                                            "runtime-env-agent-port", "node-manager-port", "object-manager-port")}
     config_path = os.path.join(temp_dir, "autoscaling.json")
     with open(config_path, "w") as f:
         json.dump(config(f"127.0.0.1:{ports['port']}", worker_cpus, max_workers, idle_timeout_minutes), f)
