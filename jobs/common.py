@@ -11,6 +11,7 @@ import tempfile
 import traceback
 from typing import Any
 
+from model import BATCHING
 from pipeline.batch import DTYPES, GenerationOverrides, SummarizeConfig, SummarizeResult, with_cluster_defaults
 from pipeline.cluster import DEFAULT_WORKER_WAIT_S, Replicas
 from pipeline.io import secrets
@@ -130,15 +131,22 @@ def add_scaling_flags(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--cpus-per-replica", type=float, default=1.0,
                    help="CPUs per replica; also the replica's torch thread count on CPU")
     g.add_argument("--batch-size", type=int, default=256,
-                   help="most articles per generate call; a replica sorts each unit's rows by length first")
+                   help="most articles decoded together (per generate call, or places in flight); a replica "
+                        "sorts each unit's rows by length first")
     g.add_argument("--max-batch-tokens", type=int, default=Replicas.max_batch_tokens,
-                   help="most input tokens x beams per generate call (an article longer than that runs alone); "
+                   help="most input tokens x beams decoded together (an article longer than that runs alone); "
                         "a call that runs out of GPU memory is split in half and retried, down to one article, "
                         "and an article that does not fit alone gets a per-row error")
     g.add_argument("--compile", action="store_true",
                    help="run the decode step under torch.compile (CUDA graphs on a GPU, one per power-of-two "
                         "batch size; the first batches pay for compiling); the same tokens as without. On an H200 it "
                         "wins only at small batches: each generate call records its graphs again (docs/benchmarks.md)")
+    g.add_argument("--batching", choices=BATCHING, default="auto",
+                   help="how a replica batches its articles: 'inflight' keeps a table of article places (sized by "
+                        "--max-batch-tokens and --batch-size for the longest article) and refills a place as soon "
+                        "as its article is done; 'calls' runs length-sorted generate calls, each to its slowest "
+                        "article; 'auto' (default): inflight on a GPU or with --compile, calls on a CPU, where "
+                        "each measured faster (docs/benchmarks.md). The same tokens either way")
     g.add_argument("--wait-for-workers-s", type=float, default=None,
                    help="request nodes for the replicas from the autoscaler and wait up to this long for them "
                         f"(default: {DEFAULT_WORKER_WAIT_S:g} when the cluster has an autoscaler that can start "
@@ -174,7 +182,8 @@ def generation_from_args(args: argparse.Namespace) -> GenerationOverrides:
 
 def replicas_from_args(args: argparse.Namespace) -> Replicas:
     return Replicas.parse(args.replicas, gpus=args.gpus_per_replica or 0.0, cpus=args.cpus_per_replica,
-                          batch_size=args.batch_size, max_batch_tokens=args.max_batch_tokens, compile=args.compile)
+                          batch_size=args.batch_size, max_batch_tokens=args.max_batch_tokens, compile=args.compile,
+                          batching=args.batching)
 
 
 def cluster_defaults(config: SummarizeConfig, args: argparse.Namespace) -> SummarizeConfig:

@@ -1,7 +1,7 @@
 """Encoder-decoders of BERT, BertGeneration, RoBERTa and GPT-2 in plain PyTorch, compatible with Hugging Face
 checkpoints."""
 
-from .batch_generate import ERR_OOM, Generated, TextGenerator, check_vocabularies
+from .batch_generate import BATCHING, ERR_OOM, Generated, TextGenerator, check_vocabularies
 from .checkpoint import read_configs, write_atomic
 from .compat import (
     AutoModel,
@@ -18,11 +18,13 @@ from .encoder_decoder import EncoderDecoderModel, Seq2SeqOutput
 from .generation import DEFAULT_BATCH_TOKENS, batches
 from .placement import run_dtype
 from .plan import plan as check_generation
+from .search_loop import DecodeStats
 from .steps import compiled_decode_step, decode_step, static_decode_step
 from .text_pipeline import Text2TextPipeline, pipeline
 from .tokenizer import DECODER_TOKENIZER, BatchEncoding, Tokenizer, load_tokenizers, pad_ids, save_tokenizers
 
 __all__ = [
+    "BATCHING",
     "DECODER_TOKENIZER",
     "DEFAULT_BATCH_TOKENS",
     "ERR_OOM",
@@ -45,6 +47,7 @@ __all__ = [
     "Text2TextPipeline",
     "Tokenizer",
     "DecodePolicy",
+    "DecodeStats",
     "batches",
     "check_generation",
     "check_vocabularies",

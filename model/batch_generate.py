@@ -1,8 +1,12 @@
 """Generation over many texts' token ids: what a replica, the pipeline() one-liner and the command line share.
 
-Rows are sorted by length and cut into generate calls by row count and token budget (`batches`); a call
-that runs out of device memory is split in half and retried, down to one row, and a row that does not fit
-alone gets a per-row error instead of failing the others. Results come back in input order.
+Two ways to batch (`BATCHING`): "calls" sorts rows by length and cuts them into generate calls by row count
+and token budget (`batches`), each run to its slowest article; "inflight" runs all rows in one generate
+call whose table of article places is refilled as articles finish (model.inflight). "auto" is in-flight
+under the GPU decode policy (a GPU, or a compiled step) and calls under the CPU policy, where each measured
+faster (docs/benchmarks.md, workload (d)). A call that runs out of device memory is split in half and
+retried, down to one row, and a row that does not fit alone gets a per-row error instead of failing the
+others. Results come back in input order.
 """
 
 from __future__ import annotations
@@ -15,14 +19,17 @@ from typing import Any, NamedTuple
 import torch
 
 from .config import EncoderDecoderConfig
+from .decode_policy import GPU, policy_for
 from .encoder_decoder import EncoderDecoderModel
 from .generation import DEFAULT_BATCH_TOKENS, batches
+from .search_loop import DecodeStats
 from .steps import DecodeStep
 from .tokenizer import DECODER_TOKENIZER, Tokenizer, pad_ids
 
 log = logging.getLogger(__name__)
 
 ERR_OOM = "out of device memory even alone"
+BATCHING = ("auto", "inflight", "calls")
 
 
 class Generated(NamedTuple):
@@ -51,13 +58,18 @@ class TextGenerator:
     """`generator(rows)`: `sequences` Generated per row of token ids (num_return_sequences, best first; rows
     one after the other, as generate's [B * num_return_sequences] output), with the model's generate and the
     settings given (transformers' names, over the checkpoint's generation config). Outputs are decoded with
-    decoder_tokenizer (the decoder's vocabulary), by default `tokenizer`. Counts its generate calls, their
-    seconds and its out-of-memory splits; on_call(seconds) is told of each call."""
+    decoder_tokenizer (the decoder's vocabulary), by default `tokenizer`. batching is one of BATCHING;
+    batch_size caps the articles decoded together either way. Counts its generate calls, their seconds and
+    its out-of-memory splits; on_call(seconds) is told of each call; stats, if given, counts decode steps and
+    row-steps."""
 
     def __init__(self, model: EncoderDecoderModel, tokenizer: Tokenizer, generation: dict[str, Any] | None = None,
                  batch_size: int = 256, max_batch_tokens: int | None = DEFAULT_BATCH_TOKENS,
                  step: DecodeStep | None = None, policy: str | None = None,
-                 on_call: Callable[[float], None] | None = None, decoder_tokenizer: Tokenizer | None = None):
+                 on_call: Callable[[float], None] | None = None, decoder_tokenizer: Tokenizer | None = None,
+                 batching: str = "auto", stats: DecodeStats | None = None):
+        if batching not in BATCHING:
+            raise ValueError(f"batching must be one of {BATCHING}, got {batching!r}")
         self.model, self.tokenizer = model, tokenizer
         self.decoder_tokenizer = decoder_tokenizer or tokenizer  # decodes the outputs: the decoder's vocabulary
         check_vocabularies(model.config, tokenizer, self.decoder_tokenizer)
@@ -66,12 +78,15 @@ class TextGenerator:
         self.sequences = int(self.generation.get("num_return_sequences")
                              or model.generation_config.num_return_sequences or 1)
         self.batch_size, self.max_batch_tokens = batch_size, max_batch_tokens
-        self.step, self.policy, self.on_call = step, policy, on_call
+        self.step, self.policy, self.on_call, self.stats = step, policy, on_call, stats
+        self.inflight = batching == "inflight" or (batching == "auto" and policy_for(model.device, policy) == GPU)
         self.special = torch.tensor(sorted(self.decoder_tokenizer.all_special_ids), device=model.device)
         self.calls, self.generate_s, self.oom_splits = 0, 0.0, 0
 
     def __call__(self, rows: Sequence[Sequence[int]]) -> list[Generated]:
         g = self.sequences
+        if self.inflight:  # one call: the table of places refills itself from all the rows
+            return self.generate_or_split(rows)
         out: list[Generated | None] = [None] * (len(rows) * g)
         for part in batches([len(r) for r in rows], self.beams, self.max_batch_tokens, self.batch_size):
             results = self.generate_or_split([rows[i] for i in part])
@@ -86,8 +101,11 @@ class TextGenerator:
         device = self.model.device
         start = time.perf_counter()
         try:
-            out = self.model.generate(tokens.to(device), mask.to(device), max_batch_tokens=None, step=self.step,
-                                      policy=self.policy, **self.generation)
+            # calls: the rows are one batch already; in flight: the budget and batch_size size the table
+            budget, articles = (self.max_batch_tokens, self.batch_size) if self.inflight else (None, None)
+            out = self.model.generate(tokens.to(device), mask.to(device), max_batch_tokens=budget,
+                                      max_batch_articles=articles, step=self.step, policy=self.policy,
+                                      inflight=self.inflight, stats=self.stats, **self.generation)
             counts = (~torch.isin(out, self.special)).sum(dim=1).tolist()
         finally:
             seconds = time.perf_counter() - start

@@ -151,11 +151,12 @@ class EncoderDecoderModel(nn.Module):
 
     def decode_static(self, tokens: torch.Tensor, memory_kv, memory_mask: torch.Tensor | None, cache: KVCache,
                       position: torch.Tensor, group: int = 1) -> torch.Tensor:
-        """Logits [N, 1, V] of one token per row at a [1] position tensor, with shapes that do not depend on
-        the position: every layer attends over the whole cache under a mask that hides what lies after it."""
-        mask = (torch.arange(cache.k.shape[3], device=position.device) <= position)[None, None, None, :]
-        return self._decoder(tokens, position, mask, False, cache.at_position(position), memory_kv, memory_mask,
-                             group)
+        """Logits [N, 1, V] of one token per row at a position tensor, [1] (every row) or [N] (each row its own),
+        with shapes that do not depend on the position: every layer attends over the whole cache under a mask
+        that hides what lies after each row's position."""
+        mask = (torch.arange(cache.k.shape[3], device=position.device) <= position[:, None])[:, None, None, :]
+        return self._decoder(tokens, position[:, None], mask, False, cache.at_position(position), memory_kv,
+                             memory_mask, group)
 
     def _decoder(self, ids, start, mask, is_causal, write, memory_kv, memory_mask, group) -> torch.Tensor:
         x = self.decoder.embed(ids, start=start)

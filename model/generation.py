@@ -4,7 +4,8 @@ What differs from transformers is only the layout: the encoder and the cross-att
 per article and are shared by all its beams (the decoder stacks the beams' queries), the self-attention
 cache is preallocated and reordered in place, finished articles leave the running batch (how soon depends
 on the device: decode_policy), and a batch is sorted by length and cut by a token budget so that little
-padding is encoded.
+padding is encoded. In flight (inflight.py), one table of article places refills itself from all the
+inputs instead of running each batch to its slowest article.
 """
 
 from __future__ import annotations
@@ -19,9 +20,10 @@ import torch
 from .beam_search import BeamSearch
 from .decode_policy import DecodePolicy, bucket, policy_for
 from .greedy import GreedySearch
-from .plan import plan
-from .search_loop import Memory, Results, run
-from .steps import DecodeStep, Seq2Seq, decode_step
+from .inflight import run_inflight
+from .plan import Plan, plan
+from .search_loop import DecodeStats, Memory, Results, run
+from .steps import DecodeStep, Seq2Seq, decode_step, static_decode_step
 
 DEFAULT_BATCH_TOKENS = 65536  # input tokens x decoder rows per article, per search
 
@@ -46,15 +48,21 @@ def batches(lengths: Sequence[int] | np.ndarray, rows_per_article: int, max_toke
 def generate(model: Seq2Seq, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, *,
              token_type_ids: torch.Tensor | None = None, return_scores: bool = False, seed: int | None = None,
              generator: torch.Generator | None = None, max_batch_tokens: int | None = DEFAULT_BATCH_TOKENS,
-             step: DecodeStep | None = None, policy: str | DecodePolicy | None = None, **kwargs: Any):
+             step: DecodeStep | None = None, policy: str | DecodePolicy | None = None,
+             max_batch_articles: int | None = None, inflight: bool = False, stats: DecodeStats | None = None,
+             **kwargs: Any):
     """Summaries [B * num_return_sequences, T] starting with decoder_start_token_id, in input order.
 
     kwargs are generation settings with transformers' names, over model.generation_config. With
     return_scores=True also returns [B * num_return_sequences] scores: beam search's length-penalised
     scores (transformers' sequences_scores), else the sum of the chosen tokens' processed log-probs.
-    max_batch_tokens caps input tokens x beams encoded and searched together (None: all at once); step
+    max_batch_tokens caps input tokens x beams encoded and searched together (None: all at once) and
+    max_batch_articles the articles (None: no cap); step
     replaces the one-token decode; policy ("cpu" or "gpu") overrides the device's decode policy.
     token_type_ids go to the encoder, as transformers passes a BERT tokenizer's output on.
+    inflight=True decodes through one table of article places refilled as articles finish (model.inflight;
+    the budget sizes the table, and step must take per-row positions: by default the static step) instead of
+    one call per batch. stats, if given, counts the decode steps and row-steps (a host read per step).
     """
     p = dataclasses.replace(plan(model.config, model.generation_config.updated(**kwargs)), scores=return_scores)
     if max_batch_tokens is not None and max_batch_tokens < 1:
@@ -66,26 +74,39 @@ def generate(model: Seq2Seq, input_ids: torch.Tensor, attention_mask: torch.Tens
     input_ids = input_ids.to(device)
     mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask.to(device)
     types = None if token_type_ids is None else token_type_ids.to(device)
-    step = step or decode_step(model)
     search = BeamSearch if p.num_beams > 1 else GreedySearch
     b, g, m = input_ids.shape[0], p.num_return_sequences, p.rules.max_length
-    group = p.num_beams if p.num_beams > 1 else g
     results = Results(b, g, m, p.fill, device)
-    for part in batches(mask.sum(1).tolist(), group, max_batch_tokens):
+    if inflight:
+        run_inflight(model, search, p, decode_policy, step or static_decode_step(model), input_ids, mask, types,
+                     max_batch_tokens, max_batch_articles, results, generator, stats)
+    else:
+        run_calls(model, search, p, decode_policy, step or decode_step(model), input_ids, mask, types,
+                  max_batch_tokens, max_batch_articles, results, generator, stats)
+    seqs, scores, lengths = results.tensors
+    out = seqs[:, :, : int(lengths.max())].reshape(b * g, -1)
+    return (out, scores.reshape(-1)) if return_scores else out
+
+
+def run_calls(model: Seq2Seq, search_type, p: Plan, policy: DecodePolicy, step: DecodeStep, input_ids: torch.Tensor,
+              mask: torch.Tensor, types: torch.Tensor | None, budget: int | None, max_articles: int | None,
+              results: Results, generator: torch.Generator | None = None, stats: DecodeStats | None = None) -> None:
+    """Every input row decoded in batches (`batches`: longest first, cut by the budget), each run to its end."""
+    device = input_ids.device
+    g, m = p.num_return_sequences, p.rules.max_length
+    group = p.num_beams if p.num_beams > 1 else g
+    for part in batches(mask.sum(1).tolist(), group, budget, max_articles):
         rows = torch.from_numpy(part).to(device)
         used = mask[rows].any(0).nonzero()
         width = int(used.max()) + 1 if used.numel() else 1
         ids, part_mask = input_ids[rows, :width], mask[rows, :width]
         articles = len(part)
-        padded = bucket(articles) if decode_policy.row_buckets else articles
+        padded = bucket(articles) if policy.row_buckets else articles
         memory_mask = None if bool(part_mask.all()) else part_mask.bool()[:, None, None, :]
         part_types = None if types is None else types[rows, :width]
         memory = Memory(model.memory_kv(model.encode(ids, part_mask, part_types)), memory_mask, padded)
-        state = search(p, decode_policy, articles, padded, device, generator)
+        state = search_type(p, policy, articles, padded, device, generator)
         part_results = Results(articles, g, m, p.fill, device)
-        run(state, memory, model.new_cache(padded * group, m), step, decode_policy, m, part_results)
+        run(state, memory, model.new_cache(padded * group, m), step, policy, m, part_results, stats)
         for out, value in zip(results.tensors, part_results.tensors, strict=True):
             out[rows] = value
-    seqs, scores, lengths = results.tensors
-    out = seqs[:, :, : int(lengths.max())].reshape(b * g, -1)
-    return (out, scores.reshape(-1)) if return_scores else out

@@ -98,7 +98,7 @@ class Embeddings(nn.Module):
         self.drop = nn.Dropout(cfg.hidden_dropout_prob if drop is None else drop)
 
     def positions(self, ids: torch.Tensor, start: int | torch.Tensor) -> torch.Tensor:
-        """Positions of ids [N, T] after `start` earlier tokens (start may be a [1] tensor).
+        """Positions of ids [N, T] after `start` earlier tokens (start may be a [1, 1] or [N, 1] tensor).
 
         RoBERTa counts from pad_token_id + 1 over the non-pad tokens of `ids` and gives pads pad_token_id, as
         transformers' create_position_ids_from_input_ids (also one token at a time after a cache)."""
@@ -145,32 +145,57 @@ class KVCache:
         return write
 
     def at_position(self, position: torch.Tensor) -> CacheWrite:
-        """Writes of one token at a [1] position tensor that return the whole cache, whatever the position:
-        fixed shapes for CUDA graphs and torch.compile; the caller masks the positions after it."""
+        """Writes of one token per row at a position tensor, [1] (every row) or [N] (each row its own), that
+        return the whole cache, whatever the position: fixed shapes for CUDA graphs and torch.compile; the
+        caller masks the positions after it."""
         def write(layer: int, k: torch.Tensor, v: torch.Tensor):
             n = k.shape[0]
-            self.k[layer, :n].index_copy_(2, position, k)
-            self.v[layer, :n].index_copy_(2, position, v)
+            if position.shape[0] == 1:
+                self.k[layer, :n].index_copy_(2, position, k)
+                self.v[layer, :n].index_copy_(2, position, v)
+            else:
+                at = position[:, None, None, None].expand_as(k)
+                self.k[layer, :n].scatter_(2, at, k)
+                self.v[layer, :n].scatter_(2, at, v)
             return self.k[layer, :n], self.v[layer, :n]
         return write
 
-    def reorder(self, rows: torch.Tensor, length: int, shared: torch.Tensor | None = None) -> None:
+    def window(self, length: int) -> KVCache:
+        """This cache seen through its first `length` positions: a view, so writes land here."""
+        view = KVCache.__new__(KVCache)
+        view.k, view.v = self.k[:, :, :, :length], self.v[:, :, :, :length]
+        return view
+
+    def reorder(self, rows: torch.Tensor, length: int, shared: torch.Tensor | None = None,
+                ends: torch.Tensor | None = None) -> None:
         """New row i takes old row rows[i] (positions < length); rows may be fewer than before.
 
         shared[i] counts the leading positions that row i already holds equal to rows[i]'s; those are not
         copied, at the price of reading the counts on the host. Without it all positions are copied and
-        nothing waits for the device.
+        nothing waits for the device. ends[i] (with shared: rows of different lengths, in-flight batching)
+        is where row i's positions end: each row is copied from shared[i] to ends[i] only.
         """
         need = torch.arange(rows.shape[0], device=rows.device)
         first = 0
         if shared is not None:
-            need = need[shared < length]
+            need = need[shared < (length if ends is None else ends.clamp(max=length))]
             if need.numel() == 0:
                 return
+            if ends is not None:
+                return self.reorder_ranges(rows[need], need, shared[need], ends[need].clamp(max=length))
             first = int(shared[need].min())
         for buf in (self.k, self.v):
             part = buf[:, :, :, first:length]
             part.index_copy_(1, need, part.index_select(1, rows[need]))  # sources are read before any write
+
+    def reorder_ranges(self, src: torch.Tensor, dst: torch.Tensor, start: torch.Tensor, end: torch.Tensor) -> None:
+        """Row dst[i] takes row src[i]'s positions start[i]..end[i] - 1: one gather and one scatter of exactly
+        those positions."""
+        count = end - start
+        row = torch.repeat_interleave(torch.arange(count.shape[0], device=count.device), count)
+        pos = start[row] + torch.arange(row.shape[0], device=row.device) - (count.cumsum(0) - count)[row]
+        for buf in (self.k, self.v):
+            buf[:, dst[row], :, pos] = buf[:, src[row], :, pos]  # the right side is read whole before any write
 
 
 CacheWrite = Callable[[int, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]

@@ -1,7 +1,8 @@
 """Logits processors with transformers' rules, vectorised over all rows at once (no loops over hypotheses).
 
 `process` applies them in transformers' order: repetition penalty, no-repeat n-gram, bad words, min length,
-forced BOS, forced EOS, then (sampling only) temperature, top-k, top-p.
+forced BOS, forced EOS, then (sampling only) temperature, top-k, top-p. Rows may be of one length (the
+columns of `ids`) or each of its own (`lengths`, for in-flight batching, where articles start at any step).
 """
 
 from __future__ import annotations
@@ -38,20 +39,39 @@ def repetition_penalty(ids: torch.Tensor, scores: torch.Tensor, penalty: float) 
     return scores.scatter(1, ids, picked)
 
 
-def no_repeat_ngram(ids: torch.Tensor, scores: torch.Tensor, n: int) -> torch.Tensor:
+def own_tokens(ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """ids with the places at or after each row's length holding the row's first token (one it has anyway)."""
+    beyond = torch.arange(ids.shape[1], device=ids.device) >= lengths[:, None]
+    return torch.where(beyond, ids[:, :1], ids)
+
+
+def suffix(ids: torch.Tensor, lengths: torch.Tensor, n: int) -> torch.Tensor:
+    """The last n tokens before each row's length, [N, n] (clamped to the row's start where it is shorter)."""
+    at = lengths[:, None] - n + torch.arange(n, device=ids.device)
+    return ids.gather(1, at.clamp(min=0))
+
+
+def no_repeat_ngram(ids: torch.Tensor, scores: torch.Tensor, n: int,
+                    lengths: torch.Tensor | None = None) -> torch.Tensor:
     """Ban every token that would complete an n-gram already present in the row."""
     t, v = ids.shape[1], scores.shape[1]
     if t < n:
         return scores
     windows = ids.unfold(1, n, 1)  # [N, t - n + 1, n]
-    prefix = ids[:, t + 1 - n:]  # [N, n - 1]
-    hit = (windows[..., :-1] == prefix[:, None]).all(-1)  # [N, t - n + 1]
+    if lengths is None:
+        prefix = ids[:, t + 1 - n:]  # [N, n - 1]
+        hit = (windows[..., :-1] == prefix[:, None]).all(-1)  # [N, t - n + 1]
+    else:  # only the windows that end before the row's length
+        prefix = suffix(ids, lengths, n - 1)
+        inside = torch.arange(t - n + 1, device=ids.device) <= lengths[:, None] - n
+        hit = (windows[..., :-1] == prefix[:, None]).all(-1) & inside
     banned = torch.zeros(scores.shape[0], v + 1, dtype=torch.bool, device=scores.device)
     banned.scatter_(1, torch.where(hit, windows[..., -1], v), True)
     return scores.masked_fill(banned[:, :v], -math.inf)
 
 
-def bad_words(ids: torch.Tensor, scores: torch.Tensor, words: list[list[int]], eos: list[int]) -> torch.Tensor:
+def bad_words(ids: torch.Tensor, scores: torch.Tensor, words: list[list[int]], eos: list[int],
+              lengths: torch.Tensor | None = None) -> torch.Tensor:
     """Ban the last token of each bad sequence wherever the row ends with the rest of it (EOS alone is never banned)."""
     scores = scores.clone()
     for word in words:
@@ -63,7 +83,11 @@ def bad_words(ids: torch.Tensor, scores: torch.Tensor, words: list[list[int]], e
         if not prefix:
             scores[:, last] = -math.inf
             continue
-        match = (ids[:, ids.shape[1] - len(prefix):] == device_ids(tuple(prefix), ids.device)).all(-1)
+        wanted = device_ids(tuple(prefix), ids.device)
+        if lengths is None:
+            match = (ids[:, ids.shape[1] - len(prefix):] == wanted).all(-1)
+        else:
+            match = (suffix(ids, lengths, len(prefix)) == wanted).all(-1) & (lengths >= len(prefix))
         scores[:, last] = scores[:, last].masked_fill(match, -math.inf)
     return scores
 
@@ -94,21 +118,24 @@ def top_p_filter(scores: torch.Tensor, p: float, keep: int) -> torch.Tensor:
     return scores.masked_fill(drop.scatter(1, order, drop), -math.inf)
 
 
-def process(ids: torch.Tensor, scores: torch.Tensor, rules: Rules) -> torch.Tensor:
-    """ids [N, t] (start token included), scores [N, V] float32 -> processed scores [N, V]."""
-    t = ids.shape[1]
+def process(ids: torch.Tensor, scores: torch.Tensor, rules: Rules, lengths: torch.Tensor | None = None
+            ) -> torch.Tensor:
+    """ids [N, t] (start token included), scores [N, V] float32 -> processed scores [N, V]. With lengths [N],
+    row i holds ids[i, :lengths[i]] and the rest of it is ignored."""
+    t = ids.shape[1] if lengths is None else lengths  # an int, or a tensor: the rules below take either
     if rules.repetition_penalty != 1.0:
-        scores = repetition_penalty(ids, scores, rules.repetition_penalty)
+        own = ids if lengths is None else own_tokens(ids, lengths)
+        scores = repetition_penalty(own, scores, rules.repetition_penalty)
     if rules.no_repeat_ngram_size > 0:
-        scores = no_repeat_ngram(ids, scores, rules.no_repeat_ngram_size)
+        scores = no_repeat_ngram(ids, scores, rules.no_repeat_ngram_size, lengths)
     if rules.bad_words_ids:
-        scores = bad_words(ids, scores, rules.bad_words_ids, rules.eos)
-    if rules.eos and t < rules.min_length:
-        scores = scores.index_fill(1, device_ids(tuple(rules.eos), scores.device), -math.inf)
-    if rules.forced_bos_token_id is not None and t == 1:
-        scores = forced(scores, rules.forced_bos_token_id)
-    if rules.forced_eos_token_id is not None and t == rules.max_length - 1:
-        scores = forced(scores, rules.forced_eos_token_id)
+        scores = bad_words(ids, scores, rules.bad_words_ids, rules.eos, lengths)
+    if rules.eos:
+        scores = ban(scores, t < rules.min_length, device_ids(tuple(rules.eos), scores.device))
+    if rules.forced_bos_token_id is not None:
+        scores = on_rows(t == 1, scores, lambda s: forced(s, rules.forced_bos_token_id))
+    if rules.forced_eos_token_id is not None:
+        scores = on_rows(t == rules.max_length - 1, scores, lambda s: forced(s, rules.forced_eos_token_id))
     if rules.do_sample:
         if rules.temperature != 1.0:
             scores = scores / rules.temperature
@@ -117,3 +144,17 @@ def process(ids: torch.Tensor, scores: torch.Tensor, rules: Rules) -> torch.Tens
         if rules.top_p < 1.0:
             scores = top_p_filter(scores, rules.top_p, rules.min_tokens_to_keep)
     return scores
+
+
+def on_rows(which: bool | torch.Tensor, scores: torch.Tensor, rule) -> torch.Tensor:
+    """rule(scores) on the rows `which` selects: True/False for all of them, or an [N] bool tensor."""
+    if isinstance(which, bool):
+        return rule(scores) if which else scores
+    return torch.where(which[:, None], rule(scores), scores)
+
+
+def ban(scores: torch.Tensor, which: bool | torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
+    """The columns set to -inf on the rows `which` selects (as on_rows), touching only those columns."""
+    if isinstance(which, bool):
+        return scores.index_fill(1, columns, -math.inf) if which else scores
+    return scores.index_copy(1, columns, scores.index_select(1, columns).masked_fill(which[:, None], -math.inf))

@@ -7,6 +7,7 @@ results go.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Protocol
 
 import torch
@@ -45,6 +46,42 @@ class Memory:
         self.kv = [(k[:rows], v[:rows]) for k, v in self.kv_buffers]
         self.mask = None if self.mask_buffer is None else self.mask_buffer[:rows]
 
+    def write(self, places: torch.Tensor, kv: MemoryKV, mask: torch.Tensor) -> None:
+        """New articles' keys/values ([f, H, w, D]) and mask ([f, 1, 1, w]) at `places`; w may be narrower than
+        the buffers, whose positions past it are masked."""
+        w = mask.shape[-1]
+        for (k_buf, v_buf), (k, v) in zip(self.kv_buffers, kv, strict=True):
+            k_buf[places, :, :w] = k
+            v_buf[places, :, :w] = v
+        self.mask_buffer[places] = False
+        self.mask_buffer[places, :, :, :w] = mask
+
+    def view(self, width: int) -> tuple[MemoryKV, torch.Tensor | None]:
+        """The rows in use seen through their first `width` input positions."""
+        kv = [(k[:, :, :width], v[:, :, :width]) for k, v in self.kv]
+        return kv, None if self.mask is None else self.mask[..., :width]
+
+
+@dataclass
+class DecodeStats:
+    """Decode steps, the decoder rows they ran (row-steps) and how many of those held a live article."""
+
+    steps: int = 0
+    row_steps: int = 0
+    live_row_steps: int = 0
+
+    def count(self, search: Search) -> None:
+        """The step `search` is about to take (reads its done flags: a host synchronisation, so only when
+        asked for)."""
+        live = int((~search.done & (search.slot >= 0)).sum())
+        self.steps += 1
+        self.row_steps += search.done.shape[0] * search.group
+        self.live_row_steps += live * search.group
+
+    @property
+    def live_share(self) -> float:
+        return self.live_row_steps / max(self.row_steps, 1)
+
 
 class Search(Protocol):
     """The state of one search over [n] articles; `slot` maps each to its input row (-1: padding)."""
@@ -59,9 +96,11 @@ class Search(Protocol):
     def advance(self, cur: int, logits: torch.Tensor) -> None:
         """Take step cur's logits [rows, V]: choose tokens, update the state and `done`."""
 
-    def cache_sources(self, cur: int, live: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+    def cache_sources(self, cur: int, live: torch.Tensor | None
+                      ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None] | None:
         """Old cache row of each new row once `live` articles stay (None: all of them) or None when the cache
-        is right as it is, and, for a shared-prefix reorder, the leading positions each new row already holds."""
+        is right as it is, and, for a shared-prefix reorder, the leading positions each new row already holds
+        and (ragged) where each new row's positions end."""
 
     def take(self, rows: torch.Tensor) -> None:
         """Keep the articles at `rows`, in that order."""
@@ -86,34 +125,46 @@ class Results:
             out[search.slot[rows]] = value[rows, :g]
 
 
+def compact(search: Search, memory: Memory, cache: KVCache, policy: DecodePolicy, cur: int, length: int,
+            results: Results) -> torch.Tensor | None:
+    """Emit the done articles and move the live ones to the first rows (a power-of-two count under row
+    buckets), reordering the cache for this step's choices over its first `length` positions. Returns the
+    articles kept, in their new order, or None when the rows stay as they are (the cache not reordered)."""
+    n = search.done.shape[0]
+    live_count = n - int(search.done.sum())
+    rows = bucket(live_count) if policy.row_buckets else live_count
+    if live_count == 0 or rows >= n:
+        return None
+    results.emit(search, search.done)
+    live = (~search.done).nonzero()[:, 0]
+    fill = torch.arange(rows - live_count, device=live.device)  # padding: any rows, marked below
+    sources = search.cache_sources(cur, live)
+    search.take(torch.cat((live, fill)))
+    search.done[live_count:], search.slot[live_count:] = True, -1
+    memory.keep(live, rows, policy.move_chunk)
+    if sources is not None:  # the padding rows after the live ones keep stale (finite) values
+        kept = live_count * search.group
+        src, shared, ends = (None if t is None else t[:kept] for t in sources)
+        cache.reorder(src, length, shared, ends)
+    return live
+
+
 def run(search: Search, memory: Memory, cache: KVCache, step: DecodeStep, policy: DecodePolicy,
-        max_length: int, results: Results) -> None:
+        max_length: int, results: Results, stats: DecodeStats | None = None) -> None:
     """Decode until every article is done or max_length is reached, writing into results."""
     for cur in range(1, max_length):
+        if stats is not None:
+            stats.count(search)
         tokens, pos, group = search.inputs(cur)
         search.advance(cur, step(tokens, memory.kv, memory.mask, cache, pos, group))
-        n = search.done.shape[0]
         if cur + 1 >= max_length:
             break
         if cur % policy.check_every == 0:
-            live_count = n - int(search.done.sum())
-            if live_count == 0:
+            if bool(search.done.all()):
                 break
-            rows = bucket(live_count) if policy.row_buckets else live_count
-            if rows < n:
-                results.emit(search, search.done)
-                live = (~search.done).nonzero()[:, 0]
-                fill = torch.arange(rows - live_count, device=live.device)  # padding: any rows, marked below
-                sources = search.cache_sources(cur, live)
-                search.take(torch.cat((live, fill)))
-                search.done[live_count:], search.slot[live_count:] = True, -1
-                memory.keep(live, rows, policy.move_chunk)
-                if sources is not None:  # the padding rows after the live ones keep stale (finite) values
-                    src, shared = sources
-                    kept = live_count * search.group
-                    cache.reorder(src[:kept], cur, None if shared is None else shared[:kept])
+            if compact(search, memory, cache, policy, cur, cur, results) is not None:
                 continue
         sources = search.cache_sources(cur, None)
         if sources is not None:
-            cache.reorder(sources[0], cur, sources[1])
+            cache.reorder(sources[0], cur, *sources[1:])
     results.emit(search)

@@ -16,8 +16,10 @@ from .layers import KVCache
 
 MemoryKV = list[tuple[torch.Tensor, torch.Tensor]]
 
-# (tokens [N, 1], memory_kv, memory_mask, cache, pos, group) -> float logits [N, V]
-DecodeStep = Callable[[torch.Tensor, MemoryKV, "torch.Tensor | None", KVCache, int, int], torch.Tensor]
+# (tokens [N, 1], memory_kv, memory_mask, cache, pos, group) -> float logits [N, V]; pos is one position for
+# every row, or (in-flight batching, static steps only) an [N] tensor of each row's own
+DecodeStep = Callable[[torch.Tensor, MemoryKV, "torch.Tensor | None", KVCache, "int | torch.Tensor", int],
+                      torch.Tensor]
 
 
 class Seq2Seq(Protocol):
@@ -52,8 +54,8 @@ def decode_step(model: Seq2Seq) -> DecodeStep:
 def static_decode_step(model: Seq2Seq, wrap: Callable[[Callable], Callable] | None = None) -> DecodeStep:
     """A one-token step whose shapes do not change from one position to the next (only with the row count).
 
-    The position reaches the model as a [1] tensor, kept and updated in place, and every layer attends over
-    the whole preallocated cache under a mask, so `wrap` (for example
+    The position reaches the model as a [1] tensor (or [N], one per row), kept and updated in place, and every
+    layer attends over the whole preallocated cache under a mask, so `wrap` (for example
     `lambda f: torch.compile(f, mode="reduce-overhead")`, which captures CUDA graphs) compiles or captures
     the core once per row count instead of once per position.
     """
@@ -61,16 +63,22 @@ def static_decode_step(model: Seq2Seq, wrap: Callable[[Callable], Callable] | No
         return model.decode_static(tokens, memory_kv, memory_mask, cache, position, group)[:, -1].float()
 
     core = wrap(core) if wrap is not None else core
-    positions: dict[torch.device, torch.Tensor] = {}
+    positions: dict[tuple[torch.device, int], torch.Tensor] = {}
 
     def step(tokens, memory_kv, memory_mask, cache, pos, group):
-        position = positions.get(tokens.device)
+        count = 1 if isinstance(pos, int) else pos.shape[0]  # one position for all rows, or one per row
+        position = positions.get((tokens.device, count))
         if position is None:
-            position = positions[tokens.device] = torch.zeros(1, dtype=torch.long, device=tokens.device)
-        position.fill_(pos)  # no host synchronisation: a fill with a scalar argument
-        if wrap is not None:  # CUDA graphs then read the cache, cross K/V and position in place
-            for t in (position, cache.k, cache.v, *(t for kv in memory_kv for t in kv)):
-                torch._dynamo.mark_static_address(t)
+            position = positions[tokens.device, count] = torch.zeros(count, dtype=torch.long, device=tokens.device)
+        if isinstance(pos, int):
+            position.fill_(pos)  # no host synchronisation: a fill with a scalar argument
+        else:
+            position.copy_(pos)
+        if wrap is not None:  # CUDA graphs then read the cache, cross K/V, mask and position in place
+            static = (position, cache.k, cache.v, *(t for kv in memory_kv for t in kv), memory_mask)
+            for t in static:
+                if t is not None:
+                    torch._dynamo.mark_static_address(t)
         return core(tokens, memory_kv, memory_mask, cache, position, group)
     return step
 

@@ -41,7 +41,8 @@ def build(config: SummarizeConfig, rows: list[dict[str, Any]], replicas: Replica
         fn_constructor_kwargs={"model_url": config.model, "generation": config.generation.as_kwargs(),
                                "dtype": config.dtype, "threads": max(1, int(replicas.cpus)), "storage_options": opts,
                                "batch_size": replicas.batch_size, "max_batch_tokens": replicas.max_batch_tokens,
-                               "compile": replicas.compile, "decoder_tokenizer": config.decoder_tokenizer},
+                               "compile": replicas.compile, "batching": replicas.batching,
+                               "decoder_tokenizer": config.decoder_tokenizer},
         # Two units per actor: the next one is queued while the current one generates.
         compute=ActorPoolStrategy(min_size=replicas.min, max_size=replicas.max, initial_size=initial_replicas,
                                   max_tasks_in_flight_per_actor=2),

@@ -52,13 +52,14 @@ OUTPUT_TYPES = {
 
 class Summarizer:
     """One model replica: the model and tokenizer load once per actor; then each call summarizes whole units
-    with model's TextGenerator (length-sorted calls cut by rows and token budget, out-of-memory calls split in
-    half down to one article, an article that does not fit alone a per-row error)."""
+    with model's TextGenerator (a unit's rows in flight, or in length-sorted calls cut by rows and token
+    budget: `batching`; out-of-memory calls split in half down to one article, an article that does not fit
+    alone a per-row error)."""
 
     def __init__(self, model_url: str, generation: dict, dtype: str = "auto", threads: int | None = None,
                  storage_options: dict | None = None, batch_size: int = 256,
                  max_batch_tokens: int = DEFAULT_BATCH_TOKENS, compile: bool = False,
-                 decoder_tokenizer: str | None = None):
+                 decoder_tokenizer: str | None = None, batching: str = "auto"):
         if threads:
             torch.set_num_threads(threads)
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -76,7 +77,8 @@ class Summarizer:
         self.generator = TextGenerator(
             self.model, self.tokenizer, generation, batch_size, max_batch_tokens,
             step=compiled_decode_step(self.model) if compile else None, policy="gpu" if compile else None,
-            on_call=self.metrics.generate.observe if self.metrics else None, decoder_tokenizer=self.decoder_tokenizer)
+            on_call=self.metrics.generate.observe if self.metrics else None, decoder_tokenizer=self.decoder_tokenizer,
+            batching=batching)
         given = ray.get_gpu_ids() if ray.is_initialized() else []
         if given and device == "cpu":
             log.warning("Ray assigned GPU(s) %s to this replica but torch sees no CUDA device: running on CPU",

@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from model import DEFAULT_BATCH_TOKENS
+from model import BATCHING, DEFAULT_BATCH_TOKENS
 
 
 @dataclass(frozen=True)
@@ -21,6 +21,7 @@ class Replicas:
     max_batch_tokens: int = DEFAULT_BATCH_TOKENS  # most input tokens x beams per generate call (a longer
     # article runs alone)
     compile: bool = False  # the static decode step under torch.compile (CUDA graphs on a GPU)
+    batching: str = "auto"  # model.BATCHING: in-flight or calls ("auto": in-flight under the GPU decode policy)
 
     def __post_init__(self) -> None:
         if not 1 <= self.min <= self.max:
@@ -31,6 +32,8 @@ class Replicas:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.max_batch_tokens < 1:
             raise ValueError(f"max_batch_tokens must be >= 1, got {self.max_batch_tokens}")
+        if self.batching not in BATCHING:
+            raise ValueError(f"batching must be one of {', '.join(BATCHING)}, got {self.batching!r}")
 
     @classmethod
     def parse(cls, text: str, **kwargs: Any) -> Replicas:
