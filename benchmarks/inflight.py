@@ -90,9 +90,10 @@ def main() -> int:
         s = stats[way]
         print(f"{way:9s} {statistics.median(times):7.1f}s  {len(rows) / statistics.median(times):6.2f} articles/s  "
               f"{s.steps} steps, {s.row_steps / max(s.steps, 1):.0f} rows/step, live row-steps {s.live_share:.1%}")
-    same = sum(a.text == b.text for a, b in zip(outputs["calls"], outputs["inflight"], strict=True))
+    differ = [i for i, (a, b) in enumerate(zip(outputs["calls"], outputs["inflight"], strict=True)) if a.text != b.text]
     ratio = statistics.median(seconds["calls"]) / statistics.median(seconds["inflight"])
-    print(f"in-flight / calls: {ratio:.2f}x articles/s; identical summaries {same}/{len(rows)}")
+    print(f"in-flight / calls: {ratio:.2f}x articles/s; identical summaries {len(rows) - len(differ)}/{len(rows)}"
+          + (f" (differ: {differ})" if differ else ""))
     return 0
 
 

