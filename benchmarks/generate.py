@@ -5,7 +5,8 @@ Prints, per workload, the median seconds of each side, the throughput ratio, the
 (a) and (b) use the MiniLM warm start; roberta2roberta and bert2gpt2 run (b) on a 6-layer MiniLM-sized model of
 that family with random weights; (c) is a bert-base-sized bert2bert with random weights (nothing to
 download), 512 tokens in, the CNN/DM recipe: ours eager, ours compiled and transformers at each batch
-size, with peak GPU memory, then ours against transformers in float32 at the first batch size.
+size, with peak GPU memory, then ours against transformers in float32 at the first batch size. (d) is
+in-flight batching against the calls loop on 256 mixed-length articles (benchmarks/inflight.py).
 --compare-fp32 measures what a lower precision changes: the share of summaries identical to float32 and
 the ROUGE-L of the lower-precision summaries against the float32 ones, on the repo's CNN/DM articles.
 
@@ -292,13 +293,28 @@ def workload_c(args, dtype: torch.dtype) -> None:
         compare(f"c, batch {sizes[0]}, fp32 parity", ours, hf, articles(tok, sizes[0], 512), CNNDM, 1, args.device)
 
 
+def workload_d_here(args, dtype: torch.dtype) -> None:
+    """(d), in-flight batching against the calls loop (benchmarks/inflight.py): the MiniLM warm start under
+    the CPU policy on a CPU; on a GPU a bert-base-sized bert2bert, eager and compiled."""
+    from benchmarks.inflight import minilm_warm_start, raise_eos, workload_d
+
+    if args.device == "cpu":
+        model, tok = minilm_warm_start(2.5)
+        workload_d(model.to(dtype=dtype), tok, "cpu", False, args.repeats)
+        return
+    model = raise_eos(bert_base(args.layers).eval(), 1.75).to(args.device, dtype)
+    for compile in (False, True):
+        workload_d(model, Tokenizer.from_pretrained(minilm_path()), "gpu", compile, args.repeats)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where both models run")
     ap.add_argument("--dtype", choices=tuple(DTYPES), default="fp32", help="weights and activations dtype")
     ap.add_argument("--workloads", default="a,b",
-                    help="comma-separated subset of a,b,c,roberta2roberta,bert2gpt2 (the last two: (b)'s recipe on "
-                         "a 6-layer model of that family), or none")
+                    help="comma-separated subset of a,b,c,d,roberta2roberta,bert2gpt2 (d: in-flight batching "
+                         "against the calls loop; the last two: (b)'s recipe on a 6-layer model of that family), "
+                         "or none")
     ap.add_argument("--repeats", type=int, default=3, help="timed runs per side (alternating); medians reported")
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     ap.add_argument("--batch-sizes", default="32,64,128,256", help="(c): articles per generate call")
@@ -333,6 +349,8 @@ def main() -> int:
         compare(f"b, {family}", ours, hf, articles(tok, 32, 400), CNNDM, args.repeats, args.device)
     if "c" in work:
         workload_c(args, dtype)
+    if "d" in work:
+        workload_d_here(args, dtype)
     if args.compare_fp32 and args.dtype != "fp32":
         agreement(args.device, args.dtype, args.agreement_articles)
     print(f"total {time.monotonic() - START:.0f}s")

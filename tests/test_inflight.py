@@ -168,8 +168,8 @@ def test_text_generator_batching_gives_the_same_texts(folder, inputs):
     texts = {way: TextGenerator(ours, tok, settings, batch_size=8, batching=way)(inputs[:40])
              for way in ("calls", "inflight")}
     assert texts["inflight"] == texts["calls"]
-    assert TextGenerator(ours, tok, settings, policy="gpu").inflight
-    assert not TextGenerator(ours, tok, settings, policy="cpu").inflight
+    assert not TextGenerator(ours, tok, settings, policy="gpu").inflight
+    assert TextGenerator(ours, tok, settings, policy="cpu").inflight
     with pytest.raises(ValueError, match="batching must be one of"):
         TextGenerator(ours, tok, settings, batching="continuous")
 

@@ -21,7 +21,7 @@ class Replicas:
     max_batch_tokens: int = DEFAULT_BATCH_TOKENS  # most input tokens x beams per generate call (a longer
     # article runs alone)
     compile: bool = False  # the static decode step under torch.compile (CUDA graphs on a GPU)
-    batching: str = "auto"  # model.BATCHING: in-flight or calls ("auto": in-flight under the GPU decode policy)
+    batching: str = "auto"  # model.BATCHING: in-flight or calls ("auto": in-flight under the CPU decode policy)
 
     def __post_init__(self) -> None:
         if not 1 <= self.min <= self.max:
