@@ -122,6 +122,16 @@ def add_generation_flags(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--forced-eos-token-id", type=int, help="token forced when max_length is reached")
 
 
+def add_batching_flag(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    parser.add_argument("--batching", choices=BATCHING, default="auto",
+                        help="how articles are batched: 'inflight' keeps a table of article places (sized by "
+                             "--max-batch-tokens and --batch-size for the longest article) and refills a place "
+                             "as soon as its article is done; 'calls' runs length-sorted generate calls, each to "
+                             "its slowest article; 'auto' (default): inflight on a CPU (1.47x the articles/s of "
+                             "calls on mixed lengths), calls on a GPU or with --compile (docs/benchmarks.md). The "
+                             "same tokens either way; seeded sampling draws differ between the two")
+
+
 def add_scaling_flags(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("scaling")
     g.add_argument("--replicas", default="1", help="model replicas: N, or MIN-MAX for an autoscaling actor pool")
@@ -141,13 +151,7 @@ def add_scaling_flags(parser: argparse.ArgumentParser) -> None:
                    help="run the decode step under torch.compile (CUDA graphs on a GPU, one per power-of-two "
                         "batch size; the first batches pay for compiling); the same tokens as without. On an H200 it "
                         "wins only at small batches: each generate call records its graphs again (docs/benchmarks.md)")
-    g.add_argument("--batching", choices=BATCHING, default="auto",
-                   help="how a replica batches its articles: 'inflight' keeps a table of article places (sized by "
-                        "--max-batch-tokens and --batch-size for the longest article) and refills a place as soon "
-                        "as its article is done; 'calls' runs length-sorted generate calls, each to its slowest "
-                        "article; 'auto' (default): inflight on a CPU (1.47x the articles/s of calls on mixed "
-                        "lengths), calls on a GPU or with --compile (docs/benchmarks.md). The same tokens either "
-                        "way")
+    add_batching_flag(g)
     g.add_argument("--wait-for-workers-s", type=float, default=None,
                    help="request nodes for the replicas from the autoscaler and wait up to this long for them "
                         f"(default: {DEFAULT_WORKER_WAIT_S:g} when the cluster has an autoscaler that can start "

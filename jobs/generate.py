@@ -48,9 +48,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="truncate inputs to this many tokens (default: the tokenizer's model_max_length)")
     parser.add_argument("--no-special-tokens", dest="add_special_tokens", action="store_false",
                         help="tokenize the text alone, as transformers' add_special_tokens=False")
-    parser.add_argument("--batch-size", type=int, default=64, help="most texts per generate call")
+    parser.add_argument("--batch-size", type=int, default=64,
+                        help="most texts decoded together (per generate call, or places in flight)")
     parser.add_argument("--max-batch-tokens", type=int, default=65536,
-                        help="most input tokens x beams per generate call; out of device memory, a call is split")
+                        help="most input tokens x beams decoded together; out of device memory, a call is split")
+    common.add_batching_flag(parser)
     common.add_generation_flags(parser)
     common.add_storage_flags(parser)
     return parser.parse_args(argv)
@@ -93,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         generate = pipeline(args.task, model=args.model, decoder_tokenizer=args.decoder_tokenizer,
                             device=args.device, dtype=args.dtype,
                             batch_size=args.batch_size, max_batch_tokens=args.max_batch_tokens,
-                            storage_options=args.storage_options)
+                            batching=args.batching, storage_options=args.storage_options)
         settings = common.generation_from_args(args).as_kwargs()
         fmt = args.format if args.format != "auto" else "jsonl" if args.input.endswith((".jsonl", ".parquet")) \
             else "text"

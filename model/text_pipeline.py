@@ -31,17 +31,18 @@ class Text2TextPipeline:
     string, a list of such lists for a list."""
 
     def __init__(self, task: str, model: EncoderDecoderModel, tokenizer: Tokenizer, batch_size: int = 64,
-                 max_batch_tokens: int | None = DEFAULT_BATCH_TOKENS, decoder_tokenizer: Tokenizer | None = None):
+                 max_batch_tokens: int | None = DEFAULT_BATCH_TOKENS, decoder_tokenizer: Tokenizer | None = None,
+                 batching: str = "auto"):
         self.task, self.key = task, OUTPUT_KEYS[task]
         self.model, self.tokenizer, self.decoder_tokenizer = model, tokenizer, decoder_tokenizer or tokenizer
         check_vocabularies(model.config, self.tokenizer, self.decoder_tokenizer)
-        self.batch_size, self.max_batch_tokens = batch_size, max_batch_tokens
+        self.batch_size, self.max_batch_tokens, self.batching = batch_size, max_batch_tokens, batching
 
     def __call__(self, inputs: str | Sequence[str | None], truncation: bool = True, max_input_tokens: int | None = None,
                  add_special_tokens: bool = True, **generate_kwargs: Any) -> list[dict[str, Any]] | list[list]:
         texts = [inputs] if isinstance(inputs, str) else list(inputs)
         generator = TextGenerator(self.model, self.tokenizer, generate_kwargs, self.batch_size, self.max_batch_tokens,
-                                  decoder_tokenizer=self.decoder_tokenizer)
+                                  decoder_tokenizer=self.decoder_tokenizer, batching=self.batching)
         g = generator.sequences
         out: list[list[dict[str, Any]]] = [[{self.key: None, "error": problem(t)}] * g for t in texts]
         good = [i for i, items in enumerate(out) if items[0]["error"] is None]
@@ -67,12 +68,13 @@ def pipeline(task: str, model: str | os.PathLike | EncoderDecoderModel, tokenize
              None = None, device: torch.device | str | int | None = "auto", dtype: torch.dtype | str = "auto",
              batch_size: int = 64, max_batch_tokens: int | None = DEFAULT_BATCH_TOKENS,
              storage_options: dict[str, Any] | None = None,
-             decoder_tokenizer: str | os.PathLike | Tokenizer | None = None) -> Text2TextPipeline:
+             decoder_tokenizer: str | os.PathLike | Tokenizer | None = None,
+             batching: str = "auto") -> Text2TextPipeline:
     """A summarization, translation or text2text-generation pipeline on a checkpoint folder (local or fsspec
     URL) or a loaded model. device "auto" is the GPU when there is one; dtype "auto" bfloat16 there and float32
     on a CPU. `tokenizer` (the inputs') defaults to the model's folder; the outputs are decoded with
     `decoder_tokenizer`, by default the folder's `decoder_tokenizer/` when the two vocabularies differ, else
-    the same tokenizer."""
+    the same tokenizer. batching is TextGenerator's (model.BATCHING)."""
     task = "translation" if task.startswith("translation") else task  # translation_en_to_de and the like
     if task not in OUTPUT_KEYS:
         raise ValueError(f"task must be one of {sorted(OUTPUT_KEYS)}, got {task!r}")
@@ -90,4 +92,4 @@ def pipeline(task: str, model: str | os.PathLike | EncoderDecoderModel, tokenize
     if decoder_tokenizer is not None:
         decoder_side = (decoder_tokenizer if isinstance(decoder_tokenizer, Tokenizer)
                         else Tokenizer.from_pretrained(decoder_tokenizer, storage_options))
-    return Text2TextPipeline(task, loaded, encoder_side, batch_size, max_batch_tokens, decoder_side)
+    return Text2TextPipeline(task, loaded, encoder_side, batch_size, max_batch_tokens, decoder_side, batching)
