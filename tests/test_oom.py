@@ -10,6 +10,7 @@ import weakref
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 import torch
 import transformers
 
@@ -20,7 +21,8 @@ from tests.helpers import ROOT, articles, random_bert2bert
 MAX_TOKENS, GEN = 128, {"num_beams": 2, "max_length": 12}
 
 
-def test_out_of_memory_splits_calls_and_fails_only_the_article_too_big_alone(bert2bert_dir, tmp_path):
+@pytest.mark.parametrize("batching", ["calls", "inflight"])
+def test_out_of_memory_splits_calls_and_fails_only_the_article_too_big_alone(bert2bert_dir, tmp_path, batching):
     texts = [r["article"][:150 + 20 * i] for i, r in enumerate(articles(8))] + [articles(9)[8]["article"]]
     pq.write_table(pa.table({"id": list(range(9)), "article": texts}), tmp_path / "part-0.parquet")
     tok = Tokenizer.from_pretrained(bert2bert_dir)
@@ -32,7 +34,8 @@ def test_out_of_memory_splits_calls_and_fails_only_the_article_too_big_alone(ber
     env.pop("RAY_ADDRESS", None)
     done = subprocess.run([sys.executable, "-m", "jobs.summarize", "--input", str(tmp_path / "part-0.parquet"),
                            "--output", str(tmp_path / "out"), "--model", str(bert2bert_dir),
-                           "--max-input-tokens", str(MAX_TOKENS), "--num-beams", "2", "--max-length", "12"],
+                           "--max-input-tokens", str(MAX_TOKENS), "--num-beams", "2", "--max-length", "12",
+                           "--batching", batching],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     # One call of 9 articles (2 decoder rows each, at most 4 rows fit): 9 -> 4 + 5, 4 -> 2 + 2, the 2 holding the

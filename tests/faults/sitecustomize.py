@@ -14,16 +14,19 @@ if os.environ.get("FAULT_OOM_ROWS"):
     import model.generation
 
     ROWS, WIDTH = int(os.environ["FAULT_OOM_ROWS"]), int(os.environ.get("FAULT_OOM_WIDTH", "1000000"))
-    real_step = model.generation.decode_step
 
-    def failing_step(m):
-        step = real_step(m)
+    def failing(make_step):
+        """make_step (the calls loop's decode_step or the in-flight loop's static_decode_step), failing."""
+        def failing_step(m, *args, **kwargs):
+            step = make_step(m, *args, **kwargs)
 
-        def run(tokens, memory_kv, memory_mask, cache, pos, group):
-            if tokens.shape[0] > ROWS or memory_kv[0][0].shape[2] > WIDTH:
-                raise torch.cuda.OutOfMemoryError(
-                    f"CUDA out of memory. Tried to allocate 2.00 GiB ({tokens.shape[0]} rows, injected)")
-            return step(tokens, memory_kv, memory_mask, cache, pos, group)
-        return run
+            def run(tokens, memory_kv, memory_mask, cache, pos, group):
+                if tokens.shape[0] > ROWS or memory_kv[0][0].shape[2] > WIDTH:
+                    raise torch.cuda.OutOfMemoryError(
+                        f"CUDA out of memory. Tried to allocate 2.00 GiB ({tokens.shape[0]} rows, injected)")
+                return step(tokens, memory_kv, memory_mask, cache, pos, group)
+            return run
+        return failing_step
 
-    model.generation.decode_step = failing_step
+    model.generation.decode_step = failing(model.generation.decode_step)
+    model.generation.static_decode_step = failing(model.generation.static_decode_step)
