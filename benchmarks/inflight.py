@@ -8,6 +8,7 @@ ratio, decode steps, the share of row-steps spent on live articles, and whether 
 
     .venv/bin/python -m benchmarks.inflight --decode-policy cpu --repeats 3
     .venv/bin/python -m benchmarks.inflight --decode-policy gpu
+    .venv/bin/python -m cProfile -s cumtime -m benchmarks.inflight --ways calls   # where one way's time goes
     python -m benchmarks.inflight --device cuda --dtype bf16 --model bert-base [--compile]
 
 benchmarks/generate.py runs it as workload d (MiniLM, CPU policy on a CPU; bert-base, eager and compiled, on a
@@ -65,8 +66,9 @@ def raise_eos(model: EncoderDecoderModel, bias: float) -> EncoderDecoderModel:
 
 
 def workload_d(model: EncoderDecoderModel, tok: Tokenizer, policy: str, compile: bool, repeats: int,
-               n: int = 256) -> float:
-    """Calls against in-flight through TextGenerator, alternating; prints the figures, returns the ratio."""
+               n: int = 256, ways: tuple[str, ...] = ("calls", "inflight")) -> float | None:
+    """Calls against in-flight through TextGenerator, alternating; prints the figures, returns the ratio (None
+    unless both ways ran)."""
     rows = tok.encode_batch(mixed_texts(n), 512, True, True)
     lengths = sorted(len(r) for r in rows)
     device = model.device
@@ -75,7 +77,7 @@ def workload_d(model: EncoderDecoderModel, tok: Tokenizer, policy: str, compile:
           f"input tokens {lengths[0]}-{lengths[-1]} (median {lengths[len(lengths) // 2]}), policy {policy}"
           f"{', compiled' if compile else ''}")
     step = compiled_decode_step(model) if compile else None
-    seconds: dict[str, list[float]] = {"calls": [], "inflight": []}
+    seconds: dict[str, list[float]] = {way: [] for way in ways}
     outputs, stats = {}, {}
     for _ in range(repeats):
         for way in seconds:
@@ -86,12 +88,15 @@ def workload_d(model: EncoderDecoderModel, tok: Tokenizer, policy: str, compile:
             if device.type == "cuda":
                 torch.cuda.synchronize()
             seconds[way].append(time.perf_counter() - start)
-    out_lengths = sorted(r.tokens for r in outputs["calls"])
+    out_lengths = sorted(r.tokens for r in outputs[ways[0]])
     print(f"summary tokens {out_lengths[0]}-{out_lengths[-1]} (median {out_lengths[len(out_lengths) // 2]})")
     for way, times in seconds.items():
         s = stats[way]
         print(f"{way:9s} {statistics.median(times):7.1f}s  {len(rows) / statistics.median(times):6.2f} articles/s  "
-              f"{s.steps} steps, {s.row_steps / max(s.steps, 1):.0f} rows/step, live row-steps {s.live_share:.1%}")
+              f"{s.steps} steps, {s.row_steps / max(s.steps, 1):.0f} rows/step, live row-steps {s.live_share:.1%}, "
+              f"own attention positions: self {s.self_share:.0%}, cross {s.cross_share:.0%}")
+    if len(seconds) < 2:
+        return None
     differ = [i for i, (a, b) in enumerate(zip(outputs["calls"], outputs["inflight"], strict=True)) if a.text != b.text]
     ratio = statistics.median(seconds["calls"]) / statistics.median(seconds["inflight"])
     print(f"in-flight / calls: {ratio:.2f}x articles/s; identical summaries {len(rows) - len(differ)}/{len(rows)}"
@@ -113,6 +118,8 @@ def main() -> int:
                          "then stop at 34-103 tokens in fp32)")
     ap.add_argument("--repeats", type=int, default=1, help="timed runs per way (alternating); medians reported")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--ways", default="calls,inflight",
+                    help="the batchings to run, comma-separated (one alone, e.g. under python -m cProfile)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     if args.model == "minilm":
@@ -122,7 +129,7 @@ def main() -> int:
             Tokenizer.from_pretrained(minilm_path())
     model = model.to(args.device, DTYPES[args.dtype])
     workload_d(model, tok, args.decode_policy or ("gpu" if args.device == "cuda" else "cpu"), args.compile,
-               args.repeats, args.articles)
+               args.repeats, args.articles, tuple(args.ways.split(",")))
     return 0
 
 

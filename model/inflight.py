@@ -87,11 +87,14 @@ def run_inflight(model: Seq2Seq, search_type, p: Plan, policy: DecodePolicy, ste
         cur += 1
         n = search.done.shape[0]
         length = min(m, cur - int(began[:n].min()))  # positions that any row holds after this step
+        width = int(extent[:n].max()) if trim else memory.kv[0][0].shape[2]
         if stats is not None:
             stats.count(search)
+            stats.read(n, length if trim else m, int(np.minimum(m, cur - began[:n]).sum()), width,
+                       int(extent[:n].sum()))
         tokens, pos, g = search.inputs(cur)
         if trim:
-            kv_view, mask_view = memory.view(int(extent[:n].max()))
+            kv_view, mask_view = memory.view(width)
             logits = step(tokens, kv_view, mask_view, cache.window(length), pos, g)
         else:
             logits = step(tokens, memory.kv, memory.mask, cache, pos, g)

@@ -64,11 +64,17 @@ class Memory:
 
 @dataclass
 class DecodeStats:
-    """Decode steps, the decoder rows they ran (row-steps) and how many of those held a live article."""
+    """Decode steps, the decoder rows they ran (row-steps) and how many of those held a live article; and the
+    attention positions the steps read, per article (self-attention: cache positions, cross-attention: input
+    positions), with how many of those were the reading article's own (the rest are masked)."""
 
     steps: int = 0
     row_steps: int = 0
     live_row_steps: int = 0
+    self_read: int = 0
+    self_own: int = 0
+    cross_read: int = 0
+    cross_own: int = 0
 
     def count(self, search: Search) -> None:
         """The step `search` is about to take (reads its done flags: a host synchronisation, so only when
@@ -78,9 +84,25 @@ class DecodeStats:
         self.row_steps += search.done.shape[0] * search.group
         self.live_row_steps += live * search.group
 
+    def read(self, articles: int, window: int, own_window: int, width: int, own_width: int) -> None:
+        """One step's attention reads: `articles` each over `window` cache positions and `width` input
+        positions, of which own_window and own_width (summed over the articles) are their own."""
+        self.self_read += articles * window
+        self.self_own += own_window
+        self.cross_read += articles * width
+        self.cross_own += own_width
+
     @property
     def live_share(self) -> float:
         return self.live_row_steps / max(self.row_steps, 1)
+
+    @property
+    def self_share(self) -> float:
+        return self.self_own / max(self.self_read, 1)
+
+    @property
+    def cross_share(self) -> float:
+        return self.cross_own / max(self.cross_read, 1)
 
 
 class Search(Protocol):
@@ -155,6 +177,9 @@ def run(search: Search, memory: Memory, cache: KVCache, step: DecodeStep, policy
     for cur in range(1, max_length):
         if stats is not None:
             stats.count(search)
+            n, width = search.done.shape[0], memory.kv[0][0].shape[2]
+            own = n * width if memory.mask is None else int(memory.mask.sum())
+            stats.read(n, cur, n * cur, width, own)  # every article began at step 1
         tokens, pos, group = search.inputs(cur)
         search.advance(cur, step(tokens, memory.kv, memory.mask, cache, pos, group))
         if cur + 1 >= max_length:

@@ -113,6 +113,12 @@ def test_inflight_equals_transformers_on_each_article_alone(folder, inputs, alon
           f"{stats.steps} steps against {call_stats.steps} in calls, live row-steps "
           f"{stats.live_share:.1%} against {call_stats.live_share:.1%}")
     assert len(ties) <= 3
+    assert call_stats.self_share == 1.0  # a call's articles all began at its first step
+    assert stats.self_share < 1.0 and stats.cross_share < 1.0
+    if name == "greedy" and policy == "cpu":  # each article holds a place for its T steps, at ages 1..T
+        steps = [int(row.nonzero().max()) for row in out]
+        assert stats.self_own == sum(t * (t + 1) // 2 for t in steps)
+        assert stats.cross_own == sum(t * len(row) for t, row in zip(steps, inputs, strict=True))
     # the places are refilled as soon as their articles are done (found within `lag` steps): while the queue
     # lasts, every place holds an article, so the steps are at most the place-steps of all articles shared by
     # the places, then the tail of the longest
