@@ -94,7 +94,8 @@ def workload_d(model: EncoderDecoderModel, tok: Tokenizer, policy: str, compile:
         s = stats[way]
         print(f"{way:9s} {statistics.median(times):7.1f}s  {len(rows) / statistics.median(times):6.2f} articles/s  "
               f"{s.steps} steps, {s.row_steps / max(s.steps, 1):.0f} rows/step, live row-steps {s.live_share:.1%}, "
-              f"own attention positions: self {s.self_share:.0%}, cross {s.cross_share:.0%}")
+              f"own attention positions: self {s.self_share:.0%}, cross {s.cross_share:.0%}; runs "
+              + " ".join(f"{t:.1f}" for t in times))
     if len(seconds) < 2:
         return None
     differ = [i for i, (a, b) in enumerate(zip(outputs["calls"], outputs["inflight"], strict=True)) if a.text != b.text]

@@ -245,8 +245,8 @@ class Attention(nn.Module):
         q = self.split_heads(q.reshape(n // group, group * t, c))  # [B, H, G*T, D]
         if t == 1 and not (self.training or is_causal) and q.device.type == "cpu":  # decode: SDPA is slow on CPU
             scores = (q @ k.transpose(-1, -2)).mul_(self.scale)  # [B, H, G, S]
-            if mask is not None:
-                scores = scores.masked_fill_(~mask, -torch.inf)
+            if mask is not None:  # adding 0 / -inf: masked_fill_'s values, but masked_fill_ broadcast is 2x slower
+                scores += torch.zeros(mask.shape, dtype=scores.dtype).masked_fill_(~mask, -torch.inf)
             out = scores.softmax(-1) @ v
         else:
             p = self.attn_drop if self.training else 0.0
