@@ -154,8 +154,8 @@ class EncoderDecoderModel(nn.Module):
         """Logits [N, 1, V] of one token per row at a position tensor, [1] (every row) or [N] (each row its own),
         with shapes that do not depend on the position: every layer attends over the whole cache under a mask
         that hides what lies after each row's position."""
-        mask = (torch.arange(cache.k.shape[3], device=position.device) <= position[:, None])[:, None, None, :]
-        return self._decoder(tokens, position[:, None], mask, False, cache.at_position(position), memory_kv,
+        write = cache.at_position(position)
+        return self._decoder(tokens, position[:, None], cache.self_mask(position), False, write, memory_kv,
                              memory_mask, group)
 
     def _decoder(self, ids, start, mask, is_causal, write, memory_kv, memory_mask, group) -> torch.Tensor:

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from .decode_policy import DecodePolicy, bucket
+from .ordered_cache import OrderedCache
 from .plan import Plan
 from .search_loop import DecodeStats, Memory, Results, compact
 from .steps import DecodeStep, Seq2Seq
@@ -75,7 +76,11 @@ def run_inflight(model: Seq2Seq, search_type, p: Plan, policy: DecodePolicy, ste
     kv = model.memory_kv(model.encode(input_ids[at, :widest], first_mask,
                                       None if types is None else types[at, :widest]))
     memory = Memory(kv, first_mask.bool()[:, None, None, :], rows)
-    cache = model.new_cache(rows * group, m)
+    if trim:  # room for the blocks in use to drift as holes close, before they must all move back
+        blocks = rows + rows // 2 + 1
+        cache = OrderedCache(model.new_cache(blocks * group, m), rows, blocks, group)
+    else:
+        cache = model.new_cache(rows * group, m)
     search = search_type(p, policy, 0, rows, device, generator, ragged=True)
     search.start(torch.arange(places, device=device), at)
     began = np.zeros(rows, dtype=np.int64)  # the step after which each place's article began
@@ -86,16 +91,19 @@ def run_inflight(model: Seq2Seq, search_type, p: Plan, policy: DecodePolicy, ste
     while True:
         cur += 1
         n = search.done.shape[0]
-        length = min(m, cur - int(began[:n].min()))  # positions that any row holds after this step
+        ages = np.minimum(m, cur - began[:n])  # the positions each place's rows hold after this step
+        length = int(ages.max())
         width = int(extent[:n].max()) if trim else memory.kv[0][0].shape[2]
+        if trim:
+            cache.prepare(ages)
         if stats is not None:
             stats.count(search)
-            stats.read(n, length if trim else m, int(np.minimum(m, cur - began[:n]).sum()), width,
-                       int(extent[:n].sum()))
+            window = sum((b - a) // group * w for a, b, w in cache.runs) if trim else n * m
+            stats.read(window, int(ages.sum()), n * width, int(extent[:n].sum()))
         tokens, pos, g = search.inputs(cur)
         if trim:
             kv_view, mask_view = memory.view(width)
-            logits = step(tokens, kv_view, mask_view, cache.window(length), pos, g)
+            logits = step(tokens, kv_view, mask_view, cache, pos, g)
         else:
             logits = step(tokens, memory.kv, memory.mask, cache, pos, g)
         search.advance(cur, logits)
@@ -112,6 +120,8 @@ def run_inflight(model: Seq2Seq, search_type, p: Plan, policy: DecodePolicy, ste
                 refill(model, memory, search, input_ids, mask, types, torch.from_numpy(at).to(device),
                        torch.from_numpy(newcomers).to(device))
                 began[at], extent[at] = cur, lengths[newcomers]
+                if trim:
+                    cache.refill(at)
             if not len(queue):
                 live = compact(search, memory, cache, policy, length, length, results)  # reorders the cache too
                 if live is not None:

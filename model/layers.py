@@ -160,6 +160,10 @@ class KVCache:
             return self.k[layer, :n], self.v[layer, :n]
         return write
 
+    def self_mask(self, position: torch.Tensor) -> torch.Tensor:
+        """What rows at `position` ([1] or [N]) attend to over the whole cache: [N or 1, 1, 1, S] bool."""
+        return (torch.arange(self.k.shape[3], device=position.device) <= position[:, None])[:, None, None, :]
+
     def window(self, length: int) -> KVCache:
         """This cache seen through its first `length` positions: a view, so writes land here."""
         view = KVCache.__new__(KVCache)
@@ -185,8 +189,9 @@ class KVCache:
                 return self.reorder_ranges(rows[need], need, shared[need], ends[need].clamp(max=length))
             first = int(shared[need].min())
         for buf in (self.k, self.v):
-            part = buf[:, :, :, first:length]
-            part.index_copy_(1, need, part.index_select(1, rows[need]))  # sources are read before any write
+            for layer in buf:  # layer by layer: index_select over dim 1 of the 5-d view is 7x slower on a CPU
+                part = layer[:, :, first:length]
+                part.index_copy_(0, need, part.index_select(0, rows[need]))  # sources are read before any write
 
     def reorder_ranges(self, src: torch.Tensor, dst: torch.Tensor, start: torch.Tensor, end: torch.Tensor) -> None:
         """Row dst[i] takes row src[i]'s positions start[i]..end[i] - 1: one gather and one scatter of exactly
@@ -199,6 +204,25 @@ class KVCache:
 
 
 CacheWrite = Callable[[int, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+
+class Segments:
+    """Self-attention of one token per row over a cache whose rows hold different lengths (in-flight batching):
+    the rows are taken in `order` (the cache's row order), cut into runs that each attend over their own
+    window, and put back. runs: (first row, end row, window) in that order; masks: each run's additive mask
+    [rows, 1, 1, window] (0 up to the row's position, -inf after)."""
+
+    def __init__(self, order: torch.Tensor, runs: list[tuple[int, int, int]], masks: list[torch.Tensor]):
+        self.order, self.runs, self.masks = order, runs, masks
+        self.restore = torch.empty_like(order)
+        self.restore[order] = torch.arange(order.shape[0], device=order.device)
+
+    def attend(self, context: Callable, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """q [N, 1, C] in the step's row order; k, v [N, H, S, D] in the cache's. Attention.context per run."""
+        q = q.index_select(0, self.order)
+        out = [context(q[a:b], k[a:b, :, :w], v[a:b, :, :w], mask)
+               for (a, b, w), mask in zip(self.runs, self.masks, strict=True)]
+        return torch.cat(out).index_select(0, self.restore)
 
 
 class Attention(nn.Module):
@@ -236,23 +260,31 @@ class Attention(nn.Module):
 
     def forward(self, q, k, v, mask=None, is_causal: bool = False, group: int = 1) -> torch.Tensor:
         """q [N, T, C] (projected); k, v [N / group, H, S, D]; mask broadcastable to [N / group, H, group * T, S],
-        True = attend. Returns the output projection [N, T, C].
+        True = attend, or Segments (rows that hold different lengths). Returns the output projection [N, T, C].
 
         With group > 1 the G rows of one article share one k/v: their queries are stacked along the
         query axis instead of copying k/v per row.
         """
+        if isinstance(mask, Segments):
+            return self.o(mask.attend(self.context, q, k, v))
+        return self.o(self.context(q, k, v, mask, is_causal, group))
+
+    def context(self, q, k, v, mask=None, is_causal: bool = False, group: int = 1) -> torch.Tensor:
+        """forward before the output projection."""
         n, t, c = q.shape
         q = self.split_heads(q.reshape(n // group, group * t, c))  # [B, H, G*T, D]
         if t == 1 and not (self.training or is_causal) and q.device.type == "cpu":  # decode: SDPA is slow on CPU
             scores = (q @ k.transpose(-1, -2)).mul_(self.scale)  # [B, H, G, S]
-            if mask is not None:  # adding 0 / -inf: masked_fill_'s values, but masked_fill_ broadcast is 2x slower
-                scores += torch.zeros(mask.shape, dtype=scores.dtype).masked_fill_(~mask, -torch.inf)
+            if mask is not None and mask.dtype == torch.bool:  # masked_fill_'s values; its broadcast is 2x slower
+                mask = torch.zeros(mask.shape, dtype=scores.dtype).masked_fill_(~mask, -torch.inf)
+            if mask is not None:
+                scores += mask
             out = scores.softmax(-1) @ v
         else:
             p = self.attn_drop if self.training else 0.0
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, is_causal=is_causal,
                                                  scale=self.scale)
-        return self.o(out.transpose(1, 2).reshape(n, t, c))
+        return out.transpose(1, 2).reshape(n, t, c)
 
 
 class Block(nn.Module):

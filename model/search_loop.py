@@ -84,13 +84,13 @@ class DecodeStats:
         self.row_steps += search.done.shape[0] * search.group
         self.live_row_steps += live * search.group
 
-    def read(self, articles: int, window: int, own_window: int, width: int, own_width: int) -> None:
-        """One step's attention reads: `articles` each over `window` cache positions and `width` input
-        positions, of which own_window and own_width (summed over the articles) are their own."""
-        self.self_read += articles * window
-        self.self_own += own_window
-        self.cross_read += articles * width
-        self.cross_own += own_width
+    def read(self, self_read: int, self_own: int, cross_read: int, cross_own: int) -> None:
+        """One step's attention reads, summed over its articles: cache positions (self-attention) and input
+        positions (cross-attention), and how many of each are the reading article's own."""
+        self.self_read += self_read
+        self.self_own += self_own
+        self.cross_read += cross_read
+        self.cross_own += cross_own
 
     @property
     def live_share(self) -> float:
@@ -179,7 +179,7 @@ def run(search: Search, memory: Memory, cache: KVCache, step: DecodeStep, policy
             stats.count(search)
             n, width = search.done.shape[0], memory.kv[0][0].shape[2]
             own = n * width if memory.mask is None else int(memory.mask.sum())
-            stats.read(n, cur, n * cur, width, own)  # every article began at step 1
+            stats.read(n * cur, n * cur, n * width, own)  # every article began at step 1
         tokens, pos, group = search.inputs(cur)
         search.advance(cur, step(tokens, memory.kv, memory.mask, cache, pos, group))
         if cur + 1 >= max_length:
