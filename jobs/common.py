@@ -127,8 +127,8 @@ def add_batching_flag(parser: argparse.ArgumentParser | argparse._ArgumentGroup)
                         help="how articles are batched: 'inflight' keeps a table of article places (sized by "
                              "--max-batch-tokens and --batch-size for the longest article) and refills a place "
                              "as soon as its article is done; 'calls' runs length-sorted generate calls, each to "
-                             "its slowest article; 'auto' (default): inflight on a CPU (1.2x the articles/s of "
-                             "calls on mixed lengths), calls on a GPU or with --compile (docs/benchmarks.md). The "
+                             "its slowest article; 'auto' (default): inflight on a CPU (1.03x the articles/s "
+                             "of calls on mixed lengths), calls on a GPU or with --compile (docs/benchmarks.md). The "
                              "same tokens either way; seeded sampling draws differ between the two")
 
 

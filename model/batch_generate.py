@@ -3,7 +3,7 @@
 Two ways to batch (`BATCHING`): "calls" sorts rows by length and cuts them into generate calls by row count
 and token budget (`batches`), each run to its slowest article; "inflight" runs all rows in one generate
 call whose table of article places is refilled as articles finish (model.inflight). "auto" is in-flight
-under the CPU decode policy (1.2x the calls' articles/s on workload (d), docs/benchmarks.md) and calls under
+under the CPU decode policy (1.03x the calls' articles/s on workload (d), docs/benchmarks.md) and calls under
 the GPU policy (a GPU, or a compiled step), where calls measured faster on a CPU (in-flight keeps every row's
 cross-attention at the widest article's width) and no GPU has measured the two yet. A call that runs out of
 device memory is split in half and retried, down to one row, and a row that does not fit alone gets a

@@ -9,8 +9,9 @@ length, position and rules state; the self-attention cache needs no reset, as ea
 its own position). Once the queue is empty the table shrinks as in the calls loop.
 
 Buffers keep their addresses and row counts while refilling, so a compiled step (CUDA graphs) is not
-captured again per refill. Under the CPU policy, each step attends only over the widest input and the
-longest output held at that moment.
+captured again per refill. Under the CPU policy, each step attends only over the widest input held at that
+moment, and the self-attention cache is an OrderedCache: runs of rows of about the same age, each over
+its own window (under the GPU policy every row reads the whole cache, masked).
 """
 
 from __future__ import annotations
