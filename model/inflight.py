@@ -77,7 +77,7 @@ def run_inflight(model: Seq2Seq, search_type, p: Plan, policy: DecodePolicy, ste
     kv = model.memory_kv(model.encode(input_ids[at, :widest], first_mask,
                                       None if types is None else types[at, :widest]))
     memory = Memory(kv, first_mask.bool()[:, None, None, :], rows)
-    if trim:  # room for the blocks in use to drift as holes close, before they must all move back
+    if trim:  # half again the table's blocks (CPU memory): room for the blocks in use to drift as holes close
         blocks = rows + rows // 2 + 1
         cache = OrderedCache(model.new_cache(blocks * group, m), rows, blocks, group)
     else:

@@ -164,12 +164,6 @@ class KVCache:
         """What rows at `position` ([1] or [N]) attend to over the whole cache: [N or 1, 1, 1, S] bool."""
         return (torch.arange(self.k.shape[3], device=position.device) <= position[:, None])[:, None, None, :]
 
-    def window(self, length: int) -> KVCache:
-        """This cache seen through its first `length` positions: a view, so writes land here."""
-        view = KVCache.__new__(KVCache)
-        view.k, view.v = self.k[:, :, :, :length], self.v[:, :, :, :length]
-        return view
-
     def reorder(self, rows: torch.Tensor, length: int, shared: torch.Tensor | None = None,
                 ends: torch.Tensor | None = None) -> None:
         """New row i takes old row rows[i] (positions < length); rows may be fewer than before.

@@ -53,7 +53,7 @@ class OrderedCache:
         self.k, self.v = cache.k, cache.v
         self.block = np.arange(places)  # place -> block, contiguous from block 0 in the order they began
         self.ages = np.zeros(places, dtype=np.int64)
-        self.segments: Segments | None = None
+        self.runs: list[tuple[int, int, int]] = []  # this step's, from prepare
         self.rows = torch.arange(places * group, device=cache.k.device)  # step row -> cache row
         self.order = self.rows  # cache row (from the first block in use) -> step row
 
