@@ -31,7 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         config = common.summarize_config(args, args.input, args.output, overwrite=args.overwrite)
-        checked = preflight(config)  # before Ray: a meaningless job fails in seconds, with no cluster work
+        # before Ray: a meaningless job fails in seconds, with no cluster work; "auto"'s dtype follows the GPUs
+        checked = preflight(config, dtype_settled=args.gpus_per_replica is not None)
         connect(config.replicas.max, config.replicas.cpus)
         config = common.cluster_defaults(config, args)
         common.log_config("summarize config", config)

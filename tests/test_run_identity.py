@@ -14,6 +14,7 @@ import pytest
 from pipeline.batch import GenerationOverrides
 from pipeline.batch.preflight import preflight
 from pipeline.batch.run import plan_run, run
+from pipeline.cluster import Replicas
 from pipeline.io import commit, storage
 from pipeline.io.storage import Location
 from pipeline.nightly.run import run_nightly
@@ -71,7 +72,7 @@ def test_resume_after_a_change_is_refused_naming_it(local_ray, tiny_model, corpu
     config = summarize_config(corpus, output, model, **IDENTITY)
     pending = plan_run(config)  # an attempt that died before its first unit: its run record is all there is
     record = storage.read_json(Location.of(str(output / commit.RUN_NAME)))
-    assert record["attempt"] == pending.attempt and record["identity"]["identity_version"] == 3
+    assert record["attempt"] == pending.attempt and record["identity"]["identity_version"] == 4
 
     edit, key = CHANGES[change]
     edit(model)
@@ -90,6 +91,42 @@ def test_resume_with_another_sampling_seed_is_refused_naming_it(local_ray, tiny_
     with pytest.raises(ValueError, match=r"was started by a run with other inputs or settings \(seed: "):
         preflight(other)
     preflight(config)  # the same seed resumes
+
+
+def test_the_identity_records_the_dtype_the_replicas_compute_in(local_ray, tiny_model, corpus, tmp_path):
+    output = tmp_path / "out"
+    auto = summarize_config(corpus, output, tiny_model, dtype="auto", **IDENTITY)
+    pending = plan_run(auto)  # CPU replicas: "auto" is float32, the very run --dtype float32 asks for
+    assert pending.wanted["dtype"] == "float32"
+    again = plan_run(summarize_config(corpus, output, tiny_model, dtype="float32", **IDENTITY))
+    assert again.attempt == pending.attempt
+
+    gpu_output = tmp_path / "gpu-out"  # begun on GPU replicas (no dataflow yet: no GPU needed), resumed on CPU
+    on_gpu = summarize_config(corpus, gpu_output, tiny_model, replicas=Replicas(1, 1, gpus=1.0), **IDENTITY)
+    assert plan_run(on_gpu).wanted["dtype"] == "bfloat16"
+    on_cpu = summarize_config(corpus, gpu_output, tiny_model, **IDENTITY)
+    refusal = r"was started by a run with other inputs or settings \(dtype: 'bfloat16' -> 'float32'\)"
+    with pytest.raises(ValueError, match=refusal):
+        preflight(on_cpu)
+    checked = preflight(on_cpu, dtype_settled=False)  # the job's preflight, before its replicas have GPUs
+    with pytest.raises(ValueError, match=refusal):  # the check under the lease, once they are known
+        plan_run(on_cpu, checked)
+
+
+def test_a_decoder_tokenizer_given_apart_is_in_the_identity(local_ray, tiny_model, corpus, tmp_path):
+    decoder, output = tmp_path / "decoder", tmp_path / "out"
+    decoder.mkdir()
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"):
+        if (tiny_model / name).exists():
+            shutil.copy(tiny_model / name, decoder / name)
+    config = summarize_config(corpus, output, tiny_model, decoder_tokenizer=str(decoder), **IDENTITY)
+    wanted = plan_run(config).wanted
+    assert wanted["decoder_tokenizer"] == str(decoder) and len(wanted["decoder_tokenizer_sha256"]) == 64
+    with pytest.raises(ValueError, match=rf"\(decoder_tokenizer: '{decoder}' -> None; decoder_tokenizer_sha256: "):
+        preflight(summarize_config(corpus, output, tiny_model, **IDENTITY))
+    append(decoder / "tokenizer.json", "\n")
+    with pytest.raises(ValueError, match=r"other inputs or settings \(decoder_tokenizer_sha256: '[0-9a-f]{64}' -> "):
+        preflight(config)
 
 
 def test_a_record_of_an_older_version_has_unknown_settings(local_ray, tiny_model, corpus, tmp_path):

@@ -3,6 +3,7 @@ across replicas, duplicate ids across shards, --overwrite interrupted during its
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pyarrow as pa
@@ -144,3 +145,33 @@ def test_overwrite_interrupted_during_its_replace_leaves_a_complete_output(local
     assert sorted(storage.data_names(Location.of(str(out)))) == sorted(marker["files"])  # old files gone
     assert not storage.exists(staging(Location.of(str(out))))
     assert json.loads(pq.read_metadata(out / marker["files"][0]).metadata[commit.STATS_KEY])["rows"] == 6
+
+
+def test_a_publish_interrupted_then_run_with_other_settings_is_refused(local_ray, tiny_model, tmp_path, monkeypatch):
+    ids = shards(tmp_path / "in", [4, 4])
+    out = tmp_path / "out"
+    first = summarize_config(tmp_path / "in", out, tiny_model)
+    run(first)
+    old = storage.read_json(Location.of(str(out / storage.MARKER_NAME)))
+    other = summarize_config(tmp_path / "in", out, tiny_model,
+                             generation=GenerationOverrides(num_beams=1, max_length=4))
+    moved = storage.move_files
+
+    def move_one_then_crash(src, dst, names):  # dies while publishing, after moving the first of the new files
+        moved(src, dst, names[:1])
+        raise Crash
+
+    monkeypatch.setattr(storage, "move_files", move_one_then_crash)
+    with pytest.raises(Crash):
+        run(dataclasses.replace(other, overwrite=True))
+    monkeypatch.undo()
+    # the first command again, without --overwrite: the staged output it would publish was made with other settings
+    with pytest.raises(ValueError, match=r"is complete, made with other inputs or settings \(generation: "):
+        run(first)
+    assert storage.read_json(Location.of(str(out / storage.MARKER_NAME)))["attempt"] == old["attempt"]
+    # the interrupted command's settings finish the publish and find the output complete
+    again = run(other)
+    marker = storage.read_json(Location.of(str(out / storage.MARKER_NAME)))
+    assert again.status == "already-complete" and any("finished publishing" in n for n in again.notes)
+    assert marker["attempt"] != old["attempt"] and marker["generation"]["max_length"] == 4
+    assert output_ids(out) == ids and not storage.exists(staging(Location.of(str(out))))

@@ -19,6 +19,7 @@ from ..cluster import Replicas
 from .config import SummarizeConfig
 from .prepare import prepare
 from .replica import Summarizer
+from .settings import replica_dtype
 from .write import write
 
 
@@ -39,7 +40,8 @@ def build(config: SummarizeConfig, rows: list[dict[str, Any]], replicas: Replica
     ds = ds.map_batches(
         Summarizer,
         fn_constructor_kwargs={"model_url": config.model, "generation": config.generation.as_kwargs(),
-                               "dtype": config.dtype, "threads": max(1, int(replicas.cpus)), "storage_options": opts,
+                               "dtype": replica_dtype(config), "threads": max(1, int(replicas.cpus)),
+                               "storage_options": opts,
                                "batch_size": replicas.batch_size, "max_batch_tokens": replicas.max_batch_tokens,
                                "compile": replicas.compile, "batching": replicas.batching,
                                "decoder_tokenizer": config.decoder_tokenizer},

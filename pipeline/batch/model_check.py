@@ -26,6 +26,7 @@ class ModelInfo:
     generation: GenerationConfig  # the checkpoint's settings with the job's overrides applied
     tokenizer: Tokenizer
     fingerprint: str  # model_fingerprint of the checkpoint: weights, config and tokenizer files
+    decoder_tokenizer_fingerprint: str | None = None  # tokenizer_fingerprint of a decoder tokenizer given apart
 
 
 def inspect_model(config: SummarizeConfig) -> ModelInfo:
@@ -39,9 +40,10 @@ def inspect_model(config: SummarizeConfig) -> ModelInfo:
             raise FileNotFoundError("no model.safetensors or model.safetensors.index.json")
         tokenizer, decoder_tokenizer = load_tokenizers(url, opts)
         decoder_folder = Location.of(config.decoder_tokenizer, opts) if config.decoder_tokenizer else None
+        fingerprint, decoder_fingerprint = fingerprints.model_fingerprint(folder), None
         if decoder_folder is not None:
             decoder_tokenizer = Tokenizer.from_pretrained(config.decoder_tokenizer, opts)
-        fingerprint = fingerprints.model_fingerprint(folder, decoder_folder)
+            decoder_fingerprint = fingerprints.tokenizer_fingerprint(decoder_folder)
     except Exception as e:  # whatever the cause, the job cannot start without the model
         raise ValueError(f"model {url} is not readable: {type(e).__name__}: {e}") from e
     limit = model_config.encoder.max_positions
@@ -57,4 +59,4 @@ def inspect_model(config: SummarizeConfig) -> ModelInfo:
         check_generation(model_config, generation)
     except ValueError as e:
         raise ValueError(f"generation settings do not fit model {url}: {e}") from e
-    return ModelInfo(model_config, generation, tokenizer, fingerprint)
+    return ModelInfo(model_config, generation, tokenizer, fingerprint, decoder_fingerprint)

@@ -43,10 +43,11 @@ def _check_apart(config: SummarizeConfig, plan: InputPlan, output: Location) -> 
                          "outside it")
 
 
-def preflight(config: SummarizeConfig, info: ModelInfo | None = None) -> Preflighted:
+def preflight(config: SummarizeConfig, info: ModelInfo | None = None, dtype_settled: bool = True) -> Preflighted:
     """Everything that can make the job meaningless, checked without Ray from listings and footers: shards,
     columns, id types, model, tokenizer, generation settings, output. `info` (from `inspect_model` of the same
-    model and settings) skips reading the model again."""
+    model and settings) skips reading the model again. `dtype_settled=False`: the replicas' GPUs are not known
+    yet (left to the cluster), so "auto"'s dtype is compared only by `run`, under the output's lease."""
     decoder_tokenizer = config.decoder_tokenizer and storage.absolute(config.decoder_tokenizer)
     config = dataclasses.replace(config, input=storage.absolute(config.input), output=storage.absolute(config.output),
                                  model=storage.absolute(config.model), decoder_tokenizer=decoder_tokenizer)
@@ -55,19 +56,27 @@ def preflight(config: SummarizeConfig, info: ModelInfo | None = None) -> Preflig
     _check_apart(config, plan, output)
     info = inspect_model(config) if info is None else info
     storage.check_writable(output)
-    check_same_run(config, output, run_identity(config, plan, info))
+    check_same_run(config, output, run_identity(config, plan, info), dtype_settled)
     return Preflighted(config, plan, info, output)
 
 
-def check_same_run(config: SummarizeConfig, output: Location, wanted: dict[str, Any]) -> None:
+def check_same_run(config: SummarizeConfig, output: Location, wanted: dict[str, Any], dtype_settled: bool = True
+                   ) -> None:
     """Refuse to resume or re-run into an output (`config.output`, resolved) made with other inputs or settings:
-    its summaries would be mixed with this run's. Without --overwrite only; a pending publish is finished by
-    `run` first."""
-    if config.overwrite or storage.exists(staging(output).child(storage.MARKER_NAME)):
+    its summaries would be mixed with this run's. Without --overwrite only. A complete staged output whose
+    publish was interrupted is what the output is about to be (`run` finishes its publish first): its marker is
+    the one compared. `dtype_settled=False` (the replicas' GPUs not known yet) leaves "auto"'s dtype to the
+    check under the lease."""
+    if config.overwrite:
         return
-    for name, state in ((storage.MARKER_NAME, "is complete, made"), (commit.RUN_NAME, "was started by a run")):
-        record = storage.read_json(output.child(name))
+    staged = staging(output).child(storage.MARKER_NAME)
+    complete = "is complete, made"
+    records = [(staged, complete)] if storage.exists(staged) else [
+        (output.child(storage.MARKER_NAME), complete), (output.child(commit.RUN_NAME), "was started by a run")]
+    for at, state in records:
+        record = storage.read_json(at)
         changed = fingerprints.differences(record["identity"], wanted) if record and "identity" in record else []
+        changed = [c for c in changed if dtype_settled or config.dtype != "auto" or not c.startswith("dtype: ")]
         if changed:
             raise ValueError(f"output {config.output} {state} with other inputs or settings ({'; '.join(changed)}); "
                              "pass --overwrite to redo it, or choose another output")

@@ -63,10 +63,11 @@ class Summarizer:
         if threads:
             torch.set_num_threads(threads)
         device = "cuda" if torch.cuda.is_available() else "cpu"
-        if device == "cuda":  # float32 matmuls (the logits' softmax inputs under bf16) on tensor cores
-            torch.backends.cuda.matmul.allow_tf32 = dtype == "auto"
-        self.model = EncoderDecoderModel.from_pretrained(model_url, dtype=run_dtype(dtype, device),
-                                                         device=device, storage_options=storage_options)
+        dtype = run_dtype(dtype, device)
+        if device == "cuda":  # under bf16, float32 matmuls (the logits' softmax inputs) on tensor cores: the same
+            torch.backends.cuda.matmul.allow_tf32 = dtype == torch.bfloat16  # numerics for "auto" and bfloat16
+        self.model = EncoderDecoderModel.from_pretrained(model_url, dtype=dtype, device=device,
+                                                         storage_options=storage_options)
         self.tokenizer, self.decoder_tokenizer = load_tokenizers(model_url, storage_options)
         if decoder_tokenizer is not None:  # the decoder's vocabulary, for a checkpoint that holds only the encoder's
             self.decoder_tokenizer = Tokenizer.from_pretrained(decoder_tokenizer, storage_options)

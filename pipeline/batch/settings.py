@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from model import GenerationConfig
+from model import GenerationConfig, run_dtype
 
 from ..io import fingerprints
 from .config import SummarizeConfig
@@ -16,6 +16,13 @@ from .model_check import ModelInfo
 
 def max_tokens(config: SummarizeConfig, info: ModelInfo) -> int:
     return config.max_input_tokens or info.config.encoder.max_positions
+
+
+def replica_dtype(config: SummarizeConfig) -> str:
+    """The dtype the replicas compute in, the one the identity records: `config.dtype`, or for "auto" bfloat16
+    on GPU replicas (`config.replicas.gpus` > 0) and float32 on CPU ones."""
+    device = "cuda" if config.replicas.gpus > 0 else "cpu"
+    return str(run_dtype(config.dtype, device)).removeprefix("torch.")
 
 
 def generation_settings(generation: GenerationConfig) -> dict[str, Any]:
@@ -31,7 +38,8 @@ def run_settings(config: SummarizeConfig, info: ModelInfo) -> dict[str, Any]:
         "identity_version": fingerprints.IDENTITY_VERSION, "model": config.model, "model_sha256": info.fingerprint,
         "text_column": config.text_column, "id_column": config.id_column,
         "passthrough_columns": list(config.passthrough_columns), "max_input_tokens": max_tokens(config, info),
-        "add_special_tokens": config.add_special_tokens, "dtype": config.dtype,
+        "add_special_tokens": config.add_special_tokens, "dtype": replica_dtype(config),
+        "decoder_tokenizer": config.decoder_tokenizer, "decoder_tokenizer_sha256": info.decoder_tokenizer_fingerprint,
         "generation": generation_settings(info.generation), "seed": config.generation.seed,
     }
 

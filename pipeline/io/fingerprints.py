@@ -35,7 +35,8 @@ MODEL_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "specia
                "vocab.txt", "spiece.model", "vocab.json", "merges.txt")
 WEIGHT_SUFFIXES = (".safetensors", ".safetensors.index.json", ".bin")
 # Bumped when the identity gains fields: a record of an older version has unknown settings (never equal).
-IDENTITY_VERSION = 3
+# 4: the dtype the replicas resolve (not "auto"), the decoder tokenizer given apart (URL and files' digest).
+IDENTITY_VERSION = 4
 
 
 def _model_files(folder: Location, label: str = "") -> list[tuple[str, Any, dict]]:
@@ -50,16 +51,8 @@ def _model_files(folder: Location, label: str = "") -> list[tuple[str, Any, dict
             if posixpath.basename(i["name"]) in MODEL_FILES or i["name"].endswith(WEIGHT_SUFFIXES)]
 
 
-def model_fingerprint(model: Location, decoder_tokenizer: Location | None = None) -> str:
-    """sha256 over the names, sizes and content hashes of the model's weight, config and tokenizer files (S3:
-    ETags, so nothing is downloaded), from one listing per folder: the model's, its `decoder_tokenizer/` and a
-    decoder tokenizer given apart."""
-    files = _model_files(model)
-    if not any(i["name"].endswith(WEIGHT_SUFFIXES) for _, _, i in files):
-        raise FileNotFoundError(f"no weight files (*.safetensors, *.bin) in model {model}")
-    files += _model_files(model.child(DECODER_TOKENIZER), f"{DECODER_TOKENIZER}/")
-    if decoder_tokenizer is not None:
-        files += _model_files(decoder_tokenizer, "decoder tokenizer: ")
+def _digest(files: list[tuple[str, Any, dict]]) -> str:
+    """sha256 over the names, sizes and content hashes of `files` (S3: ETags, so nothing is downloaded)."""
     total = hashlib.sha256()
     for label, fs, info in sorted(files, key=lambda f: f[0]):
         tag = info.get("ETag")
@@ -71,6 +64,23 @@ def model_fingerprint(model: Location, decoder_tokenizer: Location | None = None
             tag = content.hexdigest()
         total.update(f"{label}\0{info['size']}\0{str(tag).strip(chr(34))}\n".encode())
     return total.hexdigest()
+
+
+def model_fingerprint(model: Location) -> str:
+    """The digest of the model's weight, config and tokenizer files and of its `decoder_tokenizer/`, from one
+    listing per folder."""
+    files = _model_files(model)
+    if not any(i["name"].endswith(WEIGHT_SUFFIXES) for _, _, i in files):
+        raise FileNotFoundError(f"no weight files (*.safetensors, *.bin) in model {model}")
+    return _digest(files + _model_files(model.child(DECODER_TOKENIZER), f"{DECODER_TOKENIZER}/"))
+
+
+def tokenizer_fingerprint(folder: Location) -> str:
+    """The digest of a tokenizer folder's files (a decoder tokenizer given apart), from one listing."""
+    files = _model_files(folder)
+    if not files:
+        raise FileNotFoundError(f"no tokenizer files ({', '.join(MODEL_FILES[1:])}) in {folder}")
+    return _digest(files)
 
 
 def inputs_digest(shards: list[Any]) -> str:
@@ -85,6 +95,6 @@ def differences(recorded: dict[str, Any], current: dict[str, Any]) -> list[str]:
     if recorded.get("identity_version") != current.get("identity_version"):
         return [f"settings unknown: recorded with identity version {recorded.get('identity_version', 1)}, this "
                 f"code writes {current.get('identity_version')} (it covers every generation setting, the tokenizer "
-                "and config files)"]
+                "and config files, the dtype the replicas compute in, a decoder tokenizer given apart)"]
     return [f"{k}: {recorded.get(k)!r} -> {current.get(k)!r}" for k in sorted(recorded.keys() | current.keys())
             if recorded.get(k) != current.get(k)]
