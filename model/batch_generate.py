@@ -17,12 +17,15 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
+import numpy as np
 import torch
 
 from .config import EncoderDecoderConfig
 from .decode_policy import GPU, policy_for
 from .encoder_decoder import EncoderDecoderModel
-from .generation import DEFAULT_BATCH_TOKENS, batches
+from .generation import DEFAULT_BATCH_TOKENS, batches, check_caps, too_long
+from .inflight import table_places
+from .plan import plan
 from .search_loop import DecodeStats
 from .steps import DecodeStep
 from .tokenizer import DECODER_TOKENIZER, Tokenizer, pad_ids
@@ -71,39 +74,56 @@ class TextGenerator:
                  batching: str = "auto", stats: DecodeStats | None = None):
         if batching not in BATCHING:
             raise ValueError(f"batching must be one of {BATCHING}, got {batching!r}")
+        check_caps(max_batch_tokens=max_batch_tokens, batch_size=batch_size)
         self.model, self.tokenizer = model, tokenizer
         self.decoder_tokenizer = decoder_tokenizer or tokenizer  # decodes the outputs: the decoder's vocabulary
         check_vocabularies(model.config, tokenizer, self.decoder_tokenizer)
         self.generation = dict(generation or {})
-        self.beams = int(self.generation.get("num_beams") or model.generation_config.num_beams or 1)
-        self.sequences = int(self.generation.get("num_return_sequences")
-                             or model.generation_config.num_return_sequences or 1)
+        # every setting checked before any work, as generate would check it
+        settings = {k: v for k, v in self.generation.items() if k != "seed"}  # seed: generate's, not a setting
+        self.plan = plan(model.config, model.generation_config.updated(**settings))
+        self.sequences = self.plan.num_return_sequences
         self.batch_size, self.max_batch_tokens = batch_size, max_batch_tokens
         self.step, self.policy, self.on_call, self.stats = step, policy, on_call, stats
-        self.inflight = batching == "inflight" or (batching == "auto" and policy_for(model.device, policy) != GPU)
+        self.decode_policy = policy_for(model.device, policy)
+        self.inflight = batching == "inflight" or (batching == "auto" and self.decode_policy != GPU)
         self.special = torch.tensor(sorted(self.decoder_tokenizer.all_special_ids), device=model.device)
         self.calls, self.generate_s, self.oom_splits = 0, 0.0, 0
 
     def __call__(self, rows: Sequence[Sequence[int]]) -> list[Generated]:
         g = self.sequences
-        if self.inflight:  # one call: the table of places refills itself from all the rows
-            return self.generate_or_split(rows)
         out: list[Generated | None] = [None] * (len(rows) * g)
-        for part in batches([len(r) for r in rows], self.beams, self.max_batch_tokens, self.batch_size):
-            results = self.generate_or_split([rows[i] for i in part])
+        good = []
+        for i, row in enumerate(rows):
+            error = "no input tokens" if not len(row) else too_long(self.model.config, len(row))
+            if error:
+                out[i * g:(i + 1) * g] = [Generated(None, None, error)] * g
+            else:
+                good.append(i)
+        if not good:
+            return out
+        good = np.asarray(good)
+        if self.inflight:  # one call: the table of places refills itself from all the rows
+            parts = [good]
+        else:
+            parts = [good[part] for part in batches([len(rows[i]) for i in good], self.plan.rows_per_article,
+                                                    self.max_batch_tokens, self.batch_size)]
+        for part in parts:
+            results = self.generate_or_split([rows[i] for i in part], self.batch_size)
             for n, i in enumerate(part):
                 out[i * g:(i + 1) * g] = results[n * g:(n + 1) * g]
         return out
 
     @torch.inference_mode()
-    def generate(self, rows: Sequence[Sequence[int]]) -> tuple[list[str], list[int]]:
-        """One generate call: the decoded outputs and their lengths in tokens."""
+    def generate(self, rows: Sequence[Sequence[int]], places: int | None = None) -> tuple[list[str], list[int]]:
+        """One generate call: the decoded outputs and their lengths in tokens. In flight, `places` caps the
+        table's article places (default batch_size)."""
         tokens, mask = pad_ids(rows, self.tokenizer.pad_token_id)
         device = self.model.device
         start = time.perf_counter()
         try:
-            # calls: the rows are one batch already; in flight: the budget and batch_size size the table
-            budget, articles = (self.max_batch_tokens, self.batch_size) if self.inflight else (None, None)
+            # calls: the rows are one batch already; in flight: the budget and the places size the table
+            budget, articles = (self.max_batch_tokens, places or self.batch_size) if self.inflight else (None, None)
             out = self.model.generate(tokens.to(device), mask.to(device), max_batch_tokens=budget,
                                       max_batch_articles=articles, step=self.step, policy=self.policy,
                                       inflight=self.inflight, stats=self.stats, **self.generation)
@@ -116,12 +136,21 @@ class TextGenerator:
                 self.on_call(seconds)
         return self.decoder_tokenizer.batch_decode(out, skip_special_tokens=True), counts
 
-    def generate_or_split(self, rows: Sequence[Sequence[int]]) -> list[Generated]:
-        """One call for the rows; out of device memory, each half is tried on its own."""
+    def table_places(self, rows: Sequence[Sequence[int]], places: int) -> int:
+        """The article places of the in-flight table that decodes these rows under a cap of `places`."""
+        lengths = np.array([len(r) for r in rows])
+        return table_places(self.plan, self.decode_policy, lengths, self.max_batch_tokens, places)
+
+    def generate_or_split(self, rows: Sequence[Sequence[int]], places: int | None = None) -> list[Generated]:
+        """One call for the rows; out of device memory, each half is tried on its own (in flight, with a table
+        of half the places that failed)."""
+        places = places or self.batch_size
         try:
-            texts, counts = self.generate(rows)
+            texts, counts = self.generate(rows, places)
             return [Generated(t, c, None) for t, c in zip(texts, counts, strict=True)]
-        except torch.cuda.OutOfMemoryError as e:  # torch.OutOfMemoryError since 2.5, the same class
+        except (RuntimeError, MemoryError) as e:  # torch.OutOfMemoryError is a RuntimeError
+            if not out_of_memory(e):
+                raise
             reason = str(e).splitlines()[0]
         # Retried only here, outside the except block: inside it the traceback keeps the failed call's frames,
         # and with them its cache and activations, alive, so nothing could be freed for the halves.
@@ -131,5 +160,19 @@ class TextGenerator:
             log.warning("one input of %d tokens does not fit alone: %s", len(rows[0]), reason)
             return [Generated(None, None, ERR_OOM)] * self.sequences
         self.oom_splits += 1
+        if self.inflight:
+            places = max(1, self.table_places(rows, places) // 2)
         half = len(rows) // 2
-        return self.generate_or_split(rows[:half]) + self.generate_or_split(rows[half:])
+        return self.generate_or_split(rows[:half], places) + self.generate_or_split(rows[half:], places)
+
+
+ALLOC_FAILED = ("out of memory", "CUBLAS_STATUS_ALLOC_FAILED", "CUDNN_STATUS_ALLOC_FAILED",
+                "can't allocate memory", "std::bad_alloc")
+
+
+def out_of_memory(error: BaseException) -> bool:
+    """Whether an error is a failed allocation: torch's out-of-memory error, or one that cuBLAS, cuDNN or the
+    CPU allocator report as a plain RuntimeError (then only their message tells)."""
+    if isinstance(error, torch.cuda.OutOfMemoryError | MemoryError):
+        return True
+    return isinstance(error, RuntimeError) and any(s in str(error) for s in ALLOC_FAILED)

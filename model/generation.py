@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from .beam_search import BeamSearch
+from .config import EncoderDecoderConfig
 from .decode_policy import DecodePolicy, bucket, policy_for
 from .greedy import GreedySearch
 from .inflight import run_inflight
@@ -44,6 +45,32 @@ def batches(lengths: Sequence[int] | np.ndarray, rows_per_article: int, max_toke
     return out
 
 
+def check_caps(**caps: int | None) -> None:
+    """ValueError unless each cap is None (no cap) or a whole number >= 1."""
+    for name, value in caps.items():
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ValueError(f"{name} must be a whole number >= 1 (or None: no cap), got {value!r}")
+
+
+def too_long(config: EncoderDecoderConfig, length: int) -> str | None:
+    """Why an input of `length` tokens cannot be encoded, if it cannot."""
+    limit = config.encoder.max_positions
+    if length > limit:
+        return (f"input of {length} tokens is longer than the encoder's {limit} usable positions "
+                f"(max_position_embeddings {config.encoder.max_position_embeddings}): truncate it")
+    return None
+
+
+def check_inputs(config: EncoderDecoderConfig, input_ids: torch.Tensor, mask: torch.Tensor) -> None:
+    if input_ids.dim() != 2 or input_ids.shape[0] == 0 or mask.shape != input_ids.shape:
+        raise ValueError(f"input_ids must be [batch, length] with at least one row, and attention_mask of the same "
+                         f"shape; got {tuple(input_ids.shape)} and {tuple(mask.shape)}")
+    used = mask.any(0).nonzero()
+    problem = too_long(config, int(used.max()) + 1 if used.numel() else 0)  # the widest the encoder runs over
+    if problem:
+        raise ValueError(problem)
+
+
 @torch.inference_mode()
 def generate(model: Seq2Seq, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, *,
              token_type_ids: torch.Tensor | None = None, return_scores: bool = False, seed: int | None = None,
@@ -65,14 +92,14 @@ def generate(model: Seq2Seq, input_ids: torch.Tensor, attention_mask: torch.Tens
     one call per batch. stats, if given, counts the decode steps and row-steps (a host read per step).
     """
     p = dataclasses.replace(plan(model.config, model.generation_config.updated(**kwargs)), scores=return_scores)
-    if max_batch_tokens is not None and max_batch_tokens < 1:
-        raise ValueError(f"max_batch_tokens must be >= 1, got {max_batch_tokens}")
+    check_caps(max_batch_tokens=max_batch_tokens, max_batch_articles=max_batch_articles)
     device = model.device
     decode_policy = policy_for(device, policy)
     if seed is not None:
         generator = torch.Generator(device).manual_seed(seed)
     input_ids = input_ids.to(device)
     mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask.to(device)
+    check_inputs(model.config, input_ids, mask)
     types = None if token_type_ids is None else token_type_ids.to(device)
     search = BeamSearch if p.num_beams > 1 else GreedySearch
     b, g, m = input_ids.shape[0], p.num_return_sequences, p.rules.max_length
@@ -94,7 +121,7 @@ def run_calls(model: Seq2Seq, search_type, p: Plan, policy: DecodePolicy, step: 
     """Every input row decoded in batches (`batches`: longest first, cut by the budget), each run to its end."""
     device = input_ids.device
     g, m = p.num_return_sequences, p.rules.max_length
-    group = p.num_beams if p.num_beams > 1 else g
+    group = p.rows_per_article
     for part in batches(mask.sum(1).tolist(), group, budget, max_articles):
         rows = torch.from_numpy(part).to(device)
         used = mask[rows].any(0).nonzero()

@@ -53,6 +53,13 @@ def places_for(widest: int, group: int, max_length: int, articles: int, budget: 
     return 1 << (fit.bit_length() - 1) if row_buckets and fit < articles else fit
 
 
+def table_places(p: Plan, policy: DecodePolicy, lengths: np.ndarray, budget: int | None,
+                 max_articles: int | None) -> int:
+    """The article places of the table that decodes inputs of these lengths."""
+    return places_for(max(int(lengths.max()), 1), p.rows_per_article, p.rules.max_length, len(lengths), budget,
+                      max_articles, policy.row_buckets)
+
+
 def run_inflight(model: Seq2Seq, search_type, p: Plan, policy: DecodePolicy, step: DecodeStep,
                  input_ids: torch.Tensor, mask: torch.Tensor, types: torch.Tensor | None, budget: int | None,
                  max_articles: int | None, results: Results, generator: torch.Generator | None = None,
@@ -65,9 +72,9 @@ def run_inflight(model: Seq2Seq, search_type, p: Plan, policy: DecodePolicy, ste
     lengths = mask.sum(1).cpu().numpy()
     queue = Queue(lengths)
     m = p.rules.max_length
-    group = p.num_beams if p.num_beams > 1 else p.num_return_sequences
+    group = p.rows_per_article
     widest = max(int(lengths.max()), 1)
-    places = places_for(widest, group, m, len(queue), budget, max_articles, policy.row_buckets)
+    places = table_places(p, policy, lengths, budget, max_articles)
     rows = bucket(places) if policy.row_buckets else places
     trim = not policy.row_buckets  # CUDA graphs want the shapes they captured
 

@@ -24,6 +24,11 @@ class Plan:
     early_stopping: bool | str
     scores: bool = True  # greedy and sampling skip the log-softmax of their chosen tokens without it
 
+    @property
+    def rows_per_article(self) -> int:
+        """Decoder rows an article holds: its beams, or its sampled sequences."""
+        return self.num_beams if self.num_beams > 1 else self.num_return_sequences
+
 
 def plan(model_config: EncoderDecoderConfig, config: GenerationConfig) -> Plan:
     """Resolve lengths and ids as transformers does (max_new_tokens wins over max_length) and reject bad settings

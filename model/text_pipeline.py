@@ -16,7 +16,7 @@ import torch
 
 from .batch_generate import TextGenerator, check_vocabularies
 from .encoder_decoder import EncoderDecoderModel
-from .generation import DEFAULT_BATCH_TOKENS
+from .generation import DEFAULT_BATCH_TOKENS, check_caps
 from .placement import run_device, run_dtype
 from .tokenizer import Tokenizer, load_tokenizers
 
@@ -36,6 +36,7 @@ class Text2TextPipeline:
         self.task, self.key = task, OUTPUT_KEYS[task]
         self.model, self.tokenizer, self.decoder_tokenizer = model, tokenizer, decoder_tokenizer or tokenizer
         check_vocabularies(model.config, self.tokenizer, self.decoder_tokenizer)
+        check_caps(batch_size=batch_size, max_batch_tokens=max_batch_tokens)
         self.batch_size, self.max_batch_tokens, self.batching = batch_size, max_batch_tokens, batching
 
     def __call__(self, inputs: str | Sequence[str | None], truncation: bool = True, max_input_tokens: int | None = None,
@@ -46,7 +47,14 @@ class Text2TextPipeline:
         g = generator.sequences
         out: list[list[dict[str, Any]]] = [[{self.key: None, "error": problem(t)}] * g for t in texts]
         good = [i for i, items in enumerate(out) if items[0]["error"] is None]
-        ids = self.tokenizer.encode_batch([texts[i] for i in good], max_input_tokens, truncation, add_special_tokens)
+        limit = self.model.config.encoder.max_positions
+        if max_input_tokens is not None and not 0 < max_input_tokens <= limit:
+            raise ValueError(f"max_input_tokens must be in 1..{limit} (the encoder's usable positions), "
+                             f"got {max_input_tokens}")
+        # truncated to what the encoder can take (not the tokenizer's model_max_length, often 1e30); without
+        # truncation a longer input gets a per-item error naming both lengths
+        ids = self.tokenizer.encode_batch([texts[i] for i in good], max_input_tokens or limit, truncation,
+                                          add_special_tokens)
         results = generator(ids)
         for n, i in enumerate(good):
             out[i] = [{self.key: r.text} if r.error is None else {self.key: None, "error": r.error}

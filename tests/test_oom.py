@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import weakref
+from collections.abc import Callable
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -14,7 +15,7 @@ import pytest
 import torch
 import transformers
 
-from model import ERR_OOM, Tokenizer
+from model import ERR_OOM, EncoderDecoderModel, TextGenerator, Tokenizer, static_decode_step
 from pipeline.batch.replica import Summarizer
 from tests.helpers import ROOT, articles, random_bert2bert
 
@@ -96,3 +97,52 @@ def test_out_of_memory_halves_run_once_the_failed_call_is_freed(tmp_path):
     assert [error for _, _, error in results] == [None] * 8
     summarizer.model.generate = real
     assert [text for text, _, _ in results] == summarizer.generator.generate(ids)[0]
+
+
+def failing_step(model, rows_fit: int, error: type[BaseException] | Callable[[str], BaseException], seen: list[int]):
+    """The in-flight loop's step, failing as an allocation would above rows_fit decoder rows."""
+    inner = static_decode_step(model)
+
+    def step(tokens, memory_kv, memory_mask, cache, pos, group):
+        seen.append(tokens.shape[0])
+        if tokens.shape[0] > rows_fit:
+            raise error(f"CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling cublasCreate ({tokens.shape[0]} rows)")
+        return inner(tokens, memory_kv, memory_mask, cache, pos, group)
+    return step
+
+
+@pytest.mark.parametrize("error", [torch.cuda.OutOfMemoryError, RuntimeError])
+def test_in_flight_split_halves_the_table_of_places_too(tiny_model, error):
+    model, tok = EncoderDecoderModel.from_pretrained(tiny_model).eval(), Tokenizer.from_pretrained(tiny_model)
+    rows = tok.encode_batch([r["article"][:100 + 10 * i] for i, r in enumerate(articles(40))], 48)
+    settings = {"num_beams": 2, "max_length": 10}
+    seen: list[int] = []
+    generator = TextGenerator(model, tok, settings, batch_size=16, batching="inflight",
+                              step=failing_step(model, 8, error, seen))
+    got = generator(rows)
+    # 16 places x 2 beams fail; each half of 20 rows then gets a table of 8 places (16 rows: fails again), and
+    # each quarter of 10 rows a table of 4 places (8 rows: fits). Without halving the table, the halves kept
+    # 16 places until the rows themselves were fewer: 15 splits.
+    assert generator.oom_splits == 3
+    assert max(seen) == 32 and max(n for n in seen if n <= 8) == 8 and sorted(set(seen))[-2] == 16
+    want = TextGenerator(model, tok, settings, batch_size=16, batching="inflight")(rows)
+    assert got == want and all(g.error is None for g in got)
+
+
+def test_an_error_that_is_not_an_allocation_failure_propagates(tiny_model):
+    model, tok = EncoderDecoderModel.from_pretrained(tiny_model).eval(), Tokenizer.from_pretrained(tiny_model)
+    broken = failing_step(model, 0, lambda _: RuntimeError("CUDA error: an illegal memory access was encountered"),
+                          [])
+    generator = TextGenerator(model, tok, {"max_length": 6}, batching="inflight", step=broken)
+    with pytest.raises(RuntimeError, match="illegal memory access"):
+        generator(tok.encode_batch(["A sentence.", "Another one."], 16))
+    assert generator.oom_splits == 0
+
+
+def test_sampled_sequences_count_in_the_token_budget(tiny_model):
+    model, tok = EncoderDecoderModel.from_pretrained(tiny_model).eval(), Tokenizer.from_pretrained(tiny_model)
+    rows = [[101] + [2000 + i] * 8 + [102] for i in range(8)]  # 10 tokens each
+    settings = {"do_sample": True, "num_return_sequences": 4, "max_length": 6, "seed": 0}
+    generator = TextGenerator(model, tok, settings, max_batch_tokens=80, batching="calls")
+    assert len(generator(rows)) == 32
+    assert generator.calls == 4  # 80 tokens hold 2 articles of 10 tokens x 4 sampled rows, not 8

@@ -67,3 +67,46 @@ def test_num_return_sequences_gives_transformers_shapes_best_first(tiny_model):
     assert [[g["summary_text"] for g in items] for items in (got[0], got[2], got[3])] == [want[0:3], want[3:6],
                                                                                         want[6:9]]
     assert summarize(texts[0], **gen) == got[0]  # one string: a list of its sequences
+
+
+def test_no_items_and_only_bad_items_give_per_item_results_not_a_crash(tiny_model):
+    summarize = pipeline("summarization", model=tiny_model)  # in flight on a CPU: no table of zero articles
+    assert summarize([]) == []
+    assert summarize(["", None]) == [{"summary_text": None, "error": "empty text"},
+                                     {"summary_text": None, "error": "not a string: NoneType"}]
+    assert pipeline("summarization", model=tiny_model, batching="calls")(["  "]) == [
+        {"summary_text": None, "error": "empty text"}]
+
+
+def test_inputs_are_bounded_by_the_encoders_positions_not_the_tokenizers_model_max_length(tiny_model):
+    tok = Tokenizer.from_pretrained(tiny_model)
+    tok.model_max_length = int(1e30)  # as many tokenizer_config.json files say
+    model = EncoderDecoderModel.from_pretrained(tiny_model)
+    summarize = pipeline("summarization", model=model, tokenizer=tok)
+    long_text = " ".join(["weather"] * 3000)  # 3,002 tokens with [CLS] and [SEP]
+    short = "A normal sentence about the weather."
+    got = summarize([long_text, short], max_length=8, truncation=False)
+    assert got[0] == {"summary_text": None, "error": "input of 3002 tokens is longer than the encoder's 512 usable "
+                                                     "positions (max_position_embeddings 512): truncate it"}
+    assert got[1] == summarize(short, max_length=8)[0] and got[1]["summary_text"]
+    truncated = summarize(long_text, max_length=8)[0]  # truncated to the 512 positions by default
+    assert truncated == summarize(" ".join(["weather"] * 510), max_length=8)[0]
+    with pytest.raises(ValueError, match=r"max_input_tokens must be in 1\.\.512"):
+        summarize(short, max_input_tokens=600)
+    with pytest.raises(ValueError, match="longer than the encoder's 512 usable positions"):
+        model.generate(torch.ones(1, 600, dtype=torch.long), max_length=8)
+
+
+@pytest.mark.parametrize("settings", [dict(batch_size=0), dict(max_batch_tokens=0), dict(batch_size=-3),
+                                      dict(max_batch_tokens=1.5)])
+def test_caps_below_one_are_refused_before_any_work(tiny_model, settings):
+    with pytest.raises(ValueError, match="must be a whole number >= 1"):
+        pipeline("summarization", model=tiny_model, **settings)
+
+
+def test_bad_generation_settings_are_refused_before_any_item_is_summarized(tiny_model):
+    summarize = pipeline("summarization", model=tiny_model)
+    with pytest.raises(ValueError, match=r"num_return_sequences \(3\) must be <= num_beams \(2\)"):
+        summarize(["A sentence.", ""], num_beams=2, num_return_sequences=3)
+    with pytest.raises(TypeError, match="unknown generation setting"):
+        summarize("A sentence.", num_beam=2)
