@@ -24,6 +24,17 @@ def _early_stopping(text: str) -> bool | str:
     return {"true": True, "false": False}.get(value, value)
 
 
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
 def job_parser(module: str, doc: str | None) -> argparse.ArgumentParser:
     """The parser of `python -m <module>` (or `b2b <command>`), the job's docstring (usage included) as help."""
     prog = f"b2b {module.rsplit('.', 1)[1]}" if os.path.basename(sys.argv[0]) == "b2b" else f"python -m {module}"
@@ -107,7 +118,9 @@ def add_generation_flags(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--early-stopping", type=_early_stopping, help="beam search stop rule: true, false or never")
     g.add_argument("--repetition-penalty", type=float, help="divide the scores of tokens already in the output "
                                                             "(CTRL's penalty; 1.0: off)")
-    g.add_argument("--do-sample", action="store_true", default=None, help="sample instead of greedy/beam search")
+    g.add_argument("--do-sample", action=argparse.BooleanOptionalAction, default=None,
+                   help="sample instead of greedy/beam search (--no-do-sample: search, when the checkpoint's "
+                        "generation config samples)")
     g.add_argument("--temperature", type=float, help="sampling: divide the logits by this")
     g.add_argument("--top-k", type=int, help="sampling: keep the k most likely tokens (0: all)")
     g.add_argument("--top-p", type=float, help="sampling: keep the smallest set of tokens whose probability "
@@ -140,10 +153,10 @@ def add_scaling_flags(parser: argparse.ArgumentParser) -> None:
                         "autoscaler can start nodes with GPUs, else 0)")
     g.add_argument("--cpus-per-replica", type=float, default=1.0,
                    help="CPUs per replica; also the replica's torch thread count on CPU")
-    g.add_argument("--batch-size", type=int, default=256,
+    g.add_argument("--batch-size", type=positive_int, default=256,
                    help="most articles decoded together (per generate call, or places in flight); a replica "
                         "sorts each unit's rows by length first")
-    g.add_argument("--max-batch-tokens", type=int, default=Replicas.max_batch_tokens,
+    g.add_argument("--max-batch-tokens", type=positive_int, default=Replicas.max_batch_tokens,
                    help="most input tokens x beams decoded together (an article longer than that runs alone); "
                         "a call that runs out of GPU memory is split in half and retried, down to one article, "
                         "and an article that does not fit alone gets a per-row error")

@@ -37,7 +37,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help=".jsonl / .parquet: copied to each output line when the input has it")
     parser.add_argument("--output", default="-", help="file to write (default: standard output)")
     parser.add_argument("--format", choices=("auto", "text", "jsonl"), default="auto",
-                        help="text: one output per line (an error as 'ERROR: ...'); jsonl: one JSON object per "
+                        help="text: one output per line, line k for input line k (a blank input line gives a blank "
+                             "line, an error 'ERROR: ...'; a newline inside an output is written as a space); "
+                             "jsonl: one JSON object per "
                              "output with the id, the task's key and any error (and its rank, 0 the best, with "
                              "--num-return-sequences above 1: an input's outputs follow each other, best first); "
                              "auto: text for text input, jsonl for .jsonl / .parquet")
@@ -45,12 +47,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--dtype", default="auto", choices=("auto", "float32", "float16", "bfloat16"),
                         help="auto: bfloat16 on a GPU, float32 on a CPU (float32 gives transformers' tokens)")
     parser.add_argument("--max-input-tokens", type=int, default=None,
-                        help="truncate inputs to this many tokens (default: the tokenizer's model_max_length)")
+                        help="truncate inputs to this many tokens, at most the encoder's usable positions "
+                             "(default: those positions)")
     parser.add_argument("--no-special-tokens", dest="add_special_tokens", action="store_false",
                         help="tokenize the text alone, as transformers' add_special_tokens=False")
-    parser.add_argument("--batch-size", type=int, default=64,
+    parser.add_argument("--batch-size", type=common.positive_int, default=64,
                         help="most texts decoded together (per generate call, or places in flight)")
-    parser.add_argument("--max-batch-tokens", type=int, default=65536,
+    parser.add_argument("--max-batch-tokens", type=common.positive_int, default=65536,
                         help="most input tokens x beams decoded together; out of device memory, a call is split")
     common.add_batching_flag(parser)
     common.add_generation_flags(parser)
@@ -59,10 +62,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def read_inputs(path: str, text_column: str, id_column: str) -> tuple[list[Any], list[Any] | None]:
-    """The texts and, for tables that have the id column, their ids."""
+    """The texts and, for tables that have the id column, their ids. A text input keeps its blank lines: output
+    line k answers input line k."""
     if path == "-" or not path.endswith((".jsonl", ".parquet")):
         with (sys.stdin if path == "-" else open(path, encoding="utf-8")) as f:
-            return [line.rstrip("\n") for line in f if line.strip()], None
+            return f.read().splitlines(), None
     table = pq.read_table(path) if path.endswith(".parquet") else pajson.read_json(path)
     if text_column not in table.column_names:
         raise ValueError(f"column {text_column!r} is not in {path} (columns: {', '.join(table.column_names)})")
@@ -70,14 +74,25 @@ def read_inputs(path: str, text_column: str, id_column: str) -> tuple[list[Any],
     return table.column(text_column).to_pylist(), ids
 
 
-def write(out: TextIO, results: list, ids: list[Any] | None, start: int, key: str, fmt: str) -> None:
+def text_line(item: dict[str, Any], key: str, text: Any) -> str:
+    """An output as one line of text: blank for a blank input, the error, or the output with its newlines (a
+    byte-level BPE output may hold some) as spaces."""
+    if isinstance(text, str) and not text.strip():
+        return ""
+    if item.get("error") is not None:
+        return f"ERROR: {item['error']}"
+    return " ".join(item[key].splitlines())
+
+
+def write(out: TextIO, results: list, texts: list[Any], ids: list[Any] | None, start: int, key: str,
+          fmt: str) -> None:
     """One line per output; with num_return_sequences > 1 an input's outputs follow each other, best first,
     and JSON lines carry their rank (0 the best)."""
     for i, result in enumerate(results, start):
         ranked = list(enumerate(result)) if isinstance(result, list) else [(None, result)]
         for rank, item in ranked:
             if fmt == "text":
-                out.write((item[key] if item.get("error") is None else f"ERROR: {item['error']}") + "\n")
+                out.write(text_line(item, key, texts[i]) + "\n")
                 continue
             line = {**({"id": ids[i]} if ids is not None else {}), **({"rank": rank} if rank is not None else {}),
                     **item}
@@ -104,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
             for start in range(0, len(texts), CHUNK):
                 results = generate(texts[start:start + CHUNK], max_input_tokens=args.max_input_tokens,
                                    add_special_tokens=args.add_special_tokens, **settings)
-                write(out, results, ids, start, generate.key, fmt)
+                write(out, results, texts, ids, start, generate.key, fmt)
                 if progress:
                     print(f"\r{min(start + CHUNK, len(texts))}/{len(texts)} texts", end="", file=sys.stderr,
                           flush=True)

@@ -2,20 +2,26 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
+import torch
+import transformers
 
 from model import pipeline
 from tests.helpers import ROOT, articles
 
 B2B = os.path.join(os.path.dirname(sys.executable), "b2b")
 GEN = ["--num-beams", "2", "--max-length", "20"]
+NEWLINE = 50118  # "Ċ" in roberta-base's vocabulary
 
 
 def b2b(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
@@ -101,3 +107,60 @@ def test_num_return_sequences_writes_each_with_its_rank(tiny_model, tmp_path):
                                                        num_return_sequences=2, max_length=12)
     assert [json.loads(line) for line in done.stdout.splitlines()] == [
         {"id": r["id"], "rank": k, **w} for r, items in zip(rows, want, strict=True) for k, w in enumerate(items)]
+
+
+def test_text_output_has_one_line_per_input_line_blank_or_not(tiny_model, tmp_path):
+    texts = ["A normal sentence about the weather.", "", "Another sentence, about trains.", "   "]
+    (tmp_path / "in.txt").write_text("\n".join(texts) + "\n")
+    done = b2b("generate", str(tmp_path / "in.txt"), "--model", str(tiny_model), *GEN)
+    assert done.returncode == 0, done.stderr
+    want = pipeline("summarization", model=tiny_model)([texts[0], texts[2]], num_beams=2, max_length=20)
+    assert done.stdout.split("\n") == [want[0]["summary_text"], "", want[1]["summary_text"], "", ""]
+    as_json = b2b("generate", "--model", str(tiny_model), "--format", "jsonl", *GEN, stdin="\n".join(texts))
+    lines = [json.loads(line) for line in as_json.stdout.splitlines()]
+    assert [line.get("error") for line in lines] == [None, "empty text", None, "empty text"]
+
+
+@pytest.mark.parametrize("flag", ["--batch-size", "--max-batch-tokens"])
+def test_caps_of_zero_are_refused_by_the_parser(tiny_model, flag):
+    done = b2b("generate", "--model", str(tiny_model), flag, "0", "--batching", "calls", stdin="A sentence.\n")
+    assert done.returncode == 2 and f"argument {flag}: must be >= 1, got 0" in done.stderr
+
+
+def test_newlines_inside_an_output_do_not_break_one_line_per_input(tmp_path):
+    folder = tmp_path / "roberta2roberta"
+    torch.manual_seed(0)
+    roberta = transformers.RobertaConfig(vocab_size=50265, max_position_embeddings=130, type_vocab_size=1,
+                                         hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+                                         intermediate_size=48)
+    config = transformers.EncoderDecoderConfig.from_encoder_decoder_configs(roberta, copy.deepcopy(roberta))
+    ids = dict(decoder_start_token_id=0, pad_token_id=1, eos_token_id=2)
+    for name, value in ids.items():
+        setattr(config, name, value)
+    hf = transformers.EncoderDecoderModel(config)
+    hf.generation_config = transformers.GenerationConfig(**ids)
+    hf.save_pretrained(folder)
+    for name in ("vocab.json", "merges.txt"):
+        shutil.copy(ROOT / "data" / "bpe" / "roberta-base" / name, folder)
+    (folder / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "RobertaTokenizer"}))
+    texts = ["A normal sentence about the weather.", "Another sentence, about trains."]
+    gen = ["--forced-bos-token-id", str(NEWLINE), "--max-length", "5", "--batching", "calls"]
+    done = b2b("generate", "--model", str(folder), *gen, stdin="\n".join(texts))
+    assert done.returncode == 0, done.stderr
+    want = pipeline("summarization", model=folder)(texts, forced_bos_token_id=NEWLINE, max_length=5)
+    assert all(w["summary_text"].startswith("\n") for w in want)  # the forced first token is a newline
+    assert done.stdout.splitlines() == [" ".join(w["summary_text"].splitlines()) for w in want]
+    as_json = b2b("generate", "--model", str(folder), "--format", "jsonl", *gen, stdin="\n".join(texts))
+    assert [json.loads(line)["summary_text"] for line in as_json.stdout.splitlines()] == [
+        w["summary_text"] for w in want]
+
+
+def test_do_sample_can_be_switched_off_over_a_checkpoint_that_samples(tiny_model, tmp_path):
+    sampling = tmp_path / "sampling.json"
+    sampling.write_text(json.dumps({"do_sample": True, "top_k": 0, "max_length": 12, "num_beams": 1}))
+    texts = [r["article"][:300].replace("\n", " ") for r in articles(3)]
+    done = b2b("generate", "--model", str(tiny_model), "--generation-config", str(sampling), "--no-do-sample",
+               stdin="\n".join(texts))
+    assert done.returncode == 0, done.stderr
+    want = pipeline("summarization", model=tiny_model)(texts, max_length=12)
+    assert done.stdout.splitlines() == [w["summary_text"] for w in want]
