@@ -16,6 +16,7 @@ import ray.data
 from ray.data import ActorPoolStrategy
 
 from ..cluster import Replicas
+from ..io import storage
 from .config import SummarizeConfig
 from .prepare import prepare
 from .replica import Summarizer
@@ -41,7 +42,7 @@ def build(config: SummarizeConfig, rows: list[dict[str, Any]], replicas: Replica
         Summarizer,
         fn_constructor_kwargs={"model_url": config.model, "generation": config.generation.as_kwargs(),
                                "dtype": replica_dtype(config), "threads": max(1, int(replicas.cpus)),
-                               "storage_options": opts,
+                               "storage_options": storage.client_options(config.model, opts),
                                "batch_size": replicas.batch_size, "max_batch_tokens": replicas.max_batch_tokens,
                                "compile": replicas.compile, "batching": replicas.batching,
                                "decoder_tokenizer": config.decoder_tokenizer},

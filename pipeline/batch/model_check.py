@@ -32,7 +32,7 @@ class ModelInfo:
 def inspect_model(config: SummarizeConfig) -> ModelInfo:
     """Config, generation settings, tokenizer and weights fingerprint of the checkpoint; ValueError naming the
     URL if unreadable."""
-    url, opts = config.model, config.storage_options
+    url, opts = config.model, storage.client_options(config.model, config.storage_options)
     try:
         model_config, generation = read_configs(url, opts)
         folder = Location.of(url, opts)

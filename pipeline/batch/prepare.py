@@ -12,6 +12,7 @@ import pyarrow as pa
 
 from model import Tokenizer
 
+from ..io import storage
 from ..io.storage import Location
 from .payload import UNIT_FIELDS, to_ipc, unit_fields, with_columns
 from .text import tokenize
@@ -37,7 +38,7 @@ def prepare(batch: pa.Table, *, input_url: str, model_url: str, columns: list[st
     """Units in, units out with their tokenized rows as payload (read only the unit's row groups). `columns`
     are the text and passthrough columns; the id column is the unit's."""
     fs = Location.of(input_url, storage_options).fs
-    tokenizer = _tokenizer(model_url, json.dumps(storage_options, sort_keys=True))
+    tokenizer = _tokenizer(model_url, json.dumps(storage.client_options(model_url, storage_options), sort_keys=True))
     units, payloads = unit_fields(batch), []
     for u in units:
         unit = Unit(**{**{f: u[f] for f in UNIT_FIELDS}, "row_groups": tuple(u["row_groups"])})

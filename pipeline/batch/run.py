@@ -49,8 +49,9 @@ def _run_record(target: Location, wanted: dict[str, Any], config: SummarizeConfi
     record = {"attempt": commit.new_attempt(), "identity": wanted, "rows_per_file": config.rows_per_file,
               "ids_unique": False, "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
               "code_version": fingerprints.code_version(), "owner": owner}
-    if not storage.write_json_atomic(at, record, exclusive=True):
-        other = storage.read_json(at) or {}
+    ours, there = storage.create_json(at, record, "attempt")  # its own after a lost reply too: the attempt says
+    if not ours:
+        other = there or {}
         raise RuntimeError(f"output {target} was started at the same moment by another run ({other.get('owner')}, "
                            f"attempt {other.get('attempt')}); this one stops. Run it again once that run has ended "
                            "to resume it or find it complete")

@@ -20,7 +20,6 @@ past its expiry (a long GC pause, a frozen VM) loses the lease and learns it onl
 
 from __future__ import annotations
 
-import json
 import os
 import posixpath
 import socket
@@ -130,22 +129,10 @@ class Lease:
         expires_at = time.time() + self.ttl_s if state == "held" else 0.0
         record = {"owner": self.owner, "process": self.process, "state": state, "expires_at": expires_at,
                   "expires": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(expires_at))}
-        failed: OSError | None = None
-        try:
-            written = storage.write_bytes_atomic(self._name(generation), json.dumps(record).encode(), exclusive=True)
-        except OSError as e:
-            written, failed = False, e
-        if not written:
-            try:
-                there = storage.read_json(self._name(generation))
-            except FileNotFoundError:  # listed, then deleted: superseded, so not ours
-                there = None
-            if there is None and failed is not None:  # the write failed outright; the caller retries
-                raise failed
-            if there is None or there.get("owner") != self.owner:  # owners are unique: ours is ours
-                return False
-            expires_at = there["expires_at"]  # what storage holds, not this try's (a retry's) later expiry
-        self.generation, self.expires_at = generation, expires_at
+        ours, there = storage.create_json(self._name(generation), record, "owner")  # owners are unique
+        if not ours:
+            return False
+        self.generation, self.expires_at = generation, there["expires_at"]  # storage's, not a retry's later one
         self._delete_older()
         return True
 

@@ -29,6 +29,10 @@ from .secrets import redact_url
 GLOB_CHARS = "*?["
 EXCLUSIVE_CREATE_SINCE = "2024.12.0"  # the fsspec/s3fs release that added mode="create" (S3's If-None-Match)
 MARKER_NAME = "_SUCCESS.json"
+# botocore's retries of each S3 request (throttling, 5xx, dropped connections, timeouts): its standard mode,
+# backoff rand(0, 1) * min(2 ** try, 20) s between tries, so 6 tries wait at most 1 + 2 + 4 + 8 + 16 = 31 s.
+# docs/cluster.md ("Storage under load") has the whole bound and how to tune it.
+S3_RETRIES = {"mode": "standard", "total_max_attempts": 6}
 
 
 def absolute(url: str) -> str:
@@ -48,7 +52,7 @@ class Location:
     @classmethod
     def of(cls, url: str, storage_options: dict[str, Any] | None = None) -> Location:
         """The URL resolved with fsspec (local paths come out absolute)."""
-        fs, path = fsspec.core.url_to_fs(url, **(storage_options or {}))
+        fs, path = fsspec.core.url_to_fs(url, **client_options(url, storage_options))
         return cls(fs, path)
 
     @property
@@ -74,6 +78,16 @@ class Location:
 
     def __repr__(self) -> str:
         return f"Location({str(self)!r})"
+
+
+def client_options(url: str, storage_options: dict[str, Any] | None) -> dict[str, Any]:
+    """The storage options for `url` with its client's retry settings filled in where they set none: for s3://,
+    botocore's `S3_RETRIES` (`config_kwargs.retries`; s3fs passes `config_kwargs` to botocore's Config)."""
+    options = dict(storage_options or {})
+    if fsspec.core.split_protocol(url)[0] not in ("s3", "s3a"):
+        return options
+    config = options.get("config_kwargs") or {}
+    return {**options, "config_kwargs": {"retries": S3_RETRIES, **config}}
 
 
 def arrow_fs(loc: Location) -> pafs.FileSystem:
@@ -153,6 +167,27 @@ def write_json_atomic(loc: Location, obj: dict[str, Any], exclusive: bool = Fals
     """As write_bytes_atomic, for a JSON object."""
     data = (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode()
     return write_bytes_atomic(loc, data, exclusive)
+
+
+def create_json(loc: Location, obj: dict[str, Any], token: str) -> tuple[bool, dict[str, Any] | None]:
+    """Create the JSON object `obj` at `loc` unless something is there, recognising its own write: (True, what
+    storage holds) when the object at `loc` is this writer's, created now or found carrying this writer's
+    `obj[token]` after a create whose outcome was unclear (its reply lost, then the client's retry refused
+    because the object existed; an error after the write); (False, what is there, None if it is gone since)
+    when another writer's is. A create that failed with nothing written raises its error."""
+    failed: OSError | None = None
+    try:
+        if write_json_atomic(loc, obj, exclusive=True):
+            return True, obj
+    except OSError as e:
+        failed = e
+    try:
+        there = read_json(loc)
+    except FileNotFoundError:  # deleted between the listing and the read
+        there = None
+    if there is None and failed is not None:
+        raise failed
+    return there is not None and there.get(token) == obj[token], there
 
 
 def check_writable(loc: Location) -> None:

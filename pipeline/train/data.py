@@ -16,7 +16,7 @@ import torch
 
 from model import Tokenizer, load_tokenizers, pad_ids
 
-from ..io.storage import Location, arrow_fs, list_parquet
+from ..io.storage import Location, arrow_fs, client_options, list_parquet
 
 
 @dataclass(frozen=True)
@@ -102,10 +102,10 @@ def load_pair_tokenizers(encoder_url: str, decoder_url: str | None = None,
     """The encoder's and the decoder's tokenizers: of one encoder-decoder folder (its decoder_tokenizer/ when
     the vocabularies differ), or of the two checkpoints a warm start reads (one tokenizer when they are the
     same folder)."""
+    options = client_options(encoder_url, storage_options)
     if decoder_url is None or decoder_url == encoder_url:
-        return load_tokenizers(encoder_url, storage_options)
-    return (Tokenizer.from_pretrained(encoder_url, storage_options),
-            Tokenizer.from_pretrained(decoder_url, storage_options))
+        return load_tokenizers(encoder_url, options)
+    return Tokenizer.from_pretrained(encoder_url, options), Tokenizer.from_pretrained(decoder_url, options)
 
 
 def _ragged(rows: list[np.ndarray]) -> np.ndarray:

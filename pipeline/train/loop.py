@@ -14,6 +14,7 @@ import torch
 
 from model import EncoderDecoderModel, check_vocabularies
 
+from ..io.storage import client_options
 from .checkpoints import TRAIN_STATE, MetricsLog, latest_checkpoint, report_checkpoint, set_rng
 from .config import FinetuneConfig
 from .data import PairBatches, TokenizePairs, load_pair_tokenizers
@@ -33,10 +34,12 @@ def build_model(cfg: FinetuneConfig, checkpoint_dir: str | None) -> EncoderDecod
     if checkpoint_dir is not None:
         return EncoderDecoderModel.from_pretrained(checkpoint_dir)
     if cfg.init_url is not None:
-        return EncoderDecoderModel.from_pretrained(cfg.init_url, storage_options=cfg.storage_options)
+        return EncoderDecoderModel.from_pretrained(cfg.init_url,
+                                                   storage_options=client_options(cfg.init_url, cfg.storage_options))
     torch.manual_seed(cfg.seed)  # the fresh cross-attention weights
     model = EncoderDecoderModel.from_encoder_decoder_pretrained(cfg.encoder_url, cfg.decoder_url,
-                                                                storage_options=cfg.storage_options)
+                                                                storage_options=client_options(cfg.encoder_url,
+                                                                                               cfg.storage_options))
     model.generation_config = model.generation_config.updated(
         num_beams=cfg.eval_beams, max_length=cfg.max_target_tokens + 1, no_repeat_ngram_size=3, early_stopping=True)
     return model
