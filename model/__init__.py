@@ -2,7 +2,7 @@
 checkpoints."""
 
 from .batch_generate import BATCHING, ERR_OOM, Generated, TextGenerator, check_vocabularies
-from .checkpoint import read_configs, write_atomic
+from .checkpoint import read_configs
 from .compat import (
     AutoModel,
     AutoModelForCausalLM,
@@ -20,8 +20,9 @@ from .placement import run_dtype
 from .plan import plan as check_generation
 from .search_loop import DecodeStats
 from .steps import compiled_decode_step, decode_step, static_decode_step
+from .storage import write_atomic
 from .text_pipeline import Text2TextPipeline, pipeline
-from .tokenizer import DECODER_TOKENIZER, BatchEncoding, Tokenizer, load_tokenizers, pad_ids, save_tokenizers
+from .tokenization import DECODER_TOKENIZER, BatchEncoding, Tokenizer, load_tokenizers, pad_ids, save_tokenizers
 
 __all__ = [
     "BATCHING",

@@ -28,7 +28,7 @@ from .inflight import table_places
 from .plan import plan
 from .search_loop import DecodeStats
 from .steps import DecodeStep
-from .tokenizer import DECODER_TOKENIZER, Tokenizer, pad_ids
+from .tokenization import DECODER_TOKENIZER, Tokenizer, pad_ids
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 page run with only their import line changed (`from model import AutoTokenizer, EncoderDecoderModel`)."""
 
 from .encoder_decoder import EncoderDecoderModel
-from .tokenizer import Tokenizer
+from .tokenization import Tokenizer
 
 AutoTokenizer = BertTokenizer = BertTokenizerFast = BertGenerationTokenizer = Tokenizer
 # the page loads its bert2bert with AutoModelForCausalLM (which transformers itself maps to no encoder-decoder)

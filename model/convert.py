@@ -18,7 +18,7 @@ from typing import Any
 
 from .encoder_decoder import EncoderDecoderModel
 from .placement import DTYPES
-from .tokenizer import Tokenizer
+from .tokenization import Tokenizer
 
 
 def convert(src: str, dst: str, dtype: str | None = None, storage_options: dict[str, Any] | None = None) -> dict:

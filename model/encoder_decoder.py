@@ -17,7 +17,7 @@ from . import checkpoint, generation
 from .config import EncoderDecoderConfig, GenerationConfig, StackConfig
 from .layers import KVCache, Linear, LMHead, Stack
 from .placement import DeviceMap, placement, resolve_dtype
-from .tokenizer import special_token_ids
+from .tokenization import special_token_ids
 
 log = logging.getLogger(__name__)
 

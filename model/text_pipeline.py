@@ -18,7 +18,7 @@ from .batch_generate import TextGenerator, check_vocabularies
 from .encoder_decoder import EncoderDecoderModel
 from .generation import DEFAULT_BATCH_TOKENS, check_caps
 from .placement import run_device, run_dtype
-from .tokenizer import Tokenizer, load_tokenizers
+from .tokenization import Tokenizer, load_tokenizers
 
 OUTPUT_KEYS = {"summarization": "summary_text", "translation": "translation_text",
                "text2text-generation": "generated_text"}

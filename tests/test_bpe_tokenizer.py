@@ -12,7 +12,7 @@ import torch
 import transformers
 
 from model import Tokenizer
-from model.tokenizer import load_tokenizers, save_tokenizers, special_token_ids
+from model.tokenization import load_tokenizers, save_tokenizers, special_token_ids
 from tests.helpers import MINILM, ROOT, wmt_sentences
 
 BPE = ROOT / "data" / "bpe"

@@ -1,12 +1,5 @@
-"""Tokenizers with transformers' behaviour: BERT WordPiece and byte-level BPE (RoBERTa, GPT-2, model.bpe) on
-the `tokenizers` library, SentencePiece (BertGeneration) in model.sentencepiece.
-
-A model folder holds its tokenizers in this layout, which save_tokenizers writes and load_tokenizers reads:
-- the root: the encoder's tokenizer (the inputs'), what transformers' AutoTokenizer.from_pretrained(folder)
-  and Tokenizer.from_pretrained(folder) load;
-- `decoder_tokenizer/`: the decoder's tokenizer, only when its vocabulary differs from the encoder's (bert2gpt2:
-  BERT's WordPiece at the root, GPT-2's BPE here). Without it the root's tokenizer serves both sides.
-Special ids for the decoder (start, pad, eos: special_token_ids) come from the decoder's tokenizer.
+"""Tokenizers with transformers' behaviour: BERT WordPiece and byte-level BPE (RoBERTa, GPT-2, bpe.py) on
+the `tokenizers` library, SentencePiece (BertGeneration) in sentencepiece_vocab.py; one interface for every kind.
 """
 
 from __future__ import annotations
@@ -16,18 +9,18 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
 import torch
 from tokenizers import Tokenizer as Backend
 from tokenizers import decoders, normalizers, pre_tokenizers, processors
 from tokenizers.models import BPE, WordPiece
 
+from ..storage import Folder
 from . import bpe
-from .checkpoint import Folder
-from .sentencepiece import SentencePieceVocab, token_content
+from .padding import pad_ids
+from .sentencepiece_vocab import SentencePieceVocab
+from .special_tokens import token_content
 
 SPIECE_NAME = "spiece.model"
-DECODER_TOKENIZER = "decoder_tokenizer"
 
 SPECIAL = {"cls_token": "[CLS]", "sep_token": "[SEP]", "pad_token": "[PAD]", "unk_token": "[UNK]",
            "mask_token": "[MASK]"}
@@ -56,7 +49,7 @@ def _from_vocab(vocab_text: str, cfg: dict) -> Backend:
 
 
 def _bpe_config(folder: Folder, config: dict) -> dict:
-    """tokenizer_config.json of a byte-level BPE folder with its tokenizer_class named as model.bpe names it."""
+    """tokenizer_config.json of a byte-level BPE folder with its tokenizer_class named as bpe.py names it."""
     given = config.get("tokenizer_class")
     model_config = None if given else json.loads(_read_text(folder, "config.json") or "{}")
     name = bpe.tokenizer_class(config, model_config)
@@ -68,37 +61,6 @@ def _bpe_config(folder: Folder, config: dict) -> dict:
                          "(RobertaTokenizer or GPT2Tokenizer) or config.json's model_type (roberta or gpt2); "
                          "the folder has neither")
     return {**config, "tokenizer_class": name}
-
-
-def special_token_ids(path: str, storage_options: dict[str, Any] | None = None) -> dict[str, int | None]:
-    """decoder_start/pad/eos ids from the vocabulary of a checkpoint's decoder (`decoder_tokenizer/` if the
-    folder has one), if any: [CLS], [PAD], [SEP] for BERT's; bos, pad, eos for SentencePiece (<s>, <pad>, </s>)
-    and byte-level BPE ones (RoBERTa's <s>, <pad>, </s>; GPT-2's <|endoftext|> twice and no pad: None, since
-    the model card's pad = eos = start would hide the start token from a decoder mask taken from pad; set
-    pad_token_id yourself)."""
-    try:
-        tok = load_tokenizers(path, storage_options)[1]
-    except FileNotFoundError:
-        return {"decoder_start_token_id": None, "pad_token_id": None, "eos_token_id": None}
-    if tok.kind in ("sentencepiece", "bpe"):
-        return {"decoder_start_token_id": tok.bos_token_id, "pad_token_id": tok.pad_token_id,
-                "eos_token_id": tok.eos_token_id}
-    return {"decoder_start_token_id": tok.cls_token_id, "pad_token_id": tok.pad_token_id,
-            "eos_token_id": tok.sep_token_id}
-
-
-def pad_ids(rows: Sequence[Sequence[int]] | None, pad_id: int, flat: np.ndarray | None = None,
-            lengths: np.ndarray | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """[B, longest] int64 ids padded with pad_id on the right, and the attention mask (1 on tokens). Rows come
-    as sequences, or flat: every row's tokens end to end with each row's length (Arrow's list layout)."""
-    if rows is not None:
-        lengths = np.fromiter((len(r) for r in rows), dtype=np.int64, count=len(rows))
-        flat = np.concatenate([np.asarray(r, dtype=np.int64) for r in rows]) if len(rows) else np.zeros(0, np.int64)
-    width = int(lengths.max(initial=0))
-    mask = np.arange(width) < lengths[:, None]
-    ids = np.full(mask.shape, pad_id, dtype=np.int64)
-    ids[mask] = flat
-    return torch.from_numpy(ids), torch.from_numpy(mask.astype(np.int64))
 
 
 class BatchEncoding(dict):
@@ -335,29 +297,3 @@ class Tokenizer:
         if isinstance(self.backend, SentencePieceVocab):
             return [self.backend.decode(row, skip_special_tokens) for row in rows]
         return self.backend.decode_batch(rows, skip_special_tokens=skip_special_tokens)
-
-
-def load_tokenizers(path: str | os.PathLike, storage_options: dict[str, Any] | None = None,
-                    decoder_tokenizer: str | os.PathLike | None = None) -> tuple[Tokenizer, Tokenizer]:
-    """(encoder's, decoder's) tokenizers of a model folder: the root's, and the one in `decoder_tokenizer` (a
-    folder path or URL, for a checkpoint that has only one) if given, else the folder's `decoder_tokenizer/` if
-    it has one, else the root's again (the same object)."""
-    encoder = Tokenizer.from_pretrained(path, storage_options)
-    if decoder_tokenizer is None:
-        folder = Folder(path, storage_options)
-        if not folder.exists(DECODER_TOKENIZER):
-            return encoder, encoder
-        decoder_tokenizer = folder.name(DECODER_TOKENIZER)
-    return encoder, Tokenizer.from_pretrained(decoder_tokenizer, storage_options)
-
-
-def save_tokenizers(path: str | os.PathLike, encoder: Tokenizer, decoder: Tokenizer,
-                    storage_options: dict[str, Any] | None = None) -> None:
-    """The encoder's tokenizer at the folder's root and, when the decoder's files differ from it, the decoder's
-    in `decoder_tokenizer/`; when they do not, a `decoder_tokenizer/` left by an earlier save is removed."""
-    folder = Folder(path, storage_options)
-    encoder.save_pretrained(path, storage_options)
-    if decoder is not encoder and decoder.files() != encoder.files():
-        decoder.save_pretrained(folder.name(DECODER_TOKENIZER), storage_options)
-    elif folder.exists(DECODER_TOKENIZER):
-        folder.fs.rm(f"{folder.root}/{DECODER_TOKENIZER}", recursive=True)

@@ -17,7 +17,7 @@ from tokenizers import Tokenizer as Backend
 from tokenizers import decoders, pre_tokenizers, processors
 from tokenizers.models import BPE
 
-from .sentencepiece import token_content
+from .special_tokens import token_content
 
 ROBERTA, GPT2 = "RobertaTokenizer", "GPT2Tokenizer"
 CLASSES = {ROBERTA: ROBERTA, "RobertaTokenizerFast": ROBERTA, GPT2: GPT2, "GPT2TokenizerFast": GPT2}

@@ -16,6 +16,8 @@ from typing import Any
 
 import sentencepiece as spm
 
+from .special_tokens import token_content
+
 # transformers' BertGenerationTokenizer defaults, in the order transformers adds the missing ones to the
 # vocabulary (its SPECIAL_TOKENS_ATTRIBUTES); `<::::>` is not in a trained vocabulary and becomes an added token.
 DEFAULT_SPECIAL = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "sep_token": "<::::>",
@@ -24,11 +26,6 @@ TOKENIZER_CLASSES = (None, "BertGenerationTokenizer")
 UNDERLINE = "\u2581"
 CLEANUPS = ((" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"), (" n't", "n't"), (" 'm", "'m"),
             (" 's", "'s"), (" 've", "'ve"), (" 're", "'re"))
-
-
-def token_content(token: Any) -> Any:
-    """A special token as tokenizer_config.json gives it: a string, or an AddedToken as a dict."""
-    return token["content"] if isinstance(token, dict) else token
 
 
 class SentencePieceVocab:
