@@ -2,7 +2,7 @@
 checkpoints."""
 
 from .batch_generate import BATCHING, ERR_OOM, Generated, TextGenerator, check_vocabularies
-from .checkpoint import read_configs
+from .checkpoints import read_configs
 from .compat import (
     AutoModel,
     AutoModelForCausalLM,
@@ -14,9 +14,9 @@ from .compat import (
 )
 from .config import BertConfig, EncoderDecoderConfig, GenerationConfig, StackConfig
 from .decode_policy import DecodePolicy
+from .devices import run_dtype
 from .encoder_decoder import EncoderDecoderModel, Seq2SeqOutput
 from .generation import DEFAULT_BATCH_TOKENS, batches
-from .placement import run_dtype
 from .plan import plan as check_generation
 from .search_loop import DecodeStats
 from .steps import compiled_decode_step, decode_step, static_decode_step

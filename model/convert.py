@@ -16,8 +16,8 @@ import argparse
 import sys
 from typing import Any
 
+from .devices import DTYPES
 from .encoder_decoder import EncoderDecoderModel
-from .placement import DTYPES
 from .tokenization import Tokenizer
 
 

@@ -13,10 +13,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import checkpoint, generation
+from . import checkpoints, generation
 from .config import EncoderDecoderConfig, GenerationConfig, StackConfig
+from .devices import DeviceMap, placement, resolve_dtype
 from .layers import KVCache, Linear, LMHead, Stack
-from .placement import DeviceMap, placement, resolve_dtype
 from .tokenization import special_token_ids
 
 log = logging.getLogger(__name__)
@@ -205,11 +205,11 @@ class EncoderDecoderModel(nn.Module):
         if attn_implementation not in (None, "sdpa"):
             raise ValueError(f"attn_implementation={attn_implementation!r} is not available: this model always runs "
                              "torch's scaled_dot_product_attention ('sdpa')")
-        config, generation = checkpoint.read_configs(path, storage_options)
+        config, generation = checkpoints.read_configs(path, storage_options)
         with torch.device("meta"):
             model = cls(config, generation)
         expected = {k: v.shape for k, v in model.state_dict().items()}
-        state = checkpoint.load_hf_state(str(path), config, expected, untied_head=model.lm_head.weight is not None,
+        state = checkpoints.load_hf_state(str(path), config, expected, untied_head=model.lm_head.weight is not None,
                                          dtype=dtype, allow_pickle=allow_pickle, storage_options=storage_options,
                                          shared=model.shared_keys())
         model.load_state_dict(state, strict=True, assign=True)
@@ -217,7 +217,7 @@ class EncoderDecoderModel(nn.Module):
 
     def save_pretrained(self, path: str | os.PathLike, storage_options: dict[str, Any] | None = None) -> None:
         """config.json, generation_config.json and model.safetensors with HF's key names (local path or URL)."""
-        checkpoint.save_hf(str(path), self.state_dict(), self.config, self.generation_config,
+        checkpoints.save_hf(str(path), self.state_dict(), self.config, self.generation_config,
                            self.lm_head.weight is not None, storage_options)
 
     def shared_keys(self) -> dict[str, str]:
@@ -238,8 +238,8 @@ class EncoderDecoderModel(nn.Module):
         decoder_start_token_id, pad_token_id and eos_token_id default to the decoder checkpoint's [CLS], [PAD]
         and [SEP] ids when its vocabulary has them; config_kwargs set any EncoderDecoderConfig field
         (tie_encoder_decoder=True shares the encoder's weights with the decoder's)."""
-        enc_raw, enc_family, enc_tensors = checkpoint.read_pretrained(str(encoder_path), storage_options)
-        dec_raw, dec_family, dec_tensors = checkpoint.read_pretrained(str(decoder_path), storage_options)
+        enc_raw, enc_family, enc_tensors = checkpoints.read_pretrained(str(encoder_path), storage_options)
+        dec_raw, dec_family, dec_tensors = checkpoints.read_pretrained(str(decoder_path), storage_options)
         enc_raw = {**enc_raw, "is_decoder": False, "add_cross_attention": False}
         defaults = {k: v for k, v in special_token_ids(str(decoder_path), storage_options).items() if v is not None}
         config = EncoderDecoderConfig.from_encoder_decoder_configs(
@@ -247,7 +247,7 @@ class EncoderDecoderModel(nn.Module):
         model = cls(config)
         state, unused = {}, []
         for part, fam, tensors in (("encoder", enc_family, enc_tensors), ("decoder", dec_family, dec_tensors)):
-            part_state, part_unused = checkpoint.warm_start_state(tensors, fam, part)
+            part_state, part_unused = checkpoints.warm_start_state(tensors, fam, part)
             state.update(part_state)
             unused += [f"{part}: {k}" for k in part_unused]
         own = model.state_dict()

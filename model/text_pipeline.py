@@ -15,9 +15,9 @@ from typing import Any
 import torch
 
 from .batch_generate import TextGenerator, check_vocabularies
+from .devices import run_device, run_dtype
 from .encoder_decoder import EncoderDecoderModel
 from .generation import DEFAULT_BATCH_TOKENS, check_caps
-from .placement import run_device, run_dtype
 from .tokenization import Tokenizer, load_tokenizers
 
 OUTPUT_KEYS = {"summarization": "summary_text", "translation": "translation_text",

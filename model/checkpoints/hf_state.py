@@ -1,6 +1,6 @@
 """Hugging Face checkpoints: safetensors (single and sharded), pickles on request, configs, fsspec URLs.
 
-Key names go through model.keymap (the families' tables). Unknown keys raise, naming the key and the file;
+Key names go through keymap.py (the families' tables). Unknown keys raise, naming the key and the file;
 shapes are checked against the config. A shared-weight model (tie_encoder_decoder) loads from transformers
 4.x's layout (the encoder's shared tensors absent) or from a file with both copies, and saves both copies.
 """
@@ -16,10 +16,10 @@ from typing import Any
 import torch
 from safetensors.torch import save as save_safetensors_bytes
 
-from .config import EncoderDecoderConfig, GenerationConfig
-from .families import Family, family
+from ..config import EncoderDecoderConfig, GenerationConfig
+from ..families import Family, family
+from ..storage import Folder
 from .keymap import KeyMap
-from .storage import Folder
 
 log = logging.getLogger(__name__)
 

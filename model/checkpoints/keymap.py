@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .config import EncoderDecoderConfig
-from .families import Family, Rule, rule
+from ..config import EncoderDecoderConfig
+from ..families import Family, Rule, rule
 
 
 @dataclass(frozen=True)
