@@ -13,13 +13,18 @@ from .compat import (
     BertTokenizerFast,
 )
 from .config import BertConfig, EncoderDecoderConfig, GenerationConfig, StackConfig
-from .decode_policy import DecodePolicy
 from .devices import run_dtype
 from .encoder_decoder import EncoderDecoderModel, Seq2SeqOutput
-from .generation import DEFAULT_BATCH_TOKENS, batches
-from .plan import plan as check_generation
-from .search_loop import DecodeStats
-from .steps import compiled_decode_step, decode_step, static_decode_step
+from .generation import (
+    DEFAULT_BATCH_TOKENS,
+    DecodePolicy,
+    DecodeStats,
+    batches,
+    check_generation,
+    compiled_decode_step,
+    decode_step,
+    static_decode_step,
+)
 from .storage import write_atomic
 from .text_pipeline import Text2TextPipeline, pipeline
 from .tokenization import DECODER_TOKENIZER, BatchEncoding, Tokenizer, load_tokenizers, pad_ids, save_tokenizers

@@ -21,13 +21,19 @@ import numpy as np
 import torch
 
 from .config import EncoderDecoderConfig
-from .decode_policy import GPU, policy_for
 from .encoder_decoder import EncoderDecoderModel
-from .generation import DEFAULT_BATCH_TOKENS, batches, check_caps, too_long
-from .inflight import table_places
-from .plan import plan
-from .search_loop import DecodeStats
-from .steps import DecodeStep
+from .generation import (
+    DEFAULT_BATCH_TOKENS,
+    GPU,
+    DecodeStats,
+    DecodeStep,
+    batches,
+    check_caps,
+    check_generation,
+    policy_for,
+    table_places,
+    too_long,
+)
 from .tokenization import DECODER_TOKENIZER, Tokenizer, pad_ids
 
 log = logging.getLogger(__name__)
@@ -81,7 +87,7 @@ class TextGenerator:
         self.generation = dict(generation or {})
         # every setting checked before any work, as generate would check it
         settings = {k: v for k, v in self.generation.items() if k != "seed"}  # seed: generate's, not a setting
-        self.plan = plan(model.config, model.generation_config.updated(**settings))
+        self.plan = check_generation(model.config, model.generation_config.updated(**settings))
         self.sequences = self.plan.num_return_sequences
         self.batch_size, self.max_batch_tokens = batch_size, max_batch_tokens
         self.step, self.policy, self.on_call, self.stats = step, policy, on_call, stats

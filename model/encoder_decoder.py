@@ -16,7 +16,8 @@ from torch import nn
 from . import checkpoints, generation
 from .config import EncoderDecoderConfig, GenerationConfig, StackConfig
 from .devices import DeviceMap, placement, resolve_dtype
-from .layers import KVCache, Linear, LMHead, Stack
+from .generation import KVCache
+from .layers import Linear, LMHead, Stack
 from .tokenization import special_token_ids
 
 log = logging.getLogger(__name__)
@@ -184,7 +185,7 @@ class EncoderDecoderModel(nn.Module):
         return Seq2SeqOutput(logits=logits, loss=loss)
 
     def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs):
-        """Beam search, greedy or sampling with transformers' settings and tokens; see model.generation.generate."""
+        """Beam search, greedy or sampling with transformers' settings and tokens; see model/generation/calls.py."""
         return generation.generate(self, input_ids, attention_mask, **kwargs)
 
     @classmethod

@@ -11,9 +11,9 @@ import torch
 import transformers
 
 from model import EncoderDecoderModel, Tokenizer, decode_step, static_decode_step
-from model import generation as generation_module
-from model.decode_policy import POLICIES
-from model.select import first_argmax, top_candidates
+from model.generation import POLICIES
+from model.generation import calls as generation_calls
+from model.generation.top_k import first_argmax, top_candidates
 from tests.generation_reference import reference_beam_search
 from tests.helpers import MINILM, ROOT, padded_batch
 
@@ -25,7 +25,7 @@ transformers.logging.set_verbosity_error()
 def decode_policy(request, monkeypatch):
     """Every test here runs under both decode policies: the CPU's, and the GPU's forced on the CPU."""
     forced = POLICIES[request.param]
-    monkeypatch.setattr(generation_module, "policy_for",
+    monkeypatch.setattr(generation_calls, "policy_for",
                         lambda device, override=None: POLICIES.get(override, override) or forced)
     return forced
 

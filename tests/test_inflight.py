@@ -1,4 +1,4 @@
-"""In-flight batching (model/inflight.py): 300 mixed-length articles (CNN/DailyMail and Wikipedia) decoded
+"""In-flight batching (model/generation/inflight.py): 300 mixed-length articles (CNN/DailyMail and Wikipedia) decoded
 through a table of 16 article places refilled as articles finish give transformers' generate of each article
 alone, under both decode policies; the logits rules and several sequences per article give what the calls
 loop gives; a compiled step is traced once per row count, not per refill."""
@@ -14,7 +14,7 @@ import transformers
 
 from benchmarks.inflight import mixed_texts
 from model import DecodeStats, EncoderDecoderModel, TextGenerator, Tokenizer, pad_ids, static_decode_step
-from model.logits import Rules, process
+from model.generation.logits_rules import Rules, process
 from tests.helpers import MINILM
 
 ARTICLES = 300

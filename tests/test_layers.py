@@ -9,9 +9,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from model.beam_search import shared_prefix
 from model.config import BertConfig
-from model.layers import ONEDNN, Attention, KVCache, Linear
+from model.generation import KVCache
+from model.generation.kv_cache import shared_prefix
+from model.layers import ONEDNN, Attention, Linear
 
 needs_onednn = pytest.mark.skipif(not ONEDNN, reason="this torch build has no oneDNN")
 

@@ -6,8 +6,9 @@ import numpy as np
 import torch
 
 from model.config import BertConfig
-from model.layers import Attention, KVCache
-from model.ordered_cache import OrderedCache, runs
+from model.generation import KVCache
+from model.generation.ordered_cache import OrderedCache, runs
+from model.layers import Attention
 
 G, M = 2, 9  # rows per article, positions
 

@@ -11,7 +11,7 @@ import os
 if os.environ.get("FAULT_OOM_ROWS"):
     import torch
 
-    import model.generation
+    import model.generation.calls
 
     ROWS, WIDTH = int(os.environ["FAULT_OOM_ROWS"]), int(os.environ.get("FAULT_OOM_WIDTH", "1000000"))
 
@@ -28,5 +28,5 @@ if os.environ.get("FAULT_OOM_ROWS"):
             return run
         return failing_step
 
-    model.generation.decode_step = failing(model.generation.decode_step)
-    model.generation.static_decode_step = failing(model.generation.static_decode_step)
+    model.generation.calls.decode_step = failing(model.generation.calls.decode_step)
+    model.generation.calls.static_decode_step = failing(model.generation.calls.static_decode_step)

@@ -11,8 +11,8 @@ from typing import Protocol
 
 import torch
 
-from .config import EncoderDecoderConfig, GenerationConfig
-from .layers import KVCache
+from ..config import EncoderDecoderConfig, GenerationConfig
+from .kv_cache import KVCache
 
 MemoryKV = list[tuple[torch.Tensor, torch.Tensor]]
 

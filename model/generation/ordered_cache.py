@@ -1,5 +1,5 @@
 """The in-flight table's self-attention cache under the CPU policy: articles kept in the order they began, so
-that runs of rows of about the same age attend over windows of their own (model.layers.Segments).
+that runs of rows of about the same age attend over windows of their own (segments.py).
 
 In the table's own order (article places, refilled wherever an article finishes) the rows of one step hold
 every age from 1 to the oldest article's, and one window as long as the oldest would read 2.4x the positions
@@ -14,7 +14,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .layers import CacheWrite, KVCache, Segments
+from .kv_cache import CacheWrite, KVCache
+from .segments import Segments
 
 # A run's fixed cost (its matmuls, softmax, slicing) in the row-positions of keys and values it could read
 # instead: about 50 us per layer against 0.24 us per row-position on a 2-core Xeon.

@@ -1,5 +1,5 @@
 """Beam search with transformers' semantics, as named steps over a small state: score the candidates, select
-the running beams, finalize the hypotheses. The shared loop (search_loop.run) compacts finished articles.
+the running beams, finalize the hypotheses. The shared loop (loop.run) compacts finished articles.
 
 Layout: [n] articles with k beams each; the first step decodes one row per article (all its beams hold the
 start token alone) and its logits serve all k beams. Ragged (in-flight batching): each article has its own
@@ -14,9 +14,11 @@ import torch
 import torch.nn.functional as F
 
 from .decode_policy import DecodePolicy
-from .logits import process
-from .plan import NEG, Plan
-from .select import top_candidates
+from .kv_cache import shared_prefix
+from .logits_rules import process
+from .search import column
+from .settings import NEG, Plan
+from .top_k import top_candidates
 
 
 @dataclass
@@ -193,18 +195,3 @@ class BeamSearch:
 
     def results(self) -> tuple[torch.Tensor, ...]:
         return self.s.hyps, self.s.hyp_scores, self.s.hyp_lengths
-
-
-def column(x: bool | torch.Tensor) -> bool | torch.Tensor:
-    """A per-article [n] value as an [n, 1] column against [n, k] ones; a bool as it is."""
-    return x[:, None] if isinstance(x, torch.Tensor) else x
-
-
-def shared_prefix(tokens: torch.Tensor, rows: torch.Tensor, group: int) -> torch.Tensor:
-    """For KVCache.reorder: leading positions equal between old row rows[i] and old row i (tokens [R, t]).
-
-    Equal tokens of the same article give equal keys/values; rows of different articles share nothing.
-    """
-    dst = torch.arange(rows.shape[0], device=rows.device)
-    same = (tokens[rows] == tokens[: rows.shape[0]]).cumprod(1).sum(1)
-    return torch.where(rows // group == dst // group, same, 0)

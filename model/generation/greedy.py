@@ -6,11 +6,12 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .beam_search import column, shared_prefix
 from .decode_policy import DecodePolicy
-from .logits import process
-from .plan import Plan
-from .select import first_argmax
+from .kv_cache import shared_prefix
+from .logits_rules import process
+from .search import column
+from .settings import Plan
+from .top_k import first_argmax
 
 
 class GreedySearch:

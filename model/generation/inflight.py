@@ -1,6 +1,6 @@
 """In-flight batching: a fixed table of article places that, as articles finish, take the next ones at once.
 
-The calls loop (search_loop.run over `batches`) runs each batch until its slowest article is done, so the
+The calls loop (loop.run over `batches`) runs each batch until its slowest article is done, so the
 batch thins out as articles finish. Here the articles wait in a queue, longest first; the places are sized
 once by the token budget for the longest, and whenever articles finish their places are refilled with the
 next ones: the newcomers are encoded together, their cross-attention keys/values written into the freed
@@ -19,11 +19,14 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .cross_kv import CrossKVBuffers
 from .decode_policy import DecodePolicy, bucket
+from .decode_steps import DecodeStep, Seq2Seq
+from .loop import compact
 from .ordered_cache import OrderedCache
-from .plan import Plan
-from .search_loop import DecodeStats, Memory, Results, compact
-from .steps import DecodeStep, Seq2Seq
+from .search import Results
+from .settings import Plan
+from .stats import DecodeStats
 
 
 class Queue:
@@ -83,7 +86,7 @@ def run_inflight(model: Seq2Seq, search_type, p: Plan, policy: DecodePolicy, ste
     first_mask = mask[at, :widest]
     kv = model.memory_kv(model.encode(input_ids[at, :widest], first_mask,
                                       None if types is None else types[at, :widest]))
-    memory = Memory(kv, first_mask.bool()[:, None, None, :], rows)
+    memory = CrossKVBuffers(kv, first_mask.bool()[:, None, None, :], rows)
     if trim:  # half again the table's blocks (CPU memory): room for the blocks in use to drift as holes close
         blocks = rows + rows // 2 + 1
         cache = OrderedCache(model.new_cache(blocks * group, m), rows, blocks, group)
@@ -143,7 +146,7 @@ def run_inflight(model: Seq2Seq, search_type, p: Plan, policy: DecodePolicy, ste
     results.emit(search)
 
 
-def refill(model: Seq2Seq, memory: Memory, search, input_ids: torch.Tensor, mask: torch.Tensor,
+def refill(model: Seq2Seq, memory: CrossKVBuffers, search, input_ids: torch.Tensor, mask: torch.Tensor,
            types: torch.Tensor | None, places: torch.Tensor, rows: torch.Tensor) -> None:
     """Input rows `rows` encoded together and started at `places`."""
     part_mask = mask[rows]

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .config import EncoderDecoderConfig, GenerationConfig
-from .logits import Rules
+from ..config import EncoderDecoderConfig, GenerationConfig
+from .logits_rules import Rules
 
 NEG = -1.0e9  # transformers' "removed" score for beams and hypotheses
 DEFAULT_NEW_TOKENS = 20  # transformers' length when none is set
@@ -30,7 +30,7 @@ class Plan:
         return self.num_beams if self.num_beams > 1 else self.num_return_sequences
 
 
-def plan(model_config: EncoderDecoderConfig, config: GenerationConfig) -> Plan:
+def check_generation(model_config: EncoderDecoderConfig, config: GenerationConfig) -> Plan:
     """Resolve lengths and ids as transformers does (max_new_tokens wins over max_length) and reject bad settings
     for a model of `model_config` (checkable before any weights load)."""
     c, positions, vocab = config, model_config.decoder.max_positions, model_config.decoder.vocab_size

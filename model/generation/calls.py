@@ -17,14 +17,17 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..config import EncoderDecoderConfig
 from .beam_search import BeamSearch
-from .config import EncoderDecoderConfig
+from .cross_kv import CrossKVBuffers
 from .decode_policy import DecodePolicy, bucket, policy_for
+from .decode_steps import DecodeStep, Seq2Seq, decode_step, static_decode_step
 from .greedy import GreedySearch
 from .inflight import run_inflight
-from .plan import Plan, plan
-from .search_loop import DecodeStats, Memory, Results, run
-from .steps import DecodeStep, Seq2Seq, decode_step, static_decode_step
+from .loop import run
+from .search import Results
+from .settings import Plan, check_generation
+from .stats import DecodeStats
 
 DEFAULT_BATCH_TOKENS = 65536  # input tokens x decoder rows per article, per search
 
@@ -87,11 +90,12 @@ def generate(model: Seq2Seq, input_ids: torch.Tensor, attention_mask: torch.Tens
     max_batch_articles the articles (None: no cap); step
     replaces the one-token decode; policy ("cpu" or "gpu") overrides the device's decode policy.
     token_type_ids go to the encoder, as transformers passes a BERT tokenizer's output on.
-    inflight=True decodes through one table of article places refilled as articles finish (model.inflight;
+    inflight=True decodes through one table of article places refilled as articles finish (inflight.py;
     the budget sizes the table, and step must take per-row positions: by default the static step) instead of
     one call per batch. stats, if given, counts the decode steps and row-steps (a host read per step).
     """
-    p = dataclasses.replace(plan(model.config, model.generation_config.updated(**kwargs)), scores=return_scores)
+    p = dataclasses.replace(check_generation(model.config, model.generation_config.updated(**kwargs)),
+                            scores=return_scores)
     check_caps(max_batch_tokens=max_batch_tokens, max_batch_articles=max_batch_articles)
     device = model.device
     decode_policy = policy_for(device, policy)
@@ -131,7 +135,7 @@ def run_calls(model: Seq2Seq, search_type, p: Plan, policy: DecodePolicy, step: 
         padded = bucket(articles) if policy.row_buckets else articles
         memory_mask = None if bool(part_mask.all()) else part_mask.bool()[:, None, None, :]
         part_types = None if types is None else types[rows, :width]
-        memory = Memory(model.memory_kv(model.encode(ids, part_mask, part_types)), memory_mask, padded)
+        memory = CrossKVBuffers(model.memory_kv(model.encode(ids, part_mask, part_types)), memory_mask, padded)
         state = search_type(p, policy, articles, padded, device, generator)
         part_results = Results(articles, g, m, p.fill, device)
         run(state, memory, model.new_cache(padded * group, m), step, policy, m, part_results, stats)
