@@ -1,6 +1,7 @@
 """Encoder-decoders of BERT, BertGeneration, RoBERTa and GPT-2 in plain PyTorch, compatible with Hugging Face
 checkpoints."""
 
+from .architecture import EncoderDecoderModel, Seq2SeqOutput
 from .batch_generate import BATCHING, ERR_OOM, Generated, TextGenerator, check_vocabularies
 from .checkpoints import read_configs
 from .compat import (
@@ -14,7 +15,6 @@ from .compat import (
 )
 from .config import BertConfig, EncoderDecoderConfig, GenerationConfig, StackConfig
 from .devices import run_dtype
-from .encoder_decoder import EncoderDecoderModel, Seq2SeqOutput
 from .generation import (
     DEFAULT_BATCH_TOKENS,
     DecodePolicy,

@@ -20,8 +20,8 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
+from .architecture import EncoderDecoderModel
 from .config import EncoderDecoderConfig
-from .encoder_decoder import EncoderDecoderModel
 from .generation import (
     DEFAULT_BATCH_TOKENS,
     GPU,

@@ -1,7 +1,7 @@
 """transformers' class names for this package's classes, so that the snippets of transformers' encoder-decoder
 page run with only their import line changed (`from model import AutoTokenizer, EncoderDecoderModel`)."""
 
-from .encoder_decoder import EncoderDecoderModel
+from .architecture import EncoderDecoderModel
 from .tokenization import Tokenizer
 
 AutoTokenizer = BertTokenizer = BertTokenizerFast = BertGenerationTokenizer = Tokenizer

@@ -16,8 +16,8 @@ import argparse
 import sys
 from typing import Any
 
+from .architecture import EncoderDecoderModel
 from .devices import DTYPES
-from .encoder_decoder import EncoderDecoderModel
 from .tokenization import Tokenizer
 
 

@@ -14,9 +14,9 @@ from typing import Any
 
 import torch
 
+from .architecture import EncoderDecoderModel
 from .batch_generate import TextGenerator, check_vocabularies
 from .devices import run_device, run_dtype
-from .encoder_decoder import EncoderDecoderModel
 from .generation import DEFAULT_BATCH_TOKENS, check_caps
 from .tokenization import Tokenizer, load_tokenizers
 

@@ -264,7 +264,7 @@ def test_warm_start_matches_transformers(enc_cls, dec_cls, tmp_path, caplog):
         return side(kind, 32, 0.02, False)
     enc = pretrained(tmp_path / "enc", getattr(transformers, enc_cls), config(enc_cls))
     dec = pretrained(tmp_path / "dec", getattr(transformers, dec_cls), config(dec_cls))
-    with caplog.at_level("INFO", logger="model.encoder_decoder"):
+    with caplog.at_level("INFO", logger="model.architecture.encoder_decoder"):
         ours = EncoderDecoderModel.from_encoder_decoder_pretrained(
             enc, dec, decoder_start_token_id=START, pad_token_id=PAD, eos_token_id=EOS)
     assert "layers.{}.cross" in caplog.text

@@ -9,10 +9,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from model.architecture.blocks import Attention
+from model.architecture.packing import ONEDNN, Linear
 from model.config import BertConfig
 from model.generation import KVCache
 from model.generation.kv_cache import shared_prefix
-from model.layers import ONEDNN, Attention, Linear
 
 needs_onednn = pytest.mark.skipif(not ONEDNN, reason="this torch build has no oneDNN")
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from model.architecture.blocks import Attention
 from model.config import BertConfig
 from model.generation import KVCache
 from model.generation.ordered_cache import OrderedCache, runs
-from model.layers import Attention
 
 G, M = 2, 9  # rows per article, positions
 

@@ -13,12 +13,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import checkpoints, generation
-from .config import EncoderDecoderConfig, GenerationConfig, StackConfig
-from .devices import DeviceMap, placement, resolve_dtype
-from .generation import KVCache
-from .layers import Linear, LMHead, Stack
-from .tokenization import special_token_ids
+from .. import checkpoints, generation
+from ..config import EncoderDecoderConfig, GenerationConfig, StackConfig
+from ..devices import DeviceMap, placement, resolve_dtype
+from ..generation import KVCache
+from ..tokenization import special_token_ids
+from .blocks import LMHead, Stack
+from .packing import Linear
 
 log = logging.getLogger(__name__)
 
