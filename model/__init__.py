@@ -2,17 +2,7 @@
 checkpoints."""
 
 from .architecture import EncoderDecoderModel, Seq2SeqOutput
-from .batch_generate import BATCHING, ERR_OOM, Generated, TextGenerator, check_vocabularies
 from .checkpoints import read_configs
-from .compat import (
-    AutoModel,
-    AutoModelForCausalLM,
-    AutoModelForSeq2SeqLM,
-    AutoTokenizer,
-    BertGenerationTokenizer,
-    BertTokenizer,
-    BertTokenizerFast,
-)
 from .config import BertConfig, EncoderDecoderConfig, GenerationConfig, StackConfig
 from .devices import run_dtype
 from .generation import (
@@ -26,7 +16,22 @@ from .generation import (
     static_decode_step,
 )
 from .storage import write_atomic
-from .text_pipeline import Text2TextPipeline, pipeline
+from .text import (
+    BATCHING,
+    ERR_OOM,
+    AutoModel,
+    AutoModelForCausalLM,
+    AutoModelForSeq2SeqLM,
+    AutoTokenizer,
+    BertGenerationTokenizer,
+    BertTokenizer,
+    BertTokenizerFast,
+    Generated,
+    Text2TextPipeline,
+    TextGenerator,
+    check_vocabularies,
+    pipeline,
+)
 from .tokenization import DECODER_TOKENIZER, BatchEncoding, Tokenizer, load_tokenizers, pad_ids, save_tokenizers
 
 __all__ = [

@@ -1,8 +1,8 @@
 """transformers' class names for this package's classes, so that the snippets of transformers' encoder-decoder
 page run with only their import line changed (`from model import AutoTokenizer, EncoderDecoderModel`)."""
 
-from .architecture import EncoderDecoderModel
-from .tokenization import Tokenizer
+from ..architecture import EncoderDecoderModel
+from ..tokenization import Tokenizer
 
 AutoTokenizer = BertTokenizer = BertTokenizerFast = BertGenerationTokenizer = Tokenizer
 # the page loads its bert2bert with AutoModelForCausalLM (which transformers itself maps to no encoder-decoder)

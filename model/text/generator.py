@@ -2,7 +2,7 @@
 
 Two ways to batch (`BATCHING`): "calls" sorts rows by length and cuts them into generate calls by row count
 and token budget (`batches`), each run to its slowest article; "inflight" runs all rows in one generate
-call whose table of article places is refilled as articles finish (model.inflight). "auto" is in-flight
+call whose table of article places is refilled as articles finish (model/generation/inflight.py). "auto" is in-flight
 under the CPU decode policy (1.03x the calls' articles/s on workload (d), docs/benchmarks.md) and calls under
 the GPU policy (a GPU, or a compiled step), where calls measured faster on a CPU (in-flight keeps every row's
 cross-attention at the widest article's width) and no GPU has measured the two yet. A call that runs out of
@@ -20,9 +20,9 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
-from .architecture import EncoderDecoderModel
-from .config import EncoderDecoderConfig
-from .generation import (
+from ..architecture import EncoderDecoderModel
+from ..config import EncoderDecoderConfig
+from ..generation import (
     DEFAULT_BATCH_TOKENS,
     GPU,
     DecodeStats,
@@ -34,7 +34,7 @@ from .generation import (
     table_places,
     too_long,
 )
-from .tokenization import DECODER_TOKENIZER, Tokenizer, pad_ids
+from ..tokenization import DECODER_TOKENIZER, Tokenizer, pad_ids
 
 log = logging.getLogger(__name__)
 

@@ -14,11 +14,11 @@ from typing import Any
 
 import torch
 
-from .architecture import EncoderDecoderModel
-from .batch_generate import TextGenerator, check_vocabularies
-from .devices import run_device, run_dtype
-from .generation import DEFAULT_BATCH_TOKENS, check_caps
-from .tokenization import Tokenizer, load_tokenizers
+from ..architecture import EncoderDecoderModel
+from ..devices import run_device, run_dtype
+from ..generation import DEFAULT_BATCH_TOKENS, check_caps
+from ..tokenization import Tokenizer, load_tokenizers
+from .generator import TextGenerator, check_vocabularies
 
 OUTPUT_KEYS = {"summarization": "summary_text", "translation": "translation_text",
                "text2text-generation": "generated_text"}
