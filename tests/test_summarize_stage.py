@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import pyarrow as pa
 import pytest
 import ray
+import torch
 
 from model import pipeline
 from pipeline.batch import SummarizeStage
@@ -44,3 +46,27 @@ def test_stage_repeats_each_row_once_per_returned_sequence(tiny_model):
     want = pipeline("summarization", model=tiny_model)(texts, **gen)
     assert out.column("summary").to_pylist()[:9] == [w["summary_text"] for items in want for w in items]
     assert out.column("error").to_pylist()[9:] == ["text is empty or whitespace only"] * 3
+
+
+def test_stage_refuses_a_batch_with_its_output_columns_before_any_work(tiny_model):
+    stage = SummarizeStage(str(tiny_model), generation=GEN)
+    with pytest.raises(ValueError, match=r"the batch has column\(s\) 'summary', 'error', which SummarizeStage writes "
+                                         r"\(summary, error, input_tokens, summary_tokens, truncated\); rename them"):
+        stage({"article": ["a text"], "summary": ["the user's own"], "error": [None]})
+    assert stage.generator.calls == 0
+    out = stage({"article": ["a text"], "rank": [7]})  # rank is written only with num_return_sequences > 1
+    assert out.column("rank").to_pylist() == [7] and out.column("summary_tokens").to_pylist()[0] > 0
+
+
+def test_stage_runs_torch_on_the_cpus_ray_assigned_to_its_actor(local_ray, tiny_model):
+    class ReportThreads(SummarizeStage):
+        def __call__(self, batch):
+            out = super().__call__(batch)
+            return out.append_column("threads", pa.array([torch.get_num_threads()] * out.num_rows))
+
+    # a worker environment with OMP_NUM_THREADS=1 (as Ray sets it for one CPU, or an image does): torch would
+    # follow it; the stage follows the actor's num_cpus instead
+    rows = ray.data.from_items([{"article": "a text"}]).map_batches(
+        ReportThreads, fn_constructor_kwargs={"model": str(tiny_model), "generation": GEN}, concurrency=1,
+        num_cpus=2, batch_format="pyarrow", runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}}).take_all()
+    assert [r["threads"] for r in rows] == [2]
