@@ -6,8 +6,8 @@ config.json, generation_config.json and the tokenizer files; transformers loads 
 SRC is a folder or fsspec URL with pytorch_model.bin (read with torch.load(weights_only=True), which loads
 tensors only and runs no pickled code) or model.safetensors; DST is a folder or URL. The tokenizer is written
 with tokenizer.json for WordPiece vocabularies; a SentencePiece one is copied as spiece.model (see
-model.sentencepiece for why it has no tokenizer.json). URLs use fsspec's standard configuration: the AWS
-environment for s3://, and FSSPEC_S3_ENDPOINT_URL and the like for other endpoints.
+model/tokenization/sentencepiece_vocab.py for why it has no tokenizer.json). URLs use fsspec's standard
+configuration: the AWS environment for s3://, and FSSPEC_S3_ENDPOINT_URL and the like for other endpoints.
 """
 
 from __future__ import annotations
