@@ -16,6 +16,10 @@ from pipeline.batch import DTYPES, GenerationOverrides, SummarizeConfig, Summari
 from pipeline.cluster import DEFAULT_WORKER_WAIT_S, Replicas
 from pipeline.io import secrets
 
+# The exit code of a run that ended with every row committed but rows that ran out of device memory left to
+# the next run (summarize: status "incomplete"; nightly: a partition left incomplete): run it again.
+EXIT_INCOMPLETE = 3
+
 
 def _early_stopping(text: str) -> bool | str:
     value = text.lower()
@@ -79,7 +83,8 @@ def summarize_config(args: argparse.Namespace, input: str, output: str, **kwargs
         max_input_tokens=args.max_input_tokens, add_special_tokens=args.add_special_tokens, dtype=args.dtype,
         generation=generation_from_args(args),
         replicas=replicas_from_args(args), storage_options=args.storage_options,
-        worker_wait_s=args.wait_for_workers_s or 0.0, rows_per_file=args.rows_per_file, **kwargs)
+        worker_wait_s=args.wait_for_workers_s or 0.0, rows_per_file=args.rows_per_file,
+        keep_oom_errors=args.keep_oom_errors, **kwargs)
 
 
 def _json_value(text: str) -> Any:
@@ -159,7 +164,12 @@ def add_scaling_flags(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--max-batch-tokens", type=positive_int, default=Replicas.max_batch_tokens,
                    help="most input tokens x beams decoded together (an article longer than that runs alone); "
                         "a call that runs out of GPU memory is split in half and retried, down to one article, "
-                        "and an article that does not fit alone gets a per-row error")
+                        "and an article that does not fit alone gets a per-row error (retried by the next "
+                        "run: see --keep-oom-errors)")
+    g.add_argument("--keep-oom-errors", action="store_true",
+                   help="finish with the rows that ran out of device memory even alone as per-row errors; "
+                        f"default: their units are committed but the output is left without its marker (exit "
+                        f"code {EXIT_INCOMPLETE}) and the next run of it summarizes them again")
     g.add_argument("--compile", action="store_true",
                    help="run the decode step under torch.compile (CUDA graphs on a GPU, one per power-of-two "
                         "batch size; the first batches pay for compiling); the same tokens as without. On an H200 it "

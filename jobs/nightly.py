@@ -7,6 +7,10 @@ A changed partition summarizes only its new and rewritten shards. Partitions don
 settings are listed as stale and left alone unless --reprocess says otherwise. SIGTERM (`ray job stop`) stops
 the run at once: the leases it took are released and its report is still written. See
 docs/nightly.md for a partition's life, the crash points and what readers see.
+
+Exit codes: 0 every selected partition processed or skipped; 1 a partition failed (or the run was stopped);
+3 a partition is incomplete: rows ran out of device memory even alone, so it is not switched and the next run
+summarizes them again (--keep-oom-errors switches it with them as errors).
 """
 
 from __future__ import annotations
@@ -82,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # the job's contract: one clear line and a non-zero exit code
         return common.fail("nightly", e, args.storage_options)
     print_report(report)
-    return 0 if report.ok else 1
+    return 1 if not report.ok else common.EXIT_INCOMPLETE if report.count("incomplete") else 0
 
 
 if __name__ == "__main__":

@@ -2,6 +2,10 @@
 
     ray job submit --working-dir . -- python -m jobs.summarize \\
         --input s3://bucket/articles/ --output s3://bucket/summaries/ --model s3://bucket/models/bert2bert_cnn/
+
+Exit codes: 0 complete (or already complete); 1 failed (one line on stderr); 3 incomplete: every unit is
+committed but rows ran out of device memory even alone, so the output has no _SUCCESS.json marker yet; the
+same command again summarizes their units again (--keep-oom-errors finishes with them as errors).
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # the job's contract: one clear line and a non-zero exit code
         return common.fail("summarize", e, args.storage_options)
     common.print_report(result)
-    return 0
+    return common.EXIT_INCOMPLETE if result.status == "incomplete" else 0
 
 
 if __name__ == "__main__":

@@ -1,8 +1,10 @@
 """Out of device memory in a replica, injected from outside the code (tests/faults/sitecustomize.py): calls
-are split in half until they fit, an article too big alone gets a per-row error, nothing else changes."""
+are split in half until they fit, an article too big alone gets a per-row error that the next run retries
+(or that --keep-oom-errors keeps), nothing else changes."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -16,14 +18,20 @@ import torch
 import transformers
 
 from model import ERR_OOM, EncoderDecoderModel, TextGenerator, Tokenizer, static_decode_step
+from pipeline.batch import GenerationOverrides
 from pipeline.batch.replica import Summarizer
-from tests.helpers import ROOT, articles, random_bert2bert
+from pipeline.batch.run import run
+from pipeline.cluster import Replicas
+from pipeline.nightly import NightlyConfig
+from pipeline.nightly.run import run_nightly
+from tests.helpers import DAY1, ROOT, articles, random_bert2bert, read_output, summarize_config
 
 MAX_TOKENS, GEN = 128, {"num_beams": 2, "max_length": 12}
 
 
-@pytest.mark.parametrize("batching", ["calls", "inflight"])
-def test_out_of_memory_splits_calls_and_fails_only_the_article_too_big_alone(bert2bert_dir, tmp_path, batching):
+@pytest.mark.parametrize("batching, keep", [("calls", False), ("inflight", True)])
+def test_out_of_memory_splits_calls_and_fails_only_the_article_too_big_alone(bert2bert_dir, tmp_path, batching, keep,
+                                                                             request):
     texts = [r["article"][:150 + 20 * i] for i, r in enumerate(articles(8))] + [articles(9)[8]["article"]]
     pq.write_table(pa.table({"id": list(range(9)), "article": texts}), tmp_path / "part-0.parquet")
     tok = Tokenizer.from_pretrained(bert2bert_dir)
@@ -36,13 +44,17 @@ def test_out_of_memory_splits_calls_and_fails_only_the_article_too_big_alone(ber
     done = subprocess.run([sys.executable, "-m", "jobs.summarize", "--input", str(tmp_path / "part-0.parquet"),
                            "--output", str(tmp_path / "out"), "--model", str(bert2bert_dir),
                            "--max-input-tokens", str(MAX_TOKENS), "--num-beams", "2", "--max-length", "12",
-                           "--batching", batching],
+                           "--batching", batching, *(["--keep-oom-errors"] if keep else [])],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert done.returncode == (0 if keep else 3), done.stdout[-3000:] + done.stderr[-3000:]
     # One call of 9 articles (2 decoder rows each, at most 4 rows fit): 9 -> 4 + 5, 4 -> 2 + 2, the 2 holding the
     # wide article -> 1 + 1 (it fails alone), 5 -> 2 + 3, 3 -> 1 + 2: five splits.
     assert "generate calls split after running out of device memory: 5" in done.stdout, done.stdout
     assert f"1  {ERR_OOM}" in done.stdout
+    retry = "1 row(s) ran out of device memory even alone"
+    assert (f"== summarize {'complete' if keep else 'incomplete'}:" in done.stdout) and (retry in done.stdout) != keep
+    assert (tmp_path / "out" / "_SUCCESS.json").exists() == keep  # the row is committed; the output is complete
+    # only when its error is accepted as final
 
     rows = sorted(pq.read_table(tmp_path / "out").to_pylist(), key=lambda r: r["id"])
     assert [r["id"] for r in rows] == list(range(9))
@@ -55,6 +67,45 @@ def test_out_of_memory_splits_calls_and_fails_only_the_article_too_big_alone(ber
                                decoder_start_token_id=tok.cls_token_id, eos_token_id=tok.sep_token_id,
                                pad_token_id=tok.pad_token_id, **GEN)
         assert row["error"] is None and row["summary"] == tok.batch_decode(want, skip_special_tokens=True)[0]
+    if keep:
+        return
+    first = {r["id"]: r["summary"] for r in rows}
+    # the same run again, on a device with room: the unit with that row is summarized again and the output completes
+    request.getfixturevalue("local_ray")
+    config = summarize_config(tmp_path / "part-0.parquet", tmp_path / "out", bert2bert_dir, max_input_tokens=MAX_TOKENS,
+                              generation=GenerationOverrides(**GEN), replicas=Replicas(batching=batching))
+    again = run(config)
+    assert (again.status, again.rows_written, again.failed_by_reason) == ("complete", 9, {})
+    assert any("1 row(s) in 1 committed unit(s) ran out of device memory in an earlier run" in n for n in again.notes)
+    marker = json.loads((tmp_path / "out" / "_SUCCESS.json").read_text())
+    rows = sorted(pq.read_table(tmp_path / "out").to_pylist(), key=lambda r: r["id"])
+    assert [r["id"] for r in rows] == list(range(9)) and len(marker["files"]) == 1
+    assert rows[8]["error"] is None and rows[8]["summary"] and rows[8]["summary_tokens"] > 0
+    assert [r["summary"] for r in rows[:8]] == [first[i] for i in range(8)]
+
+
+def test_nightly_leaves_a_partition_with_rows_out_of_memory_to_the_next_night(local_ray, bert2bert_dir, tmp_path):
+    corpus, output = tmp_path / "corpus", tmp_path / "summaries"
+    (corpus / DAY1).mkdir(parents=True)
+    texts = [articles(2)[0]["article"][:200], articles(9)[8]["article"]]  # the second is wider than FAULT_OOM_WIDTH
+    pq.write_table(pa.table({"id": [0, 1], "article": texts}), corpus / DAY1 / "part-0.parquet")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "tests" / "faults"), str(ROOT)]),
+           "FAULT_OOM_ROWS": "4", "FAULT_OOM_WIDTH": "100"}
+    env.pop("RAY_ADDRESS", None)
+    night = subprocess.run([sys.executable, "-m", "jobs.nightly", "--corpus", str(corpus), "--output", str(output),
+                            "--model", str(bert2bert_dir), "--max-input-tokens", str(MAX_TOKENS), "--num-beams", "2",
+                            "--max-length", "12"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert night.returncode == 3, night.stdout[-3000:] + night.stderr[-3000:]
+    assert f"incomplete  {DAY1}  [new] 1 row(s) ran out of device memory even alone" in night.stdout, night.stdout
+    assert not (output / DAY1 / "_SUCCESS.json").exists()
+
+    template = summarize_config(corpus, output, bert2bert_dir, max_input_tokens=MAX_TOKENS,
+                                generation=GenerationOverrides(**GEN))
+    report = run_nightly(NightlyConfig(corpus=str(corpus), output=str(output), summarize=template)).to_dict()
+    outcome = report["partitions"][0]
+    assert (outcome["action"], outcome["reason"], outcome["rows_written"]) == ("processed", "incomplete", 2)
+    rows = read_output(str(output))
+    assert [r["id"] for r in rows] == [0, 1] and [r["error"] for r in rows] == [None, None]
 
 
 class FakeDevice:

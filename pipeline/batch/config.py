@@ -105,6 +105,8 @@ class SummarizeConfig:
     replicas: Replicas = field(default_factory=Replicas)
     storage_options: dict[str, Any] = field(default_factory=dict)  # fsspec options for input, output and model
     overwrite: bool = False
+    keep_oom_errors: bool = False  # rows that ran out of device memory even alone are final errors; False: the
+    # output is left without its marker and the next run summarizes their units again
     only_shards: tuple[str, ...] = ()  # summarize only these shards (names relative to the input folder); (): all
     rows_per_file: int = 10_000  # rows per output file (and per unit of work); smaller shards give one file each
     actor_start_timeout_s: float = 600.0  # fail if the minimum replica pool is not up by then

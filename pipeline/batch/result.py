@@ -13,7 +13,8 @@ from ..cluster import Replicas
 class SummarizeResult:
     """What a run did; the job prints it."""
 
-    status: str  # "complete" (this run wrote the rest), "already-complete" (nothing to do)
+    status: str  # "complete" (this run wrote the rest), "already-complete" (nothing to do), "incomplete" (every
+    # unit committed, but rows that ran out of device memory are left to the next run: no marker)
     output: str
     rows_in: int
     rows_out: int = 0

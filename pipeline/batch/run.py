@@ -16,6 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from model import ERR_OOM
+
 from ..cluster.scaling import scaled_pool
 from ..io import commit, fingerprints, storage
 from ..io.lease import Lease, new_owner, owner_gone
@@ -138,15 +140,21 @@ def plan_run(config: SummarizeConfig, checked: Preflighted | None = None, owner:
     if strays:
         raise RuntimeError(f"output {target} holds {len(strays)} file(s) that are not units of this run, e.g. "
                            f"{strays[0]}; pass --overwrite to replace them")
-    todo = [u for u in units if u.name not in done]
+    committed = dict(zip(done, commit.read_stats(target, list(done.values())), strict=True))
+    redo = {} if config.keep_oom_errors else out_of_memory(committed)
+    todo = [u for u in units if u.name not in done or u.name in redo]
     if done:
         result.notes.append(f"resuming attempt {attempt}: {len(done)} of {len(units)} units already committed")
+    if redo:
+        result.notes.append(f"{sum(redo.values())} row(s) in {len(redo)} committed unit(s) ran out of device memory "
+                            "in an earlier run: summarizing those units again")
     if not plan.derived_id and not record["ids_unique"]:
         unique_ids.check_unique(plan)
         record = {**record, "ids_unique": True}
         storage.write_json_atomic(target.child(commit.RUN_NAME), record)
-    for stats in commit.read_stats(target, sorted(done.values())):
-        result.add(stats, by_replica=False)
+    for name, stats in committed.items():
+        if name not in redo:
+            result.add(stats, by_replica=False)
     result.plan_s = time.perf_counter() - start
     return PlannedRun(config, plan, wanted, result, output, target, attempt, units, todo, max_tokens(config, info),
                       start)
@@ -175,14 +183,28 @@ def run_planned(pendings: list[PlannedRun], config: SummarizeConfig,
         p.result.stats = text
 
 
+def out_of_memory(committed: dict[str, dict[str, Any]]) -> dict[str, int]:
+    """Unit name -> its rows that ran out of device memory even alone, for the committed units that have any."""
+    return {name: n for name, stats in committed.items() if (n := stats["failed_by_reason"].get(ERR_OOM, 0))}
+
+
 def finish_run(p: PlannedRun, before_commit: Callable[[], None] = lambda: None) -> SummarizeResult:
     """Check that every unit is committed, write the marker (and publish a staged --overwrite); before_commit()
-    runs right before the marker is written (a lease check)."""
+    runs right before the marker is written (a lease check). Rows that ran out of device memory even alone
+    leave the output without its marker (status "incomplete"): the next run of it summarizes their units
+    again, unless `keep_oom_errors`."""
     config, result, attempt = p.config, p.result, p.attempt
     if result.rows_out != p.plan.rows or result.units != len(p.units):
         raise RuntimeError(f"output {p.target} has {result.rows_out} rows in {result.units} files for "
                            f"{p.plan.rows} input rows in {len(p.units)} units")
     result.wall_s = time.perf_counter() - p.started
+    oom = result.failed_by_reason.get(ERR_OOM, 0)
+    if oom and not config.keep_oom_errors:
+        result.status = "incomplete"
+        result.notes.append(f"{oom} row(s) ran out of device memory even alone ({ERR_OOM!r}): the output is not "
+                            "marked complete; run again to retry them (or pass --keep-oom-errors to finish with "
+                            "them as errors)")
+        return result
     files = sorted(commit.file_name(u.name, attempt) for u in p.units)
     shard_files: dict[str, list[str]] = {}
     for u in p.units:

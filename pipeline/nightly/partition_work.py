@@ -115,7 +115,8 @@ def start_partition(config: NightlyConfig, state: PartitionState, info: ModelInf
 
 
 def switch_partition(config: NightlyConfig, work: PartitionWork) -> None:
-    """Check the staged run and switch the partition's new set of files into place; raises on any failure."""
+    """Check the staged run and switch the partition's new set of files into place; raises on any failure. A
+    staged run left incomplete by rows that ran out of device memory is not switched: its outcome says so."""
     template, partition, roots = config.summarize, work.state.partition, work.roots
     staging_root = roots.output.child(STAGING, partition.path)
     staged = staging_root.child(f"run-{work.run_id}")
@@ -124,6 +125,12 @@ def switch_partition(config: NightlyConfig, work: PartitionWork) -> None:
         result = finish_run(work.pending)
         totals["rows_written"], totals["generation"] = result.rows_written, result.generation
         totals["oom_splits"] = result.oom_splits
+        if result.status == "incomplete":  # no marker in the staging: the partition stays "incomplete"
+            o = work.outcome
+            o.action, o.detail = "incomplete", result.notes[-1]
+            o.rows_in, o.rows_out, o.rows_written = result.rows_in, result.rows_out, result.rows_written
+            o.failed_rows, o.oom_splits = result.failed_by_reason, result.oom_splits
+            return
     if work.summarized:
         summary = storage.read_json(staged.child(storage.MARKER_NAME))
         if summary is None or summary["rows_out"] != summary["rows_in"]:  # never mark a partial partition done

@@ -11,7 +11,8 @@ from typing import Any
 @dataclass
 class PartitionOutcome:
     partition: str
-    action: str  # "processed", "skipped", "failed", "repaired", or "would-process" in a dry run
+    action: str  # "processed", "skipped", "failed", "repaired", "incomplete" (rows that ran out of device
+    # memory are left to the next run: not switched), or "would-process" in a dry run
     reason: str  # why it was (or would be) processed: new, changed, incomplete, stale; or why not: done, leased, ...
     detail: str = ""
     rows_in: int = 0
@@ -45,7 +46,8 @@ class NightlyReport:
         return self.count("failed") == 0 and not self.stopped
 
     def to_dict(self) -> dict[str, Any]:
-        totals = {a: self.count(a) for a in ("processed", "skipped", "failed", "repaired", "would-process")}
+        totals = {a: self.count(a) for a in ("processed", "skipped", "failed", "repaired", "incomplete",
+                                             "would-process")}
         rows = {k: sum(getattr(o, k) for o in self.partitions) for k in ("rows_in", "rows_out", "rows_written")}
         return {**dataclasses.asdict(self), "totals": {**totals, **rows}}
 
