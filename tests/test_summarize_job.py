@@ -151,8 +151,10 @@ def test_help_documents_every_flag():
     for flag in ("--input", "--output", "--model", "--text-column", "--id-column", "--num-beams", "--max-length",
                  "--min-length", "--length-penalty", "--no-repeat-ngram-size", "--early-stopping",
                  "--max-input-tokens", "--batch-size", "--replicas", "--gpus-per-replica", "--cpus-per-replica",
-                 "--dtype", "--storage-options", "--overwrite", "--rows-per-file", "--max-batch-tokens", "--compile"):
+                 "--dtype", "--storage-options", "--overwrite", "--rows-per-file", "--max-batch-tokens", "--compile",
+                 "--keep-oom-errors"):
         assert flag in text
+    assert "Exit codes: 0 complete (or already complete); 1 failed" in text and "3 incomplete" in text
 
 
 def test_two_jobs_started_at_once_on_one_output_exactly_one_runs(bert2bert_dir, tmp_path):
