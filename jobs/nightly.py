@@ -36,7 +36,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     when.add_argument("--since", help="process this date and later (YYYY-MM-DD)")
     parser.add_argument("--max-partitions", type=int, help="process at most this many partitions, oldest first")
     parser.add_argument("--dry-run", action="store_true",
-                        help="list what would be processed and why, touching nothing (no Ray needed)")
+                        help="list what would be processed and why, touching nothing (no Ray needed; the settings "
+                             "compared include the replicas' dtype: with --dtype auto, give --gpus-per-replica as "
+                             "the real run gets it, else CPU replicas (float32) are assumed)")
     parser.add_argument("--reprocess", choices=["none", "stale", "all"], default="none",
                         help="also redo partitions done with another model or settings (stale), or every selected "
                              "partition (all); default: list stale partitions in the report and leave them")
