@@ -25,7 +25,8 @@ HOP_BY_HOP = ("connection", "keep-alive", "transfer-encoding", "expect", "proxy-
 
 class FaultyS3Proxy:
     """`with FaultyS3Proxy(upstream, seed, throttle=0.1, drop_writes=0.2) as proxy:` point clients at `proxy.url`;
-    `proxy.counts` tells requests, throttled and dropped."""
+    `proxy.counts` tells requests, throttled and dropped; `proxy.written` the paths (/bucket/key) of the writes
+    it forwarded, with how often."""
 
     def __init__(self, upstream: str, seed: int, throttle: float, drop_writes: float, max_faults: int = 2000,
                  lifetime_s: float = 600.0):
@@ -33,6 +34,7 @@ class FaultyS3Proxy:
         self.upstream = (parsed.hostname, parsed.port)
         self.throttle, self.drop_writes, self.max_faults = throttle, drop_writes, max_faults
         self.counts: Counter[str] = Counter()
+        self.written: Counter[str] = Counter()
         self._rng, self._lock = random.Random(seed), threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _Relay)
         self._server.daemon_threads = True
@@ -101,6 +103,9 @@ class _Relay(BaseHTTPRequestHandler):
             data = reply.read()
         finally:
             upstream.close()
+        if self.command in WRITES:
+            with proxy._lock:
+                proxy.written[urllib.parse.urlsplit(self.path).path] += 1
         if fault == "drop":  # carried out; the client never hears of it
             self.close_connection = True
             self.connection.shutdown(socket.SHUT_RDWR)
