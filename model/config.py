@@ -126,12 +126,18 @@ class EncoderDecoderConfig:
         if self.encoder.family.decoder_only:
             raise ValueError(f"model_type {self.encoder.model_type!r} is a decoder only; it cannot be the encoder")
         if self.tie_encoder_decoder:
-            names = ("model_type", "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
-                     "intermediate_size", "max_position_embeddings", "type_vocab_size")
+            names = ("model_type", "vocab_size", "hidden_size", "num_attention_heads", "intermediate_size",
+                     "max_position_embeddings", "type_vocab_size")
             differ = [name for name in names if getattr(self.encoder, name) != getattr(self.decoder, name)]
             if differ:
                 raise ValueError(f"tie_encoder_decoder=True needs the same encoder and decoder shapes; "
                                  f"they differ in {', '.join(differ)}")
+            # transformers 4.x ties decoder layer i to encoder layer i; a deeper encoder keeps its extra layers,
+            # a deeper decoder has no encoder layer to tie to (4.x fails on it with a KeyError)
+            if self.encoder.num_hidden_layers < self.decoder.num_hidden_layers:
+                raise ValueError(f"tie_encoder_decoder=True needs an encoder at least as deep as the decoder; the "
+                                 f"encoder has {self.encoder.num_hidden_layers} layers, the decoder "
+                                 f"{self.decoder.num_hidden_layers} (transformers 4.x cannot tie them either)")
 
     @classmethod
     def from_encoder_decoder_configs(

@@ -170,10 +170,11 @@ class Stack(nn.Module):
 
     def share(self, other: Stack) -> None:
         """Use other's modules wherever both stacks have them (transformers 4.x's tie_encoder_decoder): one
-        tensor in memory; what only one side has (cross-attention, pooler) stays its own."""
+        tensor in memory; what only one side has (cross-attention, pooler, this stack's layers past other's
+        depth: 4.x pairs layer i with layer i) stays its own."""
         self.embed = other.embed
         self.final_norm = other.final_norm
-        for mine, theirs in zip(self.layers, other.layers, strict=True):
+        for mine, theirs in zip(self.layers, other.layers, strict=False):  # the config checks self is the deeper
             for name in ("attn", "ffn_up", "ffn_down", "ffn_norm"):
                 setattr(mine, name, getattr(theirs, name))
 
