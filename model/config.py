@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from .families import Family, family
+from .families import Family, family, seq2seq_family
 
 ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "relu")
 
@@ -50,6 +50,7 @@ class StackConfig:
     scale_attn_weights: bool = True
     scale_attn_by_inverse_layer_idx: bool = False
     reorder_and_upcast_attn: bool = False
+    scale_embedding: bool = False  # word embeddings times sqrt(hidden_size) (BART)
     model_type: str = "bert"
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -148,6 +149,9 @@ class EncoderDecoderConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> EncoderDecoderConfig:
+        fam = seq2seq_family(data.get("model_type"))
+        if fam is not None:
+            return cls.from_seq2seq_dict(data, fam)
         if data.get("model_type") != "encoder-decoder":
             raise ValueError(f"expected model_type 'encoder-decoder', got {data.get('model_type')!r}")
         for part in ("encoder", "decoder"):
@@ -160,7 +164,33 @@ class EncoderDecoderConfig:
         extra.pop("is_encoder_decoder", None)
         return cls(**known, extra=extra)
 
+    @classmethod
+    def from_seq2seq_dict(cls, data: dict[str, Any], fam: Family) -> EncoderDecoderConfig:
+        """A seq2seq family's one config.json (BART's d_model, encoder_layers, decoder_ffn_dim...) as two sides."""
+        sides, used = {}, {"model_type", "is_encoder_decoder"}
+        for side in ("encoder", "decoder"):
+            names = {f.name: f.name for f in dataclasses.fields(StackConfig)
+                     if f.name not in fam.omit and f.name not in ("extra", "model_type")}
+            names.update({**fam.renames, **fam.sides[side]})
+            known = {ours: data[theirs] for ours, theirs in names.items() if theirs in data}
+            used.update(theirs for theirs in names.values() if theirs in data)
+            decoder = side == "decoder"
+            sides[side] = StackConfig(**{**fam.defaults, **known}, model_type=fam.model_type, is_decoder=decoder,
+                                      add_cross_attention=decoder)
+        ids = {k: data[k] for k in ("decoder_start_token_id", "pad_token_id", "eos_token_id") if k in data}
+        extra = {k: v for k, v in data.items() if k not in used and k not in ids}
+        return cls(**sides, **ids, extra=extra)
+
     def to_dict(self) -> dict[str, Any]:
+        fam = self.decoder.family
+        if fam.sides is not None:
+            out = {**self.extra, "model_type": fam.model_type, "is_encoder_decoder": True}
+            for side, cfg in (("encoder", self.encoder), ("decoder", self.decoder)):
+                names = {**fam.renames, **fam.sides[side]}
+                out.update({names.get(f.name, f.name): getattr(cfg, f.name) for f in dataclasses.fields(cfg)
+                            if f.name not in fam.omit and f.name not in ("extra", "model_type")})
+            ids = ("decoder_start_token_id", "pad_token_id", "eos_token_id")
+            return {**out, **{name: value for name in ids if (value := getattr(self, name)) is not None}}
         return {
             **self.extra,
             "model_type": "encoder-decoder",

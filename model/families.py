@@ -1,4 +1,4 @@
-"""The model families (BERT, BertGeneration, RoBERTa, GPT-2) as data: what the layers build, how config.json
+"""The model families (BERT, BertGeneration, RoBERTa, GPT-2, BART) as data: what the layers build, how config.json
 names things, and how checkpoint keys map to ours.
 
 The layers, the config and the key map read a `Family`; none of them tests a model type. Adding a family
@@ -48,6 +48,14 @@ class Family:
     renames: dict[str, str] = field(default_factory=dict)  # our config field -> its config.json name
     defaults: dict[str, Any] = field(default_factory=dict)  # transformers' defaults where they differ from BERT's
     omit: frozenset[str] = frozenset()  # our config fields this family's config.json does not have
+    position_offset: int = 0  # rows of the position table before position 0 (BART: 2)
+    shared_embeddings: bool = False  # the encoder's word embeddings are the decoder's (BART's model.shared)
+    head_bias_row: bool = False  # the checkpoint stores head_bias as [1, V] (BART's final_logits_bias buffer)
+    # A seq2seq model of its own (BART): one config.json for both sides, each side's names here (the rest from
+    # renames); None for the families that make one side of an EncoderDecoderModel.
+    sides: dict[str, dict[str, str]] | None = None
+    model_rules: tuple[Rule, ...] = ()  # a seq2seq family's keys outside the two stacks (relative to the model)
+    labels_pad_mask: bool = True  # decoder inputs made from labels mask their pads (EncoderDecoderModel; not BART)
 
     def bias_copy(self) -> str | None:
         """The projection's bias, a copy of head_bias that transformers ties to it."""
@@ -84,25 +92,26 @@ GPT2_NAMES = {
 }
 GPT2_ONLY = frozenset({"embed_dropout_prob", "scale_attn_weights", "scale_attn_by_inverse_layer_idx",
                        "reorder_and_upcast_attn"})
+BART_ONLY = frozenset({"scale_embedding"})
 
 BERT = Family(
     model_type="bert", base_prefix="bert", stack=BERT_STACK,
     head=(rule("cls.predictions.transform.dense", "dense"), rule("cls.predictions.transform.LayerNorm", "norm")),
     head_weight="cls.predictions.decoder.weight", head_bias="cls.predictions.bias", ignored=BERT_IGNORED,
-    pooler=True, omit=GPT2_ONLY,
+    pooler=True, omit=GPT2_ONLY | BART_ONLY,
 )
 BERT_GENERATION = Family(
     model_type="bert-generation", base_prefix="bert", stack=BERT_STACK, head=(),
     head_weight="lm_head.decoder.weight", head_bias="lm_head.bias", ignored=BERT_IGNORED,
     token_types=False, head_transform=False, defaults={"type_vocab_size": 0, "bos_token_id": 2, "eos_token_id": 1},
-    omit=GPT2_ONLY | {"type_vocab_size"},
+    omit=GPT2_ONLY | BART_ONLY | {"type_vocab_size"},
 )
 ROBERTA = Family(
     model_type="roberta", base_prefix="roberta", stack=BERT_STACK,
     head=(rule("lm_head.dense", "dense"), rule("lm_head.layer_norm", "norm")),
     head_weight="lm_head.decoder.weight", head_bias="lm_head.bias", ignored=BERT_IGNORED,
     positions_after_pad=True, pooler=True, head_act="gelu",
-    defaults={"vocab_size": 50265, "pad_token_id": 1, "bos_token_id": 0, "eos_token_id": 2}, omit=GPT2_ONLY,
+    defaults={"vocab_size": 50265, "pad_token_id": 1, "bos_token_id": 0, "eos_token_id": 2}, omit=GPT2_ONLY | BART_ONLY,
 )
 GPT2 = Family(
     model_type="gpt2", base_prefix="transformer",
@@ -127,12 +136,62 @@ GPT2 = Family(
     renames=GPT2_NAMES,
     defaults={"vocab_size": 50257, "max_position_embeddings": 1024, "hidden_act": "gelu_new", "layer_norm_eps": 1e-5,
               "intermediate_size": None, "pad_token_id": None, "bos_token_id": 50256, "eos_token_id": 50256},
-    omit=frozenset({"type_vocab_size"}),
+    omit=BART_ONLY | {"type_vocab_size"},
 )
-FAMILIES = {f.model_type: f for f in (BERT, BERT_GENERATION, ROBERTA, GPT2)}
+BART = Family(
+    model_type="bart", base_prefix="model",
+    stack=(
+        rule("embed_positions", "embed.pos"),
+        rule("layernorm_embedding", "embed.norm"),
+        rule("layers.{}.self_attn.q_proj", "layers.{}.attn.q"),
+        rule("layers.{}.self_attn.k_proj", "layers.{}.attn.k"),
+        rule("layers.{}.self_attn.v_proj", "layers.{}.attn.v"),
+        rule("layers.{}.self_attn.out_proj", "layers.{}.attn.o"),
+        rule("layers.{}.self_attn_layer_norm", "layers.{}.attn.norm"),
+        rule("layers.{}.encoder_attn.q_proj", "layers.{}.cross.q"),
+        rule("layers.{}.encoder_attn.k_proj", "layers.{}.cross.k"),
+        rule("layers.{}.encoder_attn.v_proj", "layers.{}.cross.v"),
+        rule("layers.{}.encoder_attn.out_proj", "layers.{}.cross.o"),
+        rule("layers.{}.encoder_attn_layer_norm", "layers.{}.cross.norm"),
+        rule("layers.{}.fc1", "layers.{}.ffn_up"),
+        rule("layers.{}.fc2", "layers.{}.ffn_down"),
+        rule("layers.{}.final_layer_norm", "layers.{}.ffn_norm"),
+    ),
+    model_rules=(rule("model.shared", "decoder.embed.tok"),),
+    head=(), head_weight="lm_head.weight", head_bias="final_logits_bias", head_bias_row=True,
+    # copies of model.shared that transformers ties to it whatever the file holds
+    ignored=re.compile(r"^model\.(encoder|decoder)\.embed_tokens\.weight$"),
+    token_types=False, head_transform=False, position_offset=2, shared_embeddings=True, labels_pad_mask=False,
+    renames={"hidden_size": "d_model", "hidden_act": "activation_function", "hidden_dropout_prob": "dropout",
+             "attention_probs_dropout_prob": "attention_dropout", "initializer_range": "init_std"},
+    sides={side: {"num_hidden_layers": f"{side}_layers", "num_attention_heads": f"{side}_attention_heads",
+                  "intermediate_size": f"{side}_ffn_dim"} for side in ("encoder", "decoder")},
+    defaults={"vocab_size": 50265, "hidden_size": 1024, "num_hidden_layers": 12, "num_attention_heads": 16,
+              "intermediate_size": 4096, "hidden_dropout_prob": 0.1, "attention_probs_dropout_prob": 0.0,
+              "max_position_embeddings": 1024, "layer_norm_eps": 1e-5, "type_vocab_size": 0, "pad_token_id": 1,
+              "bos_token_id": 0, "eos_token_id": 2},
+    omit=GPT2_ONLY | {"type_vocab_size", "layer_norm_eps", "is_decoder", "add_cross_attention"},
+)
+FAMILIES = {f.model_type: f for f in (BERT, BERT_GENERATION, ROBERTA, GPT2, BART)}
+# model types that look close but need what no family has; refused by name
+REFUSED = {
+    "mbart": "mBART (pre-LayerNorm BART with a final LayerNorm on each side) is not supported; BART is",
+    "pegasus": "PEGASUS (pre-LayerNorm blocks, sinusoidal positions) is not supported; BART is",
+}
+
+
+def seq2seq_family(model_type: str | None) -> Family | None:
+    """The family of a seq2seq model with a config.json of its own (BART); None for other model types (an
+    encoder-decoder's); a refused model type raises."""
+    if model_type in REFUSED:
+        family(model_type)
+    fam = FAMILIES.get(model_type)
+    return fam if fam is not None and fam.sides is not None else None
 
 
 def family(model_type: str) -> Family:
+    if model_type in REFUSED:
+        raise ValueError(f"model_type {model_type!r}: {REFUSED[model_type]}")
     if model_type not in FAMILIES:
         raise ValueError(f"model_type {model_type!r} is not supported; expected one of {tuple(FAMILIES)}")
     return FAMILIES[model_type]

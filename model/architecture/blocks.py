@@ -30,7 +30,10 @@ class Embeddings(nn.Module):
         fam = cfg.family
         self.tok = nn.Embedding(cfg.vocab_size, cfg.hidden_size, padding_idx=cfg.pad_token_id if fam.pad_row else None)
         self.pad_positions = cfg.pad_token_id if fam.positions_after_pad else None
-        self.pos = nn.Embedding(cfg.max_position_embeddings, cfg.hidden_size, padding_idx=self.pad_positions)
+        self.offset = fam.position_offset
+        self.pos = nn.Embedding(cfg.max_position_embeddings + self.offset, cfg.hidden_size,
+                                padding_idx=self.pad_positions)
+        self.scale = cfg.hidden_size**0.5 if cfg.scale_embedding else None
         self.tok_type = nn.Embedding(cfg.type_vocab_size, cfg.hidden_size) if fam.token_types else None
         self.norm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps) if fam.embed_norm else None
         drop = cfg.embed_dropout_prob
@@ -40,15 +43,19 @@ class Embeddings(nn.Module):
         """Positions of ids [N, T] after `start` earlier tokens (start may be a [1, 1] or [N, 1] tensor).
 
         RoBERTa counts from pad_token_id + 1 over the non-pad tokens of `ids` and gives pads pad_token_id, as
-        transformers' create_position_ids_from_input_ids (also one token at a time after a cache)."""
+        transformers' create_position_ids_from_input_ids (also one token at a time after a cache); BART's table
+        holds `offset` rows before position 0."""
         if self.pad_positions is None:
-            return start + torch.arange(ids.shape[1], device=ids.device)
+            return start + torch.arange(self.offset, self.offset + ids.shape[1], device=ids.device)
         real = (ids != self.pad_positions).long()
         return (real.cumsum(1) + start) * real + self.pad_positions
 
     def forward(self, ids: torch.Tensor, start: int | torch.Tensor = 0,
                 token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
-        x = self.tok(ids) + self.pos(self.positions(ids, start))
+        x = self.tok(ids)
+        if self.scale is not None:
+            x = x * self.scale
+        x = x + self.pos(self.positions(ids, start))
         if self.tok_type is None:
             if token_type_ids is not None and bool(token_type_ids.any()):
                 raise ValueError("token_type_ids other than 0 given to a model without token type embeddings")

@@ -69,6 +69,8 @@ class EncoderDecoderModel(nn.Module):
         self.decoder = Stack(dec, pooler=False)
         if config.tie_encoder_decoder:
             self.encoder.share(self.decoder)
+        if dec.family.shared_embeddings:  # BART's model.shared: one word-embedding table for both sides
+            self.encoder.embed.tok = self.decoder.embed.tok
         self.lm_head = LMHead(dec)
         projection_needed = enc.hidden_size != dec.hidden_size
         self.enc_to_dec_proj = Linear(enc.hidden_size, dec.hidden_size) if projection_needed else None
@@ -77,6 +79,8 @@ class EncoderDecoderModel(nn.Module):
             # Loaded and saved for checkpoint compatibility, but no output depends on it: frozen, so that DDP
             # does not wait for gradients that never come (transformers' training leaves it untouched too).
             self.encoder.pooler.requires_grad_(False)
+        if dec.family.head_bias_row and self.lm_head.bias is not None:
+            self.lm_head.bias.requires_grad_(False)  # BART's final_logits_bias: a buffer transformers never trains
 
     @torch.no_grad()
     def init_weights(self) -> None:
@@ -175,7 +179,7 @@ class EncoderDecoderModel(nn.Module):
             if labels is None:
                 raise ValueError("pass decoder_input_ids or labels")
             decoder_input_ids = shift_right(labels, self.config.decoder_start_token_id, self.config.pad_token_id)
-            if decoder_attention_mask is None:
+            if decoder_attention_mask is None and self.config.decoder.family.labels_pad_mask:
                 decoder_attention_mask = (decoder_input_ids != self.config.pad_token_id).long()
         memory = self.encode(input_ids, attention_mask, token_type_ids)
         logits = self.decode(decoder_input_ids, self.memory_kv(memory), padding_mask(attention_mask),

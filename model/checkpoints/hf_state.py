@@ -108,7 +108,8 @@ def load_hf_state(url: str, config: EncoderDecoderConfig, expected: dict[str, to
     if unexpected or missing:
         lines = [f"checkpoint at {folder.url} does not match its config.json:"]
         if missing:
-            lines.append("missing keys: " + ", ".join(dict.fromkeys(keys.hf_name(k) for k in missing)))
+            lines.append("missing keys: " + ", ".join(
+                dict.fromkeys(keys.hf_name(k) for k in missing if k not in keys.unsaved)))
         if unexpected:
             lines.append("unexpected keys: " + ", ".join(unexpected))
         raise ValueError("\n".join(lines))

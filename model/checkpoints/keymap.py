@@ -22,6 +22,7 @@ class Entry:
     hf: str  # full HF key, `{}` for the layer index
     ours: tuple[str, ...]  # our full keys
     transpose: bool  # a Conv1D weight
+    row: bool = False  # HF stores ours [N] as [1, N] (BART's final_logits_bias)
 
     def pattern(self, template: str) -> re.Pattern:
         return re.compile(re.escape(template).replace(r"\{\}", r"(\d+)"))
@@ -39,22 +40,30 @@ def expand(rules: tuple[Rule, ...], hf_prefix: str, ours_prefix: str) -> list[En
 def head_entries(fam: Family, hf_prefix: str, untied_head: bool) -> list[Entry]:
     out = expand(fam.head, hf_prefix, "lm_head.")
     if fam.head_bias is not None:
-        out.append(Entry(hf_prefix + fam.head_bias, ("lm_head.bias",), False))
+        out.append(Entry(hf_prefix + fam.head_bias, ("lm_head.bias",), False, fam.head_bias_row))
     if untied_head:
         out.append(Entry(hf_prefix + fam.head_weight, ("lm_head.weight",), False))
     return out
 
 
 class KeyMap:
-    def __init__(self, entries: list[Entry], ignored: Callable[[str], bool]):
+    def __init__(self, entries: list[Entry], ignored: Callable[[str], bool], unsaved: frozenset[str] = frozenset()):
         self.ignored = ignored
+        self.unsaved = unsaved  # our keys that alias another's tensor and have no HF name of their own
         self.hf_patterns = [(e.pattern(e.hf), e) for e in entries]
         self.ours_patterns = [(e.pattern(o), e) for e in entries for o in e.ours]
 
     @classmethod
     def for_model(cls, config: EncoderDecoderConfig, untied_head: bool) -> KeyMap:
-        """An HF EncoderDecoderModel's keys."""
+        """An HF EncoderDecoderModel's keys, or a seq2seq family's own model's (BART)."""
         enc, dec = config.encoder.family, config.decoder.family
+        if dec.sides is not None:
+            entries = [*expand(enc.stack, f"{enc.base_prefix}.encoder.", "encoder."),
+                       *expand(dec.stack, f"{dec.base_prefix}.decoder.", "decoder."),
+                       *expand(dec.model_rules, "", ""), *head_entries(dec, "", untied_head)]
+            unsaved = frozenset({"encoder.embed.tok.weight"} if dec.shared_embeddings else ())
+            return cls(entries, lambda key: (key == dec.head_weight and not untied_head)
+                       or bool(dec.ignored.search(key)), unsaved)
         entries = [*expand(enc.stack, "encoder.", "encoder."),
                    *expand(dec.stack, f"decoder.{dec.base_prefix}.", "decoder."),
                    *head_entries(dec, "decoder.", untied_head),
@@ -95,6 +104,8 @@ class KeyMap:
         entry, layer = found
         if entry.transpose:
             tensor = tensor.t()
+        if entry.row:
+            tensor = tensor.reshape(-1)
         pieces = tensor.chunk(len(entry.ours)) if len(entry.ours) > 1 else (tensor,)
         return [(entry.fill(o, layer), p.contiguous() if entry.transpose or len(pieces) > 1 else p)
                 for o, p in zip(entry.ours, pieces, strict=True)]
@@ -106,7 +117,7 @@ class KeyMap:
         if any(s is None for s in shapes):
             return None
         shape = [sum(s[0] for s in shapes), *shapes[0][1:]]
-        return shape[::-1] if entry.transpose else shape
+        return [1, *shape] if entry.row else shape[::-1] if entry.transpose else shape
 
     def _find(self, ours: str) -> tuple[Entry, str | None]:
         for pattern, entry in self.ours_patterns:
@@ -122,11 +133,13 @@ class KeyMap:
         """HF's keys and tensors for our state dict (stacked and transposed back where HF fuses)."""
         out = {}
         for key in state:
+            if key in self.unsaved:
+                continue
             entry, layer = self._find(key)
             name = entry.fill(entry.hf, layer)
             if name in out:
                 continue
             parts = [state[entry.fill(o, layer)].detach() for o in entry.ours]
             tensor = torch.cat(parts) if len(parts) > 1 else parts[0]
-            out[name] = tensor.t() if entry.transpose else tensor
+            out[name] = tensor.t() if entry.transpose else tensor[None] if entry.row else tensor
         return out

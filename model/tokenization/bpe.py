@@ -20,8 +20,9 @@ from tokenizers.models import BPE
 from .special_tokens import token_content
 
 ROBERTA, GPT2 = "RobertaTokenizer", "GPT2Tokenizer"
-CLASSES = {ROBERTA: ROBERTA, "RobertaTokenizerFast": ROBERTA, GPT2: GPT2, "GPT2TokenizerFast": GPT2}
-MODEL_TYPES = {"roberta": ROBERTA, "gpt2": GPT2}
+CLASSES = {ROBERTA: ROBERTA, "RobertaTokenizerFast": ROBERTA, GPT2: GPT2, "GPT2TokenizerFast": GPT2,
+           "BartTokenizer": ROBERTA, "BartTokenizerFast": ROBERTA}  # BART's is RoBERTa's
+MODEL_TYPES = {"roberta": ROBERTA, "gpt2": GPT2, "bart": ROBERTA}
 # transformers' defaults per class; None: the class has no such token.
 SPECIAL = {
     ROBERTA: {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "sep_token": "</s>",
