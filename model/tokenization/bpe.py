@@ -4,8 +4,9 @@ RobertaTokenizerFast and GPT2TokenizerFast from `vocab.json` + `merges.txt`.
 Which of the two a folder holds comes from tokenizer_config.json's `tokenizer_class`, or, without one, from the
 model's `model_type` in config.json (an encoder-decoder folder's encoder: its root holds the encoder's
 tokenizer). RoBERTa wraps a text as `<s> ... </s>` and pads with `<pad>`; GPT-2 adds nothing and has no pad
-token (`<|endoftext|>` is its bos, eos and unk). Decoding never cleans up tokenization spaces: transformers 5
-ignores `clean_up_tokenization_spaces` for BPE vocabularies.
+token (`<|endoftext|>` is its bos, eos and unk). Decoding cleans up tokenization spaces only when
+tokenizer_config.json forces it (`clean_up_tokenization_spaces_for_bpe_even_though_it_will_corrupt_output` with
+`clean_up_tokenization_spaces`): transformers 5 ignores `clean_up_tokenization_spaces` alone for BPE vocabularies.
 """
 
 from __future__ import annotations

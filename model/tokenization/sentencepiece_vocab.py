@@ -24,8 +24,6 @@ DEFAULT_SPECIAL = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"
                    "pad_token": "<pad>"}
 TOKENIZER_CLASSES = (None, "BertGenerationTokenizer")
 UNDERLINE = "\u2581"
-CLEANUPS = ((" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"), (" n't", "n't"), (" 'm", "'m"),
-            (" 's", "'s"), (" 've", "'ve"), (" 're", "'re"))
 
 
 class SentencePieceVocab:
@@ -54,7 +52,6 @@ class SentencePieceVocab:
                 self.ids[content] = len(self)
         self.added = {i: content for content, i in self.ids.items()}
         self.special_ids = sorted({self.token_to_id(t) for t in self.special.values()} | special_added)
-        self.clean_up = bool(config.get("clean_up_tokenization_spaces", False))
         # Added and special tokens are cut out of the text before SentencePiece sees it, longest first.
         by_length = sorted({*self.ids, *self.special.values()}, key=len, reverse=True)
         self.split = re.compile("(" + "|".join(map(re.escape, by_length)) + ")")
@@ -97,11 +94,7 @@ class SentencePieceVocab:
                 tokens.append(self.sp.id_to_piece(i))
             else:
                 raise ValueError(f"token id {i} is outside the tokenizer's {len(self)} ids")
-        text = "".join(tokens).replace(UNDERLINE, " ").strip()
-        if self.clean_up:
-            for old, new in CLEANUPS:
-                text = text.replace(old, new)
-        return text
+        return "".join(tokens).replace(UNDERLINE, " ").strip()
 
     def files(self, config: dict[str, Any]) -> dict[str, bytes]:
         """The folder's files as transformers writes them for a BertGenerationTokenizer."""

@@ -10,17 +10,31 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+from tokenizers import AddedToken, decoders, normalizers, pre_tokenizers, processors
 from tokenizers import Tokenizer as Backend
-from tokenizers import decoders, normalizers, pre_tokenizers, processors
 from tokenizers.models import BPE, WordPiece
 
 from ..storage import Folder
 from . import bpe
 from .padding import pad_ids
 from .sentencepiece_vocab import SentencePieceVocab
-from .special_tokens import token_content
+from .special_tokens import added_tokens, token_content
 
 SPIECE_NAME = "spiece.model"
+ADDED_TOKENS_NAME, SPECIAL_TOKENS_MAP_NAME = "added_tokens.json", "special_tokens_map.json"
+ADDED_TOKEN_FIELDS = ("content", "single_word", "lstrip", "rstrip", "normalized", "special")
+# transformers' clean_up_tokenization: applied in decoding when tokenizer_config.json sets
+# clean_up_tokenization_spaces (to BPE vocabularies only with clean_up_tokenization_spaces_for_bpe_even_though_it_
+# will_corrupt_output as well: transformers 5 ignores the flag for them)
+CLEANUPS = ((" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"), (" n't", "n't"), (" 'm", "'m"),
+            (" 's", "'s"), (" 've", "'ve"), (" 're", "'re"))
+BPE_CLEANUP = "clean_up_tokenization_spaces_for_bpe_even_though_it_will_corrupt_output"
+
+
+def clean_up_tokenization(text: str) -> str:
+    for old, new in CLEANUPS:
+        text = text.replace(old, new)
+    return text
 
 SPECIAL = {"cls_token": "[CLS]", "sep_token": "[SEP]", "pad_token": "[PAD]", "unk_token": "[UNK]",
            "mask_token": "[MASK]"}
@@ -46,6 +60,18 @@ def _from_vocab(vocab_text: str, cfg: dict) -> Backend:
     backend.decoder = decoders.WordPiece(prefix="##")
     backend.add_special_tokens([t for t in special.values() if t in vocab])
     return backend
+
+
+def _add_tokens(backend: Backend, added: dict[str, dict[str, Any]], where: str) -> None:
+    """tokenizer_config.json's added tokens (id -> AddedToken fields) into a backend built from vocabulary
+    files, as transformers adds them: after the vocabulary, in id order; each must get the id the file gives."""
+    for index, fields in sorted(added.items(), key=lambda kv: int(kv[0])):
+        fields = {"content": fields} if isinstance(fields, str) else fields
+        backend.add_tokens([AddedToken(**{k: fields[k] for k in ADDED_TOKEN_FIELDS if k in fields})])
+        got = backend.token_to_id(fields["content"])
+        if got != int(index):
+            raise ValueError(f"{where}: added token {fields['content']!r} has id {index} but the vocabulary gives "
+                             f"it id {got}; added tokens follow the vocabulary without gaps")
 
 
 def _bpe_config(folder: Folder, config: dict) -> dict:
@@ -117,6 +143,10 @@ class Tokenizer:
         else:
             self.kind = "wordpiece"
             tokens = {name: self.config.get(name, tok) for name, tok in SPECIAL.items()}
+        # transformers 5 cleans up after decoding when the config says so, a BPE model only when forced to
+        self.clean_up_spaces = bool(self.config.get("clean_up_tokenization_spaces")) and (
+            isinstance(backend, SentencePieceVocab) or not isinstance(backend.model, BPE)
+            or bool(self.config.get(BPE_CLEANUP)))
         default_length = bpe.MAX_LENGTH.get(bpe.CLASSES.get(self.config.get("tokenizer_class")), 512)
         self.model_max_length = int(min(self.config.get("model_max_length", default_length), 2**62))
         self.special_tokens = {name: token_content(tok) for name, tok in tokens.items()}
@@ -129,7 +159,8 @@ class Tokenizer:
         if self.kind == "sentencepiece":
             self.all_special_ids = backend.special_ids
         else:
-            self.all_special_ids = sorted({i for i in ids.values() if i is not None})
+            flagged = {i for i, tok in backend.get_added_tokens_decoder().items() if tok.special}
+            self.all_special_ids = sorted({i for i in ids.values() if i is not None} | flagged)
         for name in ("cls", "sep", "pad", "unk", "mask", "bos", "eos"):
             setattr(self, f"{name}_token_id", ids.get(f"{name}_token"))
         for name in ("cls", "sep", "unk", "mask", "bos", "eos"):
@@ -176,6 +207,10 @@ class Tokenizer:
         can be overridden as in transformers (pad_token="<pad>", eos_token="</s>", bos_token="<s>")."""
         folder = Folder(path, storage_options)
         config = json.loads(_read_text(folder, "tokenizer_config.json") or "{}")
+        if "added_tokens_decoder" not in config:  # transformers' legacy files
+            config.update(json.loads(_read_text(folder, SPECIAL_TOKENS_MAP_NAME) or "{}"))
+            added = added_tokens(config, json.loads(_read_text(folder, ADDED_TOKENS_NAME) or "{}"))
+            config.update({"added_tokens_decoder": added} if added else {})
         tokenizer_json = _read_text(folder, "tokenizer.json")
         backend = None
         if tokenizer_json is not None:
@@ -197,6 +232,8 @@ class Tokenizer:
                 raise FileNotFoundError(f"{folder.url}: no tokenizer.json, {SPIECE_NAME}, {bpe.VOCAB_NAME} + "
                                         f"{bpe.MERGES_NAME} or vocab.txt found")
             backend = _from_vocab(vocab, config)
+        if tokenizer_json is None:  # tokenizer.json holds its added tokens itself
+            _add_tokens(backend, config.get("added_tokens_decoder") or {}, folder.url)
         return cls(backend, {**config, **special_tokens})
 
     def files(self) -> dict[str, bytes]:
@@ -295,5 +332,9 @@ class Tokenizer:
     def batch_decode(self, ids: Sequence[Sequence[int]] | torch.Tensor, skip_special_tokens: bool = True) -> list[str]:
         rows = ids.tolist() if isinstance(ids, torch.Tensor) else [list(map(int, row)) for row in ids]
         if isinstance(self.backend, SentencePieceVocab):
-            return [self.backend.decode(row, skip_special_tokens) for row in rows]
-        return self.backend.decode_batch(rows, skip_special_tokens=skip_special_tokens)
+            texts = [self.backend.decode(row, skip_special_tokens) for row in rows]
+        else:
+            texts = self.backend.decode_batch(rows, skip_special_tokens=skip_special_tokens)
+        if self.clean_up_spaces:
+            texts = [clean_up_tokenization(text) for text in texts]
+        return texts
