@@ -23,13 +23,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--train", required=True, help="training pairs: Parquet file, folder or glob (local or s3://)")
     p.add_argument("--eval", required=True, help="evaluation pairs: Parquet file, folder or glob")
     p.add_argument("--output", required=True, help="folder URL the best checkpoint is exported to (HF layout)")
-    init = p.add_argument_group("model (--encoder and --decoder, or --init)")
+    init = p.add_argument_group("model (--encoder and --decoder, or --init / --model)")
     init.add_argument("--encoder", help="BERT or RoBERTa checkpoint that warm-starts the encoder (its tokenizer "
                                         "tokenizes the articles)")
     init.add_argument("--decoder", help="BERT, RoBERTa or GPT-2 checkpoint that warm-starts the decoder (its "
                                         "tokenizer tokenizes the summaries; exported as decoder_tokenizer/ when its "
                                         "vocabulary is not the encoder's)")
-    init.add_argument("--init", help="encoder-decoder checkpoint (HF layout + tokenizers) to continue from")
+    init.add_argument("--init", "--model", dest="init",
+                      help="encoder-decoder or BART (BartForConditionalGeneration) checkpoint, HF layout + "
+                           "tokenizers, to fine-tune or continue from")
     p.add_argument("--run-dir", help="checkpoints and metrics.jsonl (default: <output>.checkpoints)")
     p.add_argument("--text-column", default="article", help="column with the text to summarize")
     p.add_argument("--summary-column", default="highlights", help="column with the reference summary")

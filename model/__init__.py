@@ -1,4 +1,4 @@
-"""Encoder-decoders of BERT, BertGeneration, RoBERTa and GPT-2 in plain PyTorch, compatible with Hugging Face
+"""Encoder-decoders of BERT, BertGeneration, RoBERTa and GPT-2, and BART, in plain PyTorch, compatible with Hugging Face
 checkpoints."""
 
 from .architecture import EncoderDecoderModel, Seq2SeqOutput
@@ -23,6 +23,9 @@ from .text import (
     AutoModelForCausalLM,
     AutoModelForSeq2SeqLM,
     AutoTokenizer,
+    BartForConditionalGeneration,
+    BartTokenizer,
+    BartTokenizerFast,
     BertGenerationTokenizer,
     BertTokenizer,
     BertTokenizerFast,
@@ -45,6 +48,9 @@ __all__ = [
     "AutoModelForCausalLM",
     "AutoModelForSeq2SeqLM",
     "AutoTokenizer",
+    "BartForConditionalGeneration",
+    "BartTokenizer",
+    "BartTokenizerFast",
     "BatchEncoding",
     "BertGenerationTokenizer",
     "BertTokenizer",

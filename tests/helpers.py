@@ -8,6 +8,7 @@ import io
 import json
 import os
 import pathlib
+import shutil
 import socket
 import subprocess
 import sys
@@ -23,6 +24,7 @@ import transformers
 
 from model import BertConfig, EncoderDecoderConfig, EncoderDecoderModel, Tokenizer
 from pipeline.batch import GenerationOverrides, SummarizeConfig
+from pipeline.batch.run import run
 from pipeline.cluster import Replicas
 from pipeline.io import storage
 from pipeline.nightly import NightlyConfig
@@ -207,3 +209,53 @@ def nightly_config(corpus: str, output: str, model, max_length: int = 8, **kwarg
     template = summarize_config(corpus, output, model, generation=generation, replicas=Replicas(1, 1, batch_size=2),
                                 max_input_tokens=None)
     return NightlyConfig(corpus=corpus, output=output, summarize=template, **kwargs)
+
+
+def bart_folder(folder: pathlib.Path, d_model: int, heads: int, enc: int, dec: int, scale: bool,
+                dtype: torch.dtype = torch.float32, seed: int = 0) -> pathlib.Path:
+    """A seeded random BART saved by transformers, with roberta-base's vocab.json + merges.txt (BART's own)."""
+    torch.manual_seed(seed)
+    config = transformers.BartConfig(
+        vocab_size=50265, d_model=d_model, encoder_layers=enc, decoder_layers=dec, encoder_attention_heads=heads,
+        decoder_attention_heads=heads, encoder_ffn_dim=2 * d_model, decoder_ffn_dim=3 * d_model,
+        max_position_embeddings=160, scale_embedding=scale, init_std=0.2)
+    hf = transformers.BartForConditionalGeneration(config)
+    hf.generation_config.forced_bos_token_id = 0  # as bart-large-cnn's
+    with torch.no_grad():
+        hf.final_logits_bias.normal_(0, 0.5)
+    hf.to(dtype).save_pretrained(folder)
+    for name in ("vocab.json", "merges.txt"):
+        shutil.copy(ROOT / "data" / "bpe" / "roberta-base" / name, folder)
+    return folder
+
+
+def transformers_summaries(folder: pathlib.Path, texts: list[str], **gen) -> list[str]:
+    """transformers' generate + decode of each text alone (its AutoModelForSeq2SeqLM: an EncoderDecoderModel or a
+    BART), truncated to MAX_TOKENS; summaries decoded with decoder_tokenizer/ where the folder has one."""
+    encoder = transformers.AutoTokenizer.from_pretrained(str(folder))
+    two = (folder / "decoder_tokenizer").is_dir()
+    decoder = transformers.AutoTokenizer.from_pretrained(str(folder / "decoder_tokenizer")) if two else encoder
+    hf = transformers.AutoModelForSeq2SeqLM.from_pretrained(str(folder)).eval()
+    out = []
+    with torch.inference_mode():
+        for text in texts:
+            enc = encoder(text, truncation=True, max_length=MAX_TOKENS, return_tensors="pt")
+            ids = hf.generate(input_ids=enc.input_ids, attention_mask=enc.attention_mask, **gen)
+            out.append(decoder.decode(ids[0], skip_special_tokens=True))
+    return out
+
+
+def check_summarize_on_s3(bucket: str, folder: pathlib.Path, tmp_path: pathlib.Path, **gen) -> None:
+    """8 articles in shards of 3 under s3://bucket/, the model beside them: the summarize job writes every row once,
+    each row transformers' generate + decode of its article alone."""
+    rows = [{"id": i, "article": r["article"][:400]} for i, r in enumerate(articles(8))]
+    stage_on_s3(bucket, rows, 3, folder, tmp_path)
+    out = f"s3://{bucket}/summaries"
+    result = run(summarize_config(f"s3://{bucket}/articles", out, f"s3://{bucket}/models/b2b",
+                                  generation=GenerationOverrides(**gen), replicas=Replicas(1, 1, batch_size=4),
+                                  max_input_tokens=MAX_TOKENS))
+    assert (result.rows_in, result.rows_out, result.failed_by_reason) == (8, 8, {})
+    got = {r["id"]: r["summary"] for r in read_output(out)}
+    assert sorted(got) == list(range(8))
+    assert [got[i] for i in range(8)] == transformers_summaries(folder, [r["article"] for r in rows], **gen)
+    assert any(got.values())

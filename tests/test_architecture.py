@@ -107,7 +107,8 @@ MODEL_ALLOWED = {"families": set(), "config": {"families"}, "devices": set(), "s
 # Every name `from model import ...` offers; a removal breaks users' code, README snippets and pipeline/.
 PUBLIC_NAMES = {
     "BATCHING", "DECODER_TOKENIZER", "DEFAULT_BATCH_TOKENS", "ERR_OOM", "Generated", "TextGenerator", "AutoModel",
-    "AutoModelForCausalLM", "AutoModelForSeq2SeqLM", "AutoTokenizer", "BatchEncoding", "BertGenerationTokenizer",
+    "AutoModelForCausalLM", "AutoModelForSeq2SeqLM", "AutoTokenizer", "BartForConditionalGeneration",
+    "BartTokenizer", "BartTokenizerFast", "BatchEncoding", "BertGenerationTokenizer",
     "BertTokenizer", "BertTokenizerFast", "BertConfig", "EncoderDecoderConfig", "EncoderDecoderModel",
     "GenerationConfig", "Seq2SeqOutput", "StackConfig", "Text2TextPipeline", "Tokenizer", "DecodePolicy",
     "DecodeStats", "batches", "check_generation", "check_vocabularies", "compiled_decode_step", "decode_step",

@@ -15,30 +15,12 @@ import transformers
 
 from model import EncoderDecoderModel, Tokenizer
 from model.convert import convert
-from tests.helpers import ROOT, articles
+from tests.helpers import articles, bart_folder
 
 # (d_model, heads, encoder layers, decoder layers, scale_embedding, file dtype): 12/6 and 6/6-like, scaled down
 SIZES = [(32, 4, 4, 2, True, torch.float32), (48, 6, 2, 2, False, torch.float16)]
 CNN = dict(num_beams=4, length_penalty=2.0, no_repeat_ngram_size=3, min_length=10, max_length=24,
            early_stopping=True)
-
-
-def bart_folder(folder: pathlib.Path, d_model: int, heads: int, enc: int, dec: int, scale: bool,
-                dtype: torch.dtype = torch.float32, seed: int = 0) -> pathlib.Path:
-    """A seeded random BART saved by transformers, with roberta-base's vocab.json + merges.txt (BART's own)."""
-    torch.manual_seed(seed)
-    config = transformers.BartConfig(
-        vocab_size=50265, d_model=d_model, encoder_layers=enc, decoder_layers=dec, encoder_attention_heads=heads,
-        decoder_attention_heads=heads, encoder_ffn_dim=2 * d_model, decoder_ffn_dim=3 * d_model,
-        max_position_embeddings=160, scale_embedding=scale, init_std=0.2)
-    hf = transformers.BartForConditionalGeneration(config)
-    hf.generation_config.forced_bos_token_id = 0  # as bart-large-cnn's
-    with torch.no_grad():
-        hf.final_logits_bias.normal_(0, 0.5)
-    hf.to(dtype).save_pretrained(folder)
-    for name in ("vocab.json", "merges.txt"):
-        shutil.copy(ROOT / "data" / "bpe" / "roberta-base" / name, folder)
-    return folder
 
 
 @pytest.fixture(scope="module")

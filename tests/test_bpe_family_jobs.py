@@ -17,12 +17,16 @@ import torch
 import transformers
 
 from model import EncoderDecoderModel, Tokenizer, pipeline, save_tokenizers
-from pipeline.batch import GenerationOverrides
-from pipeline.batch.run import run
-from pipeline.cluster import Replicas
 from pipeline.train.config import FinetuneConfig
 from pipeline.train.finetune import run_finetune
-from tests.helpers import MAX_TOKENS, MINILM, ROOT, articles, read_output, stage_on_s3, summarize_config
+from tests.helpers import (
+    MAX_TOKENS,
+    MINILM,
+    ROOT,
+    articles,
+    check_summarize_on_s3,
+    transformers_summaries,
+)
 
 GPT2_EOS = 50256
 GEN = dict(num_beams=2, max_length=10, no_repeat_ngram_size=2)
@@ -76,23 +80,9 @@ def roberta2roberta(tmp_path_factory) -> pathlib.Path:
     return folder
 
 
-def transformers_summaries(folder: pathlib.Path, texts: list[str]) -> list[str]:
-    encoder = transformers.AutoTokenizer.from_pretrained(str(folder))
-    two = (folder / "decoder_tokenizer").is_dir()
-    decoder = transformers.AutoTokenizer.from_pretrained(str(folder / "decoder_tokenizer")) if two else encoder
-    hf = transformers.EncoderDecoderModel.from_pretrained(str(folder)).eval()
-    out = []
-    with torch.inference_mode():
-        for text in texts:
-            enc = encoder(text, truncation=True, max_length=MAX_TOKENS, return_tensors="pt")
-            ids = hf.generate(input_ids=enc.input_ids, attention_mask=enc.attention_mask, **GEN)
-            out.append(decoder.decode(ids[0], skip_special_tokens=True))
-    return out
-
-
 def test_pipeline_decodes_with_the_decoder_vocabulary(bert2gpt2, tmp_path):
     texts = [r["article"][:400] for r in articles(6)]
-    want = transformers_summaries(bert2gpt2, texts)
+    want = transformers_summaries(bert2gpt2, texts, **GEN)
     got = pipeline("summarization", model=bert2gpt2)(texts, max_input_tokens=MAX_TOKENS, **GEN)
     assert [g["summary_text"] for g in got] == want and any(want)
     alone = tmp_path / "alone"
@@ -105,18 +95,7 @@ def test_pipeline_decodes_with_the_decoder_vocabulary(bert2gpt2, tmp_path):
 
 @pytest.mark.parametrize("family", ["bert2gpt2", "roberta2roberta"])
 def test_summarize_job_on_s3_writes_every_row_once(local_ray, family, request, tmp_path):
-    folder = request.getfixturevalue(family)
-    rows = [{"id": i, "article": r["article"][:400]} for i, r in enumerate(articles(8))]
-    stage_on_s3(family, rows, 3, folder, tmp_path)
-    out = f"s3://{family}/summaries"
-    result = run(summarize_config(f"s3://{family}/articles", out, f"s3://{family}/models/b2b",
-                                  generation=GenerationOverrides(**GEN), replicas=Replicas(1, 1, batch_size=4),
-                                  max_input_tokens=MAX_TOKENS))
-    assert (result.rows_in, result.rows_out, result.failed_by_reason) == (8, 8, {})
-    got = {r["id"]: r["summary"] for r in read_output(out)}
-    assert sorted(got) == list(range(8))
-    assert [got[i] for i in range(8)] == transformers_summaries(folder, [r["article"] for r in rows])
-    assert any(got.values())
+    check_summarize_on_s3(family, request.getfixturevalue(family), tmp_path, **GEN)
 
 
 def test_finetune_warm_starts_a_bert2gpt2_and_exports_what_transformers_loads(local_ray, tmp_path):

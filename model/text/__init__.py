@@ -8,11 +8,15 @@ from .transformers_names import (
     AutoModelForCausalLM,
     AutoModelForSeq2SeqLM,
     AutoTokenizer,
+    BartForConditionalGeneration,
+    BartTokenizer,
+    BartTokenizerFast,
     BertGenerationTokenizer,
     BertTokenizer,
     BertTokenizerFast,
 )
 
 __all__ = ["BATCHING", "ERR_OOM", "AutoModel", "AutoModelForCausalLM", "AutoModelForSeq2SeqLM", "AutoTokenizer",
-           "BertGenerationTokenizer", "BertTokenizer", "BertTokenizerFast", "Generated", "Text2TextPipeline",
-           "TextGenerator", "check_vocabularies", "pipeline"]
+           "BartForConditionalGeneration", "BartTokenizer", "BartTokenizerFast", "BertGenerationTokenizer",
+           "BertTokenizer", "BertTokenizerFast", "Generated", "Text2TextPipeline", "TextGenerator",
+           "check_vocabularies", "pipeline"]
