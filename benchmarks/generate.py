@@ -3,15 +3,17 @@
 Prints, per workload, the median seconds of each side, the throughput ratio, the identical-output rate
 (token for token up to each sequence's EOS) and, for (a), how close we come to the machine's floor.
 (a) and (b) use the MiniLM warm start; roberta2roberta and bert2gpt2 run (b) on a 6-layer MiniLM-sized model of
-that family with random weights; (c) is a bert-base-sized bert2bert with random weights (nothing to
-download), 512 tokens in, the CNN/DM recipe: ours eager, ours compiled and transformers at each batch
-size, with peak GPU memory, then ours against transformers in float32 at the first batch size. (d) is
-in-flight batching against the calls loop on 256 mixed-length articles (benchmarks/inflight.py).
+that family with random weights, bart on a 6+6-layer MiniLM-sized BartForConditionalGeneration (roberta-base's
+vocabulary, BART's generation settings: start </s>, forced <s> and </s>); (c) is a bert-base-sized bert2bert
+with random weights (nothing to download), 512 tokens in, the CNN/DM recipe: ours eager, ours compiled and
+transformers at each batch size, with peak GPU memory, then ours against transformers in float32 at the first
+batch size. (d) is in-flight batching against the calls loop on 256 mixed-length articles (benchmarks/inflight.py).
 --compare-fp32 measures what a lower precision changes: the share of summaries identical to float32 and
 the ROUGE-L of the lower-precision summaries against the float32 ones, on the repo's CNN/DM articles.
 
     .venv/bin/python -m benchmarks.generate --device cpu --dtype fp32 --workloads a,b
     .venv/bin/python -m benchmarks.generate --device cpu --dtype fp32 --workloads roberta2roberta,bert2gpt2 --repeats 1
+    .venv/bin/python -m benchmarks.generate --device cpu --dtype fp32 --workloads bart --repeats 1
     .venv/bin/python -m benchmarks.generate --device cpu --dtype bf16 --compare-fp32 --workloads none
     python -m benchmarks.generate --device cuda --dtype bf16 --workloads c --compare-fp32   # within 8 minutes
 """
@@ -47,7 +49,7 @@ SHORT = dict(num_beams=4, max_length=64)
 CNNDM = dict(num_beams=4, max_length=142, min_length=56, no_repeat_ngram_size=3, length_penalty=2.0,
              early_stopping=True)
 START = time.monotonic()
-FAMILIES = {"roberta2roberta", "bert2gpt2"}
+FAMILIES = {"roberta2roberta", "bert2gpt2", "bart"}
 
 
 def articles(tok: Tokenizer, n: int, max_tokens: int) -> dict[str, torch.Tensor]:
@@ -231,11 +233,13 @@ def agreement(device: str, dtype_name: str, n: int) -> None:
 
 
 def family_twins(name: str, device: str, dtype: torch.dtype):
-    """A 6-layer, MiniLM-sized roberta2roberta or bert2gpt2 with random weights, built and saved by transformers
-    (real vocabulary sizes, GPT-2's pad set to its EOS as the bert2gpt2 checkpoints do), loaded by both sides,
-    and the tokenizer of its inputs."""
+    """A 6-layer, MiniLM-sized roberta2roberta, bert2gpt2 or BART (6 + 6 layers) with random weights, built and
+    saved by transformers (real vocabulary sizes, GPT-2's pad set to its EOS as the bert2gpt2 checkpoints do),
+    loaded by both sides, and the tokenizer of its inputs."""
     torch.manual_seed(0)
     size = dict(hidden_size=384, num_hidden_layers=6, num_attention_heads=12, intermediate_size=1536)
+    if name == "bart":
+        return bart_twins(device, dtype)
     if name == "roberta2roberta":
         encoder = transformers.RobertaConfig(vocab_size=50265, max_position_embeddings=514, type_vocab_size=1, **size)
         decoder = copy.deepcopy(encoder)  # from_encoder_decoder_configs makes it a decoder with cross-attention
@@ -255,6 +259,22 @@ def family_twins(name: str, device: str, dtype: torch.dtype):
             shutil.copy(file, tmp)
         ours, tok = EncoderDecoderModel.from_pretrained(tmp), Tokenizer.from_pretrained(tmp)
         hf = transformers.EncoderDecoderModel.from_pretrained(tmp, dtype=dtype)
+    return ours.to(device, dtype).eval(), hf.to(device).eval(), tok
+
+
+def bart_twins(device: str, dtype: torch.dtype):
+    """family_twins' BART: BartForConditionalGeneration with bart-large-cnn's generation ids."""
+    config = transformers.BartConfig(vocab_size=50265, d_model=384, encoder_layers=6, decoder_layers=6,
+                                     encoder_attention_heads=12, decoder_attention_heads=12, encoder_ffn_dim=1536,
+                                     decoder_ffn_dim=1536, max_position_embeddings=1024)
+    with tempfile.TemporaryDirectory() as tmp:
+        hf = transformers.BartForConditionalGeneration(config)
+        hf.generation_config.update(decoder_start_token_id=2, forced_bos_token_id=0, forced_eos_token_id=2)
+        hf.save_pretrained(tmp)
+        for file in ("vocab.json", "merges.txt"):
+            shutil.copy(ROOT / "data" / "bpe" / "roberta-base" / file, tmp)
+        ours, tok = EncoderDecoderModel.from_pretrained(tmp), Tokenizer.from_pretrained(tmp)
+        hf = transformers.BartForConditionalGeneration.from_pretrained(tmp, dtype=dtype)
     return ours.to(device, dtype).eval(), hf.to(device).eval(), tok
 
 
@@ -292,8 +312,9 @@ def main() -> int:
     ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where both models run")
     ap.add_argument("--dtype", choices=tuple(DTYPES), default="fp32", help="weights and activations dtype")
     ap.add_argument("--workloads", default="a,b",
-                    help="comma-separated subset of a,b,c,d,roberta2roberta,bert2gpt2 (d: in-flight batching "
-                         "against the calls loop; the last two: (b)'s recipe on a 6-layer model of that family), "
+                    help="comma-separated subset of a,b,c,d,roberta2roberta,bert2gpt2,bart (d: in-flight "
+                         "batching against the calls loop; the last three: (b)'s recipe on a 6-layer model of that "
+                         "family), "
                          "or none")
     ap.add_argument("--repeats", type=int, default=3, help="timed runs per side (alternating); medians reported")
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
