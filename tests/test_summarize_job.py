@@ -64,7 +64,8 @@ def test_job_submit_end_to_end_on_s3(s3_endpoint, ray_head, bert2bert_dir, tmp_p
     runtime_env = {"env_vars": {**AWS_ENV, "AWS_ENDPOINT_URL": s3_endpoint}}
     cmd = [RAY, "job", "submit", "--address", address, "--runtime-env-json", json.dumps(runtime_env), "--",
            sys.executable, "-m", "jobs.summarize", "--input", "s3://e2e/articles/", "--output", "s3://e2e/summaries/",
-           "--model", "s3://e2e/models/b2b", "--replicas", "2", "--gpus-per-replica", "0.5", "--batch-size", "2", *GEN]
+           "--model", "s3://e2e/models/b2b", "--replicas", "2", "--gpus-per-replica", "0.5", "--batch-size", "2",
+           "--dtype", "float32", *GEN]  # the GPUs are Ray's logical ones: auto would be bfloat16, on these CPUs
     done = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=400)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "rows in: 8  rows out: 8  written by this run: 8" in done.stdout
