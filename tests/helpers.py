@@ -4,6 +4,7 @@ its own process."""
 
 from __future__ import annotations
 
+import copy
 import io
 import json
 import os
@@ -77,6 +78,25 @@ def random_bert2bert(folder: pathlib.Path, hidden: int, layers: int, intermediat
     torch.manual_seed(0)
     EncoderDecoderModel(config).save_pretrained(folder)
     tok.save_pretrained(folder)
+    return folder
+
+
+def random_roberta2roberta(folder: pathlib.Path) -> pathlib.Path:
+    """A seeded random tiny roberta2roberta saved by transformers with roberta-base's real vocabulary."""
+    torch.manual_seed(0)
+    roberta = transformers.RobertaConfig(vocab_size=50265, max_position_embeddings=130, type_vocab_size=1,
+                                         initializer_range=0.2, hidden_size=32, num_hidden_layers=1,
+                                         num_attention_heads=4, intermediate_size=48)
+    config = transformers.EncoderDecoderConfig.from_encoder_decoder_configs(roberta, copy.deepcopy(roberta))
+    ids = dict(decoder_start_token_id=0, pad_token_id=1, eos_token_id=2)
+    for name, value in ids.items():
+        setattr(config, name, value)
+    hf = transformers.EncoderDecoderModel(config)
+    hf.generation_config = transformers.GenerationConfig(**ids)
+    hf.save_pretrained(folder)
+    for name in ("vocab.json", "merges.txt"):
+        shutil.copy(ROOT / "data" / "bpe" / "roberta-base" / name, folder)
+    (folder / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "RobertaTokenizer"}))
     return folder
 
 

@@ -4,7 +4,6 @@ S3 and a fine-tuning warm start from a BERT and a GPT-2 checkpoint; a roberta2ro
 
 from __future__ import annotations
 
-import copy
 import json
 import pathlib
 import shutil
@@ -25,6 +24,7 @@ from tests.helpers import (
     ROOT,
     articles,
     check_summarize_on_s3,
+    random_roberta2roberta,
     transformers_summaries,
 )
 
@@ -62,22 +62,7 @@ def bert2gpt2(tmp_path_factory) -> pathlib.Path:
 
 @pytest.fixture(scope="module")
 def roberta2roberta(tmp_path_factory) -> pathlib.Path:
-    """A seeded random roberta2roberta saved by transformers with roberta-base's real vocabulary."""
-    folder = tmp_path_factory.mktemp("roberta2roberta")
-    torch.manual_seed(0)
-    roberta = transformers.RobertaConfig(vocab_size=50265, max_position_embeddings=130, type_vocab_size=1,
-                                         initializer_range=0.2, **TINY)
-    config = transformers.EncoderDecoderConfig.from_encoder_decoder_configs(roberta, copy.deepcopy(roberta))
-    ids = dict(decoder_start_token_id=0, pad_token_id=1, eos_token_id=2)
-    for name, value in ids.items():
-        setattr(config, name, value)
-    hf = transformers.EncoderDecoderModel(config)
-    hf.generation_config = transformers.GenerationConfig(**ids)
-    hf.save_pretrained(folder)
-    for name in ("vocab.json", "merges.txt"):
-        shutil.copy(ROOT / "data" / "bpe" / "roberta-base" / name, folder)
-    (folder / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "RobertaTokenizer"}))
-    return folder
+    return random_roberta2roberta(tmp_path_factory.mktemp("roberta2roberta"))
 
 
 def test_pipeline_decodes_with_the_decoder_vocabulary(bert2gpt2, tmp_path):

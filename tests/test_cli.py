@@ -2,22 +2,18 @@
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import pathlib
-import shutil
 import subprocess
 import sys
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import torch
-import transformers
 
 from model import pipeline
-from tests.helpers import ROOT, articles
+from tests.helpers import ROOT, articles, random_roberta2roberta
 
 B2B = os.path.join(os.path.dirname(sys.executable), "b2b")
 GEN = ["--num-beams", "2", "--max-length", "20"]
@@ -128,21 +124,7 @@ def test_caps_of_zero_are_refused_by_the_parser(tiny_model, flag):
 
 
 def test_newlines_inside_an_output_do_not_break_one_line_per_input(tmp_path):
-    folder = tmp_path / "roberta2roberta"
-    torch.manual_seed(0)
-    roberta = transformers.RobertaConfig(vocab_size=50265, max_position_embeddings=130, type_vocab_size=1,
-                                         hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
-                                         intermediate_size=48)
-    config = transformers.EncoderDecoderConfig.from_encoder_decoder_configs(roberta, copy.deepcopy(roberta))
-    ids = dict(decoder_start_token_id=0, pad_token_id=1, eos_token_id=2)
-    for name, value in ids.items():
-        setattr(config, name, value)
-    hf = transformers.EncoderDecoderModel(config)
-    hf.generation_config = transformers.GenerationConfig(**ids)
-    hf.save_pretrained(folder)
-    for name in ("vocab.json", "merges.txt"):
-        shutil.copy(ROOT / "data" / "bpe" / "roberta-base" / name, folder)
-    (folder / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "RobertaTokenizer"}))
+    folder = random_roberta2roberta(tmp_path / "roberta2roberta")
     texts = ["A normal sentence about the weather.", "Another sentence, about trains."]
     gen = ["--forced-bos-token-id", str(NEWLINE), "--max-length", "5", "--batching", "calls"]
     done = b2b("generate", "--model", str(folder), *gen, stdin="\n".join(texts))
