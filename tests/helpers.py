@@ -81,6 +81,21 @@ def random_bert2bert(folder: pathlib.Path, hidden: int, layers: int, intermediat
     return folder
 
 
+def assert_transformers_loads_it_alike(folder: pathlib.Path) -> None:
+    """transformers loads the model folder with no key missing or unexpected, and its logits and loss on two
+    pairs equal ours."""
+    theirs, info = transformers.EncoderDecoderModel.from_pretrained(folder, output_loading_info=True)
+    assert all(not keys for keys in info.values()), info
+    ours, tok = EncoderDecoderModel.from_pretrained(folder), Tokenizer.from_pretrained(folder)
+    batch = tok(["The cat sat on the mat.", "A longer sentence about the weather today."])
+    labels = tok(["a cat.", "rain"])["input_ids"][:, 1:].contiguous()
+    with torch.no_grad():
+        expected = theirs.eval()(**batch, labels=labels)
+        got = ours(**batch, labels=labels)
+    torch.testing.assert_close(got.logits, expected.logits, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(got.loss, expected.loss, atol=1e-5, rtol=1e-5)
+
+
 def random_roberta2roberta(folder: pathlib.Path) -> pathlib.Path:
     """A seeded random tiny roberta2roberta saved by transformers with roberta-base's real vocabulary."""
     torch.manual_seed(0)

@@ -24,7 +24,7 @@ from pipeline.train.config import FinetuneConfig
 from pipeline.train.data import TokenizePairs, collate, inspect_split, pairs_dataset
 from pipeline.train.finetune import make_trainer, plan_steps, run_finetune
 from pipeline.train.loop import build_model, make_optimizer
-from tests.helpers import MAX_TOKENS, direct_summaries
+from tests.helpers import MAX_TOKENS, assert_transformers_loads_it_alike, direct_summaries
 
 DATA = pathlib.Path(__file__).resolve().parents[1] / "data" / "cnndm_200.jsonl"
 
@@ -156,7 +156,6 @@ def losses(records: list[dict]) -> dict[int, float]:
 
 
 def test_training_lowers_the_loss_and_exports_the_best_checkpoint(finished_run):
-    import transformers
 
     cfg, result = finished_run
     records = read_metrics(cfg)
@@ -171,17 +170,7 @@ def test_training_lowers_the_loss_and_exports_the_best_checkpoint(finished_run):
     assert sorted(p.name for p in out.iterdir()) == [
         "config.json", "generation_config.json", "model.safetensors", "special_tokens_map.json", "tokenizer.json",
         "tokenizer_config.json", "vocab.txt"]
-    theirs, info = transformers.EncoderDecoderModel.from_pretrained(out, output_loading_info=True)
-    assert all(not keys for keys in info.values()), info
-    ours = EncoderDecoderModel.from_pretrained(out)
-    tok = Tokenizer.from_pretrained(out)
-    batch = tok(["The cat sat on the mat.", "A longer sentence about the weather today."])
-    labels = tok(["a cat.", "rain"])["input_ids"][:, 1:].contiguous()
-    with torch.no_grad():
-        expected = theirs.eval()(**batch, labels=labels)
-        got = ours(**batch, labels=labels)
-    torch.testing.assert_close(got.logits, expected.logits, atol=1e-4, rtol=1e-4)
-    torch.testing.assert_close(got.loss, expected.loss, atol=1e-5, rtol=1e-5)
+    assert_transformers_loads_it_alike(out)
 
 
 def test_a_dead_worker_resumes_from_the_last_checkpoint_and_a_rerun_resumes_too(finished_run, pairs, tiny, tmp_path):

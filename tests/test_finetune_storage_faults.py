@@ -21,11 +21,11 @@ import pyarrow.parquet as pq
 import torch
 
 from jobs import finetune
-from model import EncoderDecoderModel, Tokenizer
+from model import EncoderDecoderModel
 from pipeline.io.storage import Location
 from pipeline.train.checkpoints import METRICS_FILE, TRAIN_STATE
 from tests.faults.s3_proxy import FaultyS3Proxy
-from tests.helpers import articles
+from tests.helpers import articles, assert_transformers_loads_it_alike
 
 SEED = int(os.environ.get("STORAGE_FAULT_SEED", "35"))
 
@@ -49,7 +49,6 @@ def stored(fs, run_dir: str) -> dict[str, str]:
 
 def test_finetune_checkpoints_and_export_through_the_proxy_load_and_resume(local_ray, s3_endpoint, bucket,
                                                                             tiny_model, tmp_path, capsys):
-    import transformers
 
     rows = articles(24)
     put_pairs(f"{bucket}/data/train.parquet", rows[:16])
@@ -108,14 +107,6 @@ def test_finetune_checkpoints_and_export_through_the_proxy_load_and_resume(local
     exported = weights(ours)
     assert exported.keys() == checkpoints[best].keys()
     assert all(torch.equal(exported[k], checkpoints[best][k]) for k in exported)  # the best checkpoint, exactly
-    theirs, info = transformers.EncoderDecoderModel.from_pretrained(local, output_loading_info=True)
-    assert all(not keys for keys in info.values()), info
-    tok = Tokenizer.from_pretrained(local)
-    batch = tok(["The cat sat on the mat.", "A longer sentence about the weather today."])
-    labels = tok(["a cat.", "rain"])["input_ids"][:, 1:].contiguous()
-    with torch.no_grad():
-        expected = theirs.eval()(**batch, labels=labels)
-        got = ours(**batch, labels=labels)
-    torch.testing.assert_close(got.logits, expected.logits, atol=1e-4, rtol=1e-4)
+    assert_transformers_loads_it_alike(local)
     with capsys.disabled():
         print(f"\nthrough the proxy (seed {SEED}): {counts}, fine-tuning twice in {took:.1f} s")
