@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -234,17 +235,39 @@ class GenerationConfig:
     bos_token_id: int | None = None
     eos_token_id: int | list[int] | None = None
     pad_token_id: int | None = None
+    encoder_repetition_penalty: float = 1.0
+    encoder_no_repeat_ngram_size: int = 0
+    sequence_bias: list[list[Any]] | None = None  # [[token ids, bias], ...]; a {tuple: bias} dict is converted
+    exponential_decay_length_penalty: list[Any] | None = None  # [start index, decay factor]
+    suppress_tokens: list[int] | None = None
+    begin_suppress_tokens: list[int] | None = None
+    remove_invalid_values: bool = False
+    renormalize_logits: bool = False
+    top_h: float | None = None
+    min_p: float | None = None
+    typical_p: float = 1.0
+    epsilon_cutoff: float = 0.0
+    eta_cutoff: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.sequence_bias, dict):
+            self.sequence_bias = [[list(word), bias] for word, bias in self.sequence_bias.items()]
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> GenerationConfig:
+        """A generation_config.json: None stands for transformers' default; a key for a mode we do not run is a
+        ValueError naming it, and a key we do not know a warning naming it."""
         known, extra = _split_known(cls, data)
-        return cls(**known, extra=extra)
+        check_generation_keys(extra, source="generation_config.json")
+        return cls(**{k: v for k, v in known.items() if v is not None}, extra=extra)
 
     @classmethod
     def from_model_config(cls, config: dict[str, Any]) -> GenerationConfig:
         """Legacy checkpoints keep generation keys at the top of config.json (and ids in the decoder section)."""
         names = {f.name for f in dataclasses.fields(cls)} - {"extra"}
+        for name in REFUSED_GENERATION_KEYS.keys() & config.keys():
+            _refuse(name, config[name], "config.json")
         out = cls(**{k: v for k, v in config.items() if k in names and v is not None})
         default = cls()
         for name, value in (config.get("decoder") or {}).items():
@@ -262,7 +285,73 @@ class GenerationConfig:
     def updated(self, **overrides: Any) -> GenerationConfig:
         """A copy with the given settings replaced; an unknown name is a TypeError naming it."""
         names = {f.name for f in dataclasses.fields(self)} - {"extra"}
-        unknown = sorted(set(overrides) - names)
+        for name in sorted(REFUSED_GENERATION_KEYS.keys() & overrides.keys()):
+            _refuse(name, overrides[name], "the call")
+        for name in sorted(RETURN_FORMAT_KEYS & overrides.keys()):
+            if overrides[name]:
+                raise ValueError(f"{name}=True is not supported: generate returns the sequences as a tensor "
+                                 f"(return_scores=True adds the sequence scores)")
+        extra = {k: overrides.pop(k) for k in sorted(TOKEN_NEUTRAL_KEYS & overrides.keys())}
+        unknown = sorted(set(overrides) - names - REFUSED_GENERATION_KEYS.keys())
         if unknown:
             raise TypeError(f"unknown generation setting(s): {', '.join(unknown)}")
-        return dataclasses.replace(self, **overrides, extra=dict(self.extra))
+        return dataclasses.replace(self, **{k: v for k, v in overrides.items() if k in names},
+                                   extra={**self.extra, **extra})
+
+
+_GROUP_BEAMS = "group (diverse) beam search, which transformers 5 no longer runs itself (Hub custom_generate)"
+_CONSTRAINED = "constrained beam search, which transformers 5 no longer runs itself (Hub custom_generate)"
+_ASSISTED = "assisted or speculative decoding, which needs a second model; generate runs one model"
+
+# Keys of transformers 5.25's GenerationConfig for modes generate does not run, with the values that leave them
+# off (transformers' defaults, also those transformers 4.x wrote) and why. Any other value is a ValueError.
+REFUSED_GENERATION_KEYS: dict[str, tuple[tuple[Any, ...], str]] = {
+    "num_beam_groups": ((None, 1), _GROUP_BEAMS),
+    "diversity_penalty": ((None, 0, 0.0), _GROUP_BEAMS),
+    "force_words_ids": ((None, []), _CONSTRAINED),
+    "constraints": ((None, []), _CONSTRAINED),
+    "penalty_alpha": ((None, 0, 0.0), "contrastive search, which transformers 5 no longer runs itself"),
+    "dola_layers": ((None,), "DoLa decoding, for decoder-only models, which transformers 5 no longer runs itself"),
+    "guidance_scale": ((None, 1, 1.0), "classifier-free guidance, which needs negative prompts"),
+    "watermarking_config": ((None,), "watermarking"),
+    "stop_strings": ((None, []), "stopping on strings, which needs the tokenizer inside generate; use eos_token_id"),
+    "token_healing": ((None, False), "token healing, a prompt repair for decoder-only models"),
+    "max_time": ((None,), "a wall-clock limit, which would make the summaries depend on the machine's speed"),
+    "low_memory": ((None, False), "sequential beam search, which transformers 5 refuses too"),
+    "use_mtp": ((None, False), "multi-token prediction, " + _ASSISTED),
+    "speculation_type": ((None,), _ASSISTED),
+    "prompt_lookup_num_tokens": ((None,), "prompt lookup decoding, " + _ASSISTED),
+    "assistant_early_exit": ((None,), "self-speculative decoding, " + _ASSISTED),
+    "is_assistant": ((None, False), _ASSISTED),
+    "num_assistant_tokens": ((None,), _ASSISTED),
+    "num_assistant_tokens_schedule": ((None,), _ASSISTED),
+    "assistant_confidence_threshold": ((None,), _ASSISTED),
+    "assistant_lookbehind": ((None,), _ASSISTED),
+    "target_lookbehind": ((None,), _ASSISTED),
+    "assistant_ensemble_weight": ((None,), _ASSISTED),
+    "max_matching_ngram_size": ((None,), _ASSISTED),
+}
+
+# Keys of transformers' GenerationConfig that do not change the tokens: what transformers' generate returns
+# besides them, its caches and compilation, and the file's own bookkeeping.
+RETURN_FORMAT_KEYS = frozenset({"return_dict_in_generate", "output_scores", "output_logits", "output_attentions",
+                                "output_hidden_states"})
+TOKEN_NEUTRAL_KEYS = RETURN_FORMAT_KEYS | {
+    "use_cache", "cache_implementation", "cache_config", "max_cache_len", "compile_config", "disable_compile",
+    "prefill_chunk_size", "continuous_batching_config", "transformers_version", "_from_model_config"}
+
+
+def _refuse(name: str, value: Any, source: str) -> None:
+    neutral, why = REFUSED_GENERATION_KEYS[name]
+    if value is not None and not any(value == v and isinstance(value, bool) == isinstance(v, bool)
+                                     for v in neutral if v is not None):
+        raise ValueError(f"generation setting {name}={value!r} ({source}) is not supported: it asks for {why}")
+
+
+def check_generation_keys(extra: dict[str, Any], source: str) -> None:
+    """Refuse the keys of modes generate does not run; warn, naming them, about keys nobody knows."""
+    for name in sorted(REFUSED_GENERATION_KEYS.keys() & extra.keys()):
+        _refuse(name, extra[name], source)
+    unknown = sorted(extra.keys() - REFUSED_GENERATION_KEYS.keys() - TOKEN_NEUTRAL_KEYS)
+    if unknown:
+        warnings.warn(f"{source}: unknown generation setting(s) {', '.join(unknown)} are not applied", stacklevel=3)

@@ -134,14 +134,23 @@ def test_rules_on_rows_of_their_own_lengths_equal_the_rules_on_each_row_alone():
     ids = torch.randint(0, 6, (10, width))  # few distinct tokens: repeated n-grams and bad-word matches happen
     lengths = torch.tensor([1, 2, 3, 4, 5, 6, 7, 8, 9, 4])
     scores = torch.randn(10, vocab)
+    articles = torch.randint(0, 6, (10, 7)).masked_fill(torch.arange(7) >= torch.arange(10)[:, None] % 4 + 4, -1)
     for rules in (Rules(max_length=10, min_length=5, eos=[1], repetition_penalty=1.7, no_repeat_ngram_size=2,
                         bad_words_ids=[[3], [2, 4], [5, 0, 2]], forced_bos_token_id=7),
                   Rules(max_length=10, min_length=0, eos=[1, 2], no_repeat_ngram_size=3, forced_eos_token_id=[8, 9]),
                   Rules(max_length=6, min_length=3, eos=[1], repetition_penalty=0.6, do_sample=True, top_k=4,
-                        top_p=0.8, temperature=0.7)):
-        together = process(ids, scores, rules, lengths)
+                        top_p=0.8, temperature=0.7),
+                  Rules(max_length=10, min_length=0, eos=[1, 2], sequence_bias=(((3,), -1.5), ((2, 4), 2.0),
+                                                                              ((5, 0, 2), -3.0), ((0, 4), 1.0)),
+                        encoder_repetition_penalty=1.8, encoder_no_repeat_ngram_size=2, remove_invalid_values=True,
+                        exponential_decay_length_penalty=(2, 1.7), suppress_tokens=(6,), begin_suppress_tokens=(3, 7),
+                        renormalize_logits=True),
+                  Rules(max_length=10, min_length=0, eos=[1], encoder_no_repeat_ngram_size=3, begin_index=2,
+                        begin_suppress_tokens=(5,), do_sample=True, top_k=0, min_p=0.2, typical_p=0.9,
+                        epsilon_cutoff=0.02, eta_cutoff=0.1, top_h=0.9, min_tokens_to_keep=2)):
+        together = process(ids, scores, rules, lengths, articles)
         for i, n in enumerate(lengths.tolist()):
-            alone = process(ids[i:i + 1, :n], scores[i:i + 1], rules)
+            alone = process(ids[i:i + 1, :n], scores[i:i + 1], rules, encoder=articles[i:i + 1])
             assert torch.equal(together[i:i + 1], alone), (rules, i)
 
 
@@ -152,6 +161,9 @@ RULES = [
          num_return_sequences=2, length_penalty=0.5),
     dict(num_beams=2, max_new_tokens=25, min_new_tokens=9, no_repeat_ngram_size=2, bad_words_ids=[[2000, 2001]],
          early_stopping="never"),
+    dict(num_beams=2, max_length=30, encoder_no_repeat_ngram_size=2, encoder_repetition_penalty=1.5,
+         sequence_bias=[[[2003], -2.0], [[1996, 2158], -5.0]], exponential_decay_length_penalty=[5, 1.5],
+         suppress_tokens=[1012], begin_suppress_tokens=[1996], renormalize_logits=True),
 ]
 
 

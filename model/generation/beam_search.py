@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from .decode_policy import DecodePolicy
 from .kv_cache import shared_prefix
-from .logits_rules import process
+from .logits_rules import process, rows_articles
 from .search import column
 from .settings import NEG, Plan
 from .top_k import top_candidates
@@ -62,6 +62,7 @@ class BeamSearch:
                        hyp_filled=torch.zeros(rows, k, dtype=torch.bool, device=device),
                        open=torch.ones(rows, 1, dtype=torch.bool, device=device), done=slot < 0, slot=slot,
                        cur=torch.ones(rows, dtype=torch.long, device=device))
+        self.articles: torch.Tensor | None = None  # input ids by slot (article_ids), for the encoder rules
 
     @property
     def done(self) -> torch.Tensor:
@@ -125,7 +126,7 @@ class BeamSearch:
             ids, lengths = s.running.view(n * self.k, self.m), t.repeat_interleave(self.k)
         else:
             ids, lengths = s.running[:, :, :t].reshape(n * self.k, t), None
-        logp = process(ids, F.log_softmax(logits, dim=-1), r, lengths)
+        logp = process(ids, F.log_softmax(logits, dim=-1), r, lengths, rows_articles(self.articles, s.slot, self.k))
         v = logp.shape[-1]
         logp = logp.view(n, self.k, v).add_(s.running_scores[:, :, None]).view(n, self.k * v)  # fresh: in place
         if r.do_sample:

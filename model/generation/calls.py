@@ -24,6 +24,7 @@ from .decode_policy import DecodePolicy, bucket, policy_for
 from .decode_steps import DecodeStep, Seq2Seq, decode_step, static_decode_step
 from .greedy import GreedySearch
 from .inflight import run_inflight
+from .logits_rules import article_ids
 from .loop import run
 from .search import Results
 from .settings import Plan, check_generation
@@ -137,6 +138,8 @@ def run_calls(model: Seq2Seq, search_type, p: Plan, policy: DecodePolicy, step: 
         part_types = None if types is None else types[rows, :width]
         memory = CrossKVBuffers(model.memory_kv(model.encode(ids, part_mask, part_types)), memory_mask, padded)
         state = search_type(p, policy, articles, padded, device, generator)
+        if p.rules.reads_encoder:
+            state.articles = article_ids(ids, part_mask)
         part_results = Results(articles, g, m, p.fill, device)
         run(state, memory, model.new_cache(padded * group, m), step, policy, m, part_results, stats)
         for out, value in zip(results.tensors, part_results.tensors, strict=True):

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from .decode_policy import DecodePolicy
 from .kv_cache import shared_prefix
-from .logits_rules import process
+from .logits_rules import process, rows_articles
 from .search import column
 from .settings import Plan
 from .top_k import first_argmax
@@ -31,6 +31,7 @@ class GreedySearch:
         self.done = self.slot < 0
         self.running &= ~self.done[:, None]
         self.cur = torch.ones(rows, dtype=torch.long, device=device)  # ragged only: else the loop's length
+        self.articles: torch.Tensor | None = None  # input ids by slot (article_ids), for the encoder rules
 
     def inputs(self, cur: int) -> tuple[torch.Tensor, int | torch.Tensor, int]:
         if self.ragged:
@@ -46,7 +47,7 @@ class GreedySearch:
             ids, lengths = self.seq.view(n * g, self.m), t.repeat_interleave(g)
         else:
             ids, lengths = self.seq[:, :, :cur].reshape(n * g, cur), None
-        scores = process(ids, logits, r, lengths)  # raw logits, as transformers does
+        scores = process(ids, logits, r, lengths, rows_articles(self.articles, self.slot, g))  # raw logits
         if r.do_sample:
             tok = torch.multinomial(scores.softmax(-1), 1, generator=self.generator)[:, 0]
         else:

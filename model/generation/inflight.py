@@ -22,6 +22,7 @@ import torch
 from .cross_kv import CrossKVBuffers
 from .decode_policy import DecodePolicy, bucket
 from .decode_steps import DecodeStep, Seq2Seq
+from .logits_rules import article_ids
 from .loop import compact
 from .ordered_cache import OrderedCache
 from .search import Results
@@ -93,6 +94,8 @@ def run_inflight(model: Seq2Seq, search_type, p: Plan, policy: DecodePolicy, ste
     else:
         cache = model.new_cache(rows * group, m)
     search = search_type(p, policy, 0, rows, device, generator, ragged=True)
+    if p.rules.reads_encoder:
+        search.articles = article_ids(input_ids, mask)
     search.start(torch.arange(places, device=device), at)
     began = np.zeros(rows, dtype=np.int64)  # the step after which each place's article began
     extent = np.ones(rows, dtype=np.int64)  # its input width

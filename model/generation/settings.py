@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from ..config import EncoderDecoderConfig, GenerationConfig
 from .logits_rules import Rules
@@ -81,6 +82,52 @@ def check_generation(model_config: EncoderDecoderConfig, config: GenerationConfi
                   no_repeat_ngram_size=c.no_repeat_ngram_size, bad_words_ids=c.bad_words_ids,
                   forced_bos_token_id=c.forced_bos_token_id, forced_eos_token_id=c.forced_eos_token_id,
                   do_sample=c.do_sample, temperature=c.temperature, top_k=c.top_k, top_p=c.top_p,
-                  min_tokens_to_keep=len(eos) + 1 if c.num_beams > 1 else 1)
+                  min_tokens_to_keep=len(eos) + 1 if c.num_beams > 1 else 1, **checked_rules(c, vocab))
     fill = c.pad_token_id if c.pad_token_id is not None else eos[0] if eos else -1
     return Plan(rules, start, fill, c.num_beams, c.num_return_sequences, c.length_penalty, c.early_stopping)
+
+
+def checked_rules(c: GenerationConfig, vocab: int) -> dict[str, Any]:
+    """The processors and warpers beyond the classic ones, checked as transformers checks them."""
+    if c.encoder_repetition_penalty <= 0:
+        raise ValueError(f"encoder_repetition_penalty must be > 0, got {c.encoder_repetition_penalty}")
+    if c.encoder_no_repeat_ngram_size < 0:
+        raise ValueError(f"encoder_no_repeat_ngram_size must be >= 0, got {c.encoder_no_repeat_ngram_size}")
+    biases = []
+    for entry in c.sequence_bias or []:
+        if not (isinstance(entry, list | tuple) and len(entry) == 2 and isinstance(entry[0], list | tuple)
+                and entry[0] and all(isinstance(i, int) and 0 <= i < vocab for i in entry[0])
+                and isinstance(entry[1], int | float)):
+            raise ValueError(f"sequence_bias entries must be [[token ids in the vocabulary of {vocab}], bias], "
+                             f"got {entry!r}")
+        biases.append((tuple(entry[0]), float(entry[1])))
+    if c.sequence_bias is not None and not biases:
+        raise ValueError("sequence_bias must be a non-empty list of [[token ids], bias] (or a {tuple: bias} dict)")
+    decay = c.exponential_decay_length_penalty
+    if decay is not None:
+        if not (isinstance(decay, list | tuple) and len(decay) == 2 and isinstance(decay[0], int)):
+            raise ValueError(f"exponential_decay_length_penalty must be [start index, decay factor], got {decay!r}")
+        decay = (int(decay[0]), float(decay[1]))
+    for name in ("suppress_tokens", "begin_suppress_tokens"):
+        ids = getattr(c, name)
+        if ids is not None and not all(isinstance(i, int) and i >= 0 for i in ids):
+            raise ValueError(f"{name} must be a list of token ids, got {ids!r}")
+    if c.do_sample:
+        if c.top_h is not None and not 0 < c.top_h <= 1:
+            raise ValueError(f"top_h must be in (0, 1], got {c.top_h}")
+        if c.min_p is not None and not 0 <= c.min_p <= 1:
+            raise ValueError(f"min_p must be in [0, 1], got {c.min_p}")
+        if c.typical_p < 1.0 and not c.typical_p > 0:
+            raise ValueError(f"typical_p must be > 0 and < 1, got {c.typical_p}")
+        for name in ("epsilon_cutoff", "eta_cutoff"):
+            if not 0.0 <= getattr(c, name) < 1.0:
+                raise ValueError(f"{name} must be > 0 and < 1 (0: off), got {getattr(c, name)}")
+    return dict(
+        sequence_bias=tuple(biases), encoder_repetition_penalty=c.encoder_repetition_penalty,
+        encoder_no_repeat_ngram_size=c.encoder_no_repeat_ngram_size, remove_invalid_values=c.remove_invalid_values,
+        exponential_decay_length_penalty=decay,
+        # ids past the vocabulary suppress nothing, as in transformers
+        suppress_tokens=tuple(i for i in c.suppress_tokens or () if i < vocab),
+        begin_suppress_tokens=tuple(i for i in c.begin_suppress_tokens or () if i < vocab),
+        begin_index=1 if c.forced_bos_token_id is None else 2, top_h=c.top_h, min_p=c.min_p, typical_p=c.typical_p,
+        epsilon_cutoff=c.epsilon_cutoff, eta_cutoff=c.eta_cutoff, renormalize_logits=c.renormalize_logits)
