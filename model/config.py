@@ -289,8 +289,8 @@ class GenerationConfig:
             _refuse(name, overrides[name], "the call")
         for name in sorted(RETURN_FORMAT_KEYS & overrides.keys()):
             if overrides[name]:
-                raise ValueError(f"{name}=True is not supported: generate returns the sequences as a tensor "
-                                 f"(return_scores=True adds the sequence scores)")
+                raise ValueError(f"{name}=True is not supported: generate returns the sequences and, with "
+                                 f"return_dict_in_generate and output_scores, beam search's sequences_scores")
         extra = {k: overrides.pop(k) for k in sorted(TOKEN_NEUTRAL_KEYS & overrides.keys())}
         unknown = sorted(set(overrides) - names - REFUSED_GENERATION_KEYS.keys())
         if unknown:
@@ -334,9 +334,8 @@ REFUSED_GENERATION_KEYS: dict[str, tuple[tuple[Any, ...], str]] = {
 
 # Keys of transformers' GenerationConfig that do not change the tokens: what transformers' generate returns
 # besides them, its caches and compilation, and the file's own bookkeeping.
-RETURN_FORMAT_KEYS = frozenset({"return_dict_in_generate", "output_scores", "output_logits", "output_attentions",
-                                "output_hidden_states"})
-TOKEN_NEUTRAL_KEYS = RETURN_FORMAT_KEYS | {
+RETURN_FORMAT_KEYS = frozenset({"output_logits", "output_attentions", "output_hidden_states"})
+TOKEN_NEUTRAL_KEYS = RETURN_FORMAT_KEYS | {"return_dict_in_generate", "output_scores",
     "use_cache", "cache_implementation", "cache_config", "max_cache_len", "compile_config", "disable_compile",
     "prefill_chunk_size", "continuous_batching_config", "transformers_version", "_from_model_config"}
 

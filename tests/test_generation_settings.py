@@ -148,11 +148,73 @@ def test_neutral_values_of_refused_keys_load_and_unknown_keys_warn_by_name():
     assert config.extra == {"frobnicate": 3} and config.num_beams == 2
 
 
-def test_return_format_flags_are_refused_until_generate_returns_dicts(twins):
+def test_return_format_flags_beyond_sequences_scores_are_refused(twins):
     ours, _, ids, mask = twins
-    with pytest.raises(ValueError, match="return_dict_in_generate=True is not supported"):
-        ours.generate(ids, mask, return_dict_in_generate=True)
-    ours.generate(ids, mask, use_cache=False, output_scores=False, max_new_tokens=2)  # harmless names
+    with pytest.raises(ValueError, match="output_attentions=True is not supported"):
+        ours.generate(ids, mask, output_attentions=True)
+    with pytest.raises(ValueError, match="output_scores gives sequences_scores for beam search"):
+        ours.generate(ids, mask, return_dict_in_generate=True, output_scores=True)
+    ours.generate(ids, mask, use_cache=False, max_new_tokens=2)  # harmless names
+
+
+def test_sequences_scores_and_a_passed_generation_config_as_transformers(twins):
+    ours, hf, ids, mask = twins
+    config = transformers.GenerationConfig(num_beams=4, num_return_sequences=2, length_penalty=1.5,
+                                           no_repeat_ngram_size=2, max_new_tokens=NEW, early_stopping=True)
+    with torch.no_grad():
+        want = hf.generate(input_ids=ids, attention_mask=mask, generation_config=config, return_dict_in_generate=True,
+                           output_scores=True)
+    got = ours.generate(ids, mask, generation_config=config, return_dict_in_generate=True, output_scores=True)
+    eos = hf.generation_config.eos_token_id
+    assert cut(got.sequences, eos) == cut(want.sequences, eos)
+    torch.testing.assert_close(got.sequences_scores, want.sequences_scores, atol=1e-4, rtol=0)
+    ours_config = GenerationConfig(num_beams=4, num_return_sequences=2, length_penalty=1.5, no_repeat_ngram_size=2,
+                                   max_new_tokens=NEW, early_stopping=True)
+    assert torch.equal(ours.generate(ids, mask, generation_config=ours_config), got.sequences)
+
+
+class BanAtEvenLengths:
+    def __init__(self, tokens: list[int]):
+        self.tokens = tokens
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        if input_ids.shape[1] % 2:
+            return scores
+        scores = scores.clone()
+        scores[:, self.tokens] = -float("inf")
+        return scores
+
+
+class StopAfter:
+    def __init__(self, token: int):
+        self.token = token
+
+    def __call__(self, input_ids: torch.Tensor, scores) -> torch.Tensor:
+        return input_ids[:, -1] == self.token
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_logits_processor_callables_as_transformers(twins, mode):
+    ours, hf, ids, mask = twins
+    banned = sorted({t for row in hf_tokens(hf, ids, mask, 3, **MODES[mode]) for t in row[1:5]})
+    rule = BanAtEvenLengths(banned)
+    want = hf_tokens(hf, ids, mask, 3, **MODES[mode], logits_processor=transformers.LogitsProcessorList([rule]))
+    assert want != hf_tokens(hf, ids, mask, 3, **MODES[mode])
+    got = ours.generate(ids, mask, seed=3, max_new_tokens=NEW, logits_processor=[rule], **MODES[mode])
+    assert cut(got, hf.generation_config.eos_token_id) == want
+
+
+@pytest.mark.parametrize("mode", ["greedy"])  # sampling too, but a stopped article leaves the batch: other draws
+def test_stopping_criteria_callables_as_transformers(twins, mode):
+    ours, hf, ids, mask = twins
+    plain = hf_tokens(hf, ids, mask, 3, **MODES[mode])
+    criterion = StopAfter(plain[0][4])
+    want = hf_tokens(hf, ids, mask, 3, **MODES[mode], stopping_criteria=transformers.StoppingCriteriaList([criterion]))
+    assert want != plain
+    got = ours.generate(ids, mask, seed=3, max_new_tokens=NEW, stopping_criteria=[criterion], **MODES[mode])
+    assert cut(got, hf.generation_config.eos_token_id) == want
+    with pytest.raises(ValueError, match="stopping_criteria run with greedy search and sampling"):
+        ours.generate(ids, mask, num_beams=2, stopping_criteria=[criterion])
 
 
 def test_sequence_bias_as_a_dict_round_trips_as_transformers_writes_it():

@@ -11,13 +11,13 @@ inputs instead of running each batch to its slowest article.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 
-from ..config import EncoderDecoderConfig
+from ..config import EncoderDecoderConfig, GenerationConfig
 from .beam_search import BeamSearch
 from .cross_kv import CrossKVBuffers
 from .decode_policy import DecodePolicy, bucket, policy_for
@@ -81,6 +81,8 @@ def generate(model: Seq2Seq, input_ids: torch.Tensor, attention_mask: torch.Tens
              generator: torch.Generator | None = None, max_batch_tokens: int | None = DEFAULT_BATCH_TOKENS,
              step: DecodeStep | None = None, policy: str | DecodePolicy | None = None,
              max_batch_articles: int | None = None, inflight: bool = False, stats: DecodeStats | None = None,
+             generation_config: Any = None, return_dict_in_generate: bool = False, output_scores: bool = False,
+             logits_processor: Sequence[Callable] | None = None, stopping_criteria: Sequence[Callable] | None = None,
              **kwargs: Any):
     """Summaries [B * num_return_sequences, T] starting with decoder_start_token_id, in input order.
 
@@ -94,9 +96,24 @@ def generate(model: Seq2Seq, input_ids: torch.Tensor, attention_mask: torch.Tens
     inflight=True decodes through one table of article places refilled as articles finish (inflight.py;
     the budget sizes the table, and step must take per-row positions: by default the static step) instead of
     one call per batch. stats, if given, counts the decode steps and row-steps (a host read per step).
+
+    As in transformers: generation_config (ours, or any object with to_dict(), such as transformers') overrides
+    the model's with the values it sets, and kwargs override both; return_dict_in_generate returns a
+    GenerateOutput, with output_scores its sequences_scores (beam search); logits_processor callables
+    (input_ids, scores) -> scores run after the built-in processors, before the sampling warpers, and
+    stopping_criteria (input_ids, None) -> [N] bool end rows (greedy and sampling), both on the rows of
+    the running batch (sorted by input length, finished articles gone) and not in flight.
     """
-    p = dataclasses.replace(check_generation(model.config, model.generation_config.updated(**kwargs)),
-                            scores=return_scores)
+    config = model.generation_config
+    if generation_config is not None:
+        config = config.updated(**set_values(generation_config))
+    if (logits_processor or stopping_criteria) and inflight:
+        raise ValueError("logits_processor and stopping_criteria need rows of one length: use inflight=False")
+    p = dataclasses.replace(check_generation(model.config, config.updated(**kwargs), logits_processor,
+                                             stopping_criteria), scores=return_scores or output_scores)
+    if return_dict_in_generate and output_scores and p.num_beams == 1:
+        raise ValueError("output_scores gives sequences_scores for beam search; greedy search and sampling keep "
+                         "no per-step scores (return_scores=True gives each sequence's sum of log-probs)")
     check_caps(max_batch_tokens=max_batch_tokens, max_batch_articles=max_batch_articles)
     device = model.device
     decode_policy = policy_for(device, policy)
@@ -117,7 +134,27 @@ def generate(model: Seq2Seq, input_ids: torch.Tensor, attention_mask: torch.Tens
                   max_batch_tokens, max_batch_articles, results, generator, stats)
     seqs, scores, lengths = results.tensors
     out = seqs[:, :, : int(lengths.max())].reshape(b * g, -1)
+    if return_dict_in_generate:
+        return GenerateOutput(out, scores.reshape(-1) if output_scores else None)
     return (out, scores.reshape(-1)) if return_scores else out
+
+
+@dataclasses.dataclass
+class GenerateOutput:
+    """transformers' return_dict_in_generate output: the sequences, and with output_scores (beam search) each
+    one's length-penalised score."""
+
+    sequences: torch.Tensor
+    sequences_scores: torch.Tensor | None = None
+
+
+def set_values(config: Any) -> dict[str, Any]:
+    """The settings a generation config sets: those not None and not at our defaults (transformers 5 merges a
+    passed config over the model's the same way). Refused keys are refused, unknown ones warned about."""
+    own = config if isinstance(config, GenerationConfig) else GenerationConfig.from_dict(config.to_dict())
+    default = GenerationConfig()
+    return {f.name: getattr(own, f.name) for f in dataclasses.fields(own)
+            if f.name != "extra" and getattr(own, f.name) != getattr(default, f.name)}
 
 
 def run_calls(model: Seq2Seq, search_type, p: Plan, policy: DecodePolicy, step: DecodeStep, input_ids: torch.Tensor,

@@ -64,6 +64,11 @@ class GreedySearch:
         else:
             self.seq[:, :, cur] = torch.where(self.running, tok, self.p.fill)
         ended = self.running & torch.isin(tok, self.eos)
+        if r.stopping_criteria:  # on the sequences with this step's token; scores None, as transformers passes them
+            seq = self.seq[:, :, :cur + 1].reshape(n * g, cur + 1)  # without output_scores
+            for criterion in r.stopping_criteria:
+                stop = torch.as_tensor(criterion(seq, None), device=tok.device).expand(n * g).view(n, g)
+                ended = ended | (self.running & stop)
         self.length = torch.where(ended, column(t + 1), self.length)
         self.running = self.running & ~ended
         self.done = self.done | ~self.running.any(-1) | (t + 1 >= self.m)

@@ -50,6 +50,8 @@ class Rules:
     epsilon_cutoff: float = 0.0
     eta_cutoff: float = 0.0
     renormalize_logits: bool = False
+    logits_processor: tuple = ()  # the caller's (input_ids [N, t], scores [N, V]) -> scores, after the processors
+    stopping_criteria: tuple = ()  # the caller's (input_ids [N, t], scores [N, V]) -> [N] bool, greedy and sampling
 
     @property
     def reads_encoder(self) -> bool:
@@ -306,6 +308,11 @@ def process(ids: torch.Tensor, scores: torch.Tensor, rules: Rules, lengths: torc
         scores = ban(scores, True, device_ids(rules.suppress_tokens, scores.device))
     if rules.begin_suppress_tokens:
         scores = ban(scores, t == rules.begin_index, device_ids(rules.begin_suppress_tokens, scores.device))
+    if rules.logits_processor:
+        if lengths is not None:
+            raise ValueError("logits_processor needs rows of one length: it does not run in flight")
+        for rule in rules.logits_processor:
+            scores = rule(ids, scores)
     if rules.do_sample:
         keep = rules.min_tokens_to_keep
         if rules.temperature != 1.0:

@@ -31,7 +31,8 @@ class Plan:
         return self.num_beams if self.num_beams > 1 else self.num_return_sequences
 
 
-def check_generation(model_config: EncoderDecoderConfig, config: GenerationConfig) -> Plan:
+def check_generation(model_config: EncoderDecoderConfig, config: GenerationConfig, logits_processor=(),
+                     stopping_criteria=()) -> Plan:
     """Resolve lengths and ids as transformers does (max_new_tokens wins over max_length) and reject bad settings
     for a model of `model_config` (checkable before any weights load)."""
     c, positions, vocab = config, model_config.decoder.max_positions, model_config.decoder.vocab_size
@@ -82,7 +83,10 @@ def check_generation(model_config: EncoderDecoderConfig, config: GenerationConfi
                   no_repeat_ngram_size=c.no_repeat_ngram_size, bad_words_ids=c.bad_words_ids,
                   forced_bos_token_id=c.forced_bos_token_id, forced_eos_token_id=c.forced_eos_token_id,
                   do_sample=c.do_sample, temperature=c.temperature, top_k=c.top_k, top_p=c.top_p,
-                  min_tokens_to_keep=len(eos) + 1 if c.num_beams > 1 else 1, **checked_rules(c, vocab))
+                  min_tokens_to_keep=len(eos) + 1 if c.num_beams > 1 else 1, **checked_rules(c, vocab),
+                  logits_processor=tuple(logits_processor or ()), stopping_criteria=tuple(stopping_criteria or ()))
+    if c.num_beams > 1 and rules.stopping_criteria:
+        raise ValueError("stopping_criteria run with greedy search and sampling (num_beams=1) only")
     fill = c.pad_token_id if c.pad_token_id is not None else eos[0] if eos else -1
     return Plan(rules, start, fill, c.num_beams, c.num_return_sequences, c.length_penalty, c.early_stopping)
 
