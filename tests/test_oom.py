@@ -145,9 +145,9 @@ def test_out_of_memory_halves_run_once_the_failed_call_is_freed(tmp_path):
     results = summarizer.generator.generate_or_split(ids)
     # 8 rows need 16 MiB of 8: the call fails holding 8 MiB; once it is freed, each half of 4 needs exactly 8
     assert summarizer.generator.oom_splits == 1 and device.live == 0
-    assert [error for _, _, error in results] == [None] * 8
+    assert [r.error for r in results] == [None] * 8
     summarizer.model.generate = real
-    assert [text for text, _, _ in results] == summarizer.generator.generate(ids)[0]
+    assert [r.text for r in results] == summarizer.generator.generate(ids)[0]
 
 
 def failing_step(model, rows_fit: int, error: type[BaseException] | Callable[[str], BaseException], seen: list[int]):

@@ -46,6 +46,7 @@ class Generated(NamedTuple):
     text: str | None
     tokens: int | None  # the output's length in tokens, special tokens excluded
     error: str | None
+    score: float | None = None  # beams: the length-penalised beam score; greedy, sampling: mean token log-prob
 
 
 def check_vocabularies(config: EncoderDecoderConfig, tokenizer: Tokenizer, decoder_tokenizer: Tokenizer) -> None:
@@ -94,6 +95,7 @@ class TextGenerator:
         self.decode_policy = policy_for(model.device, policy)
         self.inflight = batching == "inflight" or (batching == "auto" and self.decode_policy != GPU)
         self.special = torch.tensor(sorted(self.decoder_tokenizer.all_special_ids), device=model.device)
+        self.eos = torch.tensor(self.plan.rules.eos, dtype=torch.long, device=model.device)
         self.calls, self.generate_s, self.oom_splits = 0, 0.0, 0
 
     def __call__(self, rows: Sequence[Sequence[int]]) -> list[Generated]:
@@ -121,9 +123,10 @@ class TextGenerator:
         return out
 
     @torch.inference_mode()
-    def generate(self, rows: Sequence[Sequence[int]], places: int | None = None) -> tuple[list[str], list[int]]:
-        """One generate call: the decoded outputs and their lengths in tokens. In flight, `places` caps the
-        table's article places (default batch_size)."""
+    def generate(self, rows: Sequence[Sequence[int]], places: int | None = None
+                 ) -> tuple[list[str], list[int], list[float]]:
+        """One generate call: the decoded outputs, their lengths in tokens and their scores (mean_scores). In
+        flight, `places` caps the table's article places (default batch_size)."""
         tokens, mask = pad_ids(rows, self.tokenizer.pad_token_id)
         device = self.model.device
         start = time.perf_counter()
@@ -132,15 +135,19 @@ class TextGenerator:
             budget, articles = (self.max_batch_tokens, places or self.batch_size) if self.inflight else (None, None)
             out = self.model.generate(tokens.to(device), mask.to(device), max_batch_tokens=budget,
                                       max_batch_articles=articles, step=self.step, policy=self.policy,
-                                      inflight=self.inflight, stats=self.stats, **self.generation)
+                                      inflight=self.inflight, stats=self.stats, return_scores=True,
+                                      **self.generation)
+            out, scores = out
             counts = (~torch.isin(out, self.special)).sum(dim=1).tolist()
+            if self.plan.num_beams == 1:  # generate's sum over the generated tokens: their mean
+                scores = scores / generated_tokens(out, self.eos, self.plan.fill)
         finally:
             seconds = time.perf_counter() - start
             self.generate_s += seconds
             self.calls += 1
             if self.on_call:
                 self.on_call(seconds)
-        return self.decoder_tokenizer.batch_decode(out, skip_special_tokens=True), counts
+        return self.decoder_tokenizer.batch_decode(out, skip_special_tokens=True), counts, scores.tolist()
 
     def table_places(self, rows: Sequence[Sequence[int]], places: int) -> int:
         """The article places of the in-flight table that decodes these rows under a cap of `places`."""
@@ -152,8 +159,8 @@ class TextGenerator:
         of half the places that failed)."""
         places = places or self.batch_size
         try:
-            texts, counts = self.generate(rows, places)
-            return [Generated(t, c, None) for t, c in zip(texts, counts, strict=True)]
+            texts, counts, scores = self.generate(rows, places)
+            return [Generated(t, c, None, s) for t, c, s in zip(texts, counts, scores, strict=True)]
         except (RuntimeError, MemoryError) as e:  # torch.OutOfMemoryError is a RuntimeError
             if not out_of_memory(e):
                 raise
@@ -170,6 +177,17 @@ class TextGenerator:
             places = max(1, self.table_places(rows, places) // 2)
         half = len(rows) // 2
         return self.generate_or_split(rows[:half], places) + self.generate_or_split(rows[half:], places)
+
+
+def generated_tokens(out: torch.Tensor, eos: torch.Tensor, fill: int) -> torch.Tensor:
+    """[N] tokens each row of generate's [N, T] output generated: the decoder start token excluded, the first
+    EOS included (what greedy search and sampling sum log-probs over); a row without EOS (max_length, or a
+    stopping criterion) up to its last token that is not the fill."""
+    tail = out[:, 1:]
+    at = torch.arange(1, out.shape[1], device=out.device).expand_as(tail)
+    first_eos = torch.where(torch.isin(tail, eos), at, out.shape[1]).min(dim=1).values
+    last = torch.where(tail != fill, at, 0).max(dim=1).values
+    return torch.where(first_eos < out.shape[1], first_eos, last).clamp(min=1)
 
 
 ALLOC_FAILED = ("out of memory", "CUBLAS_STATUS_ALLOC_FAILED", "CUDNN_STATUS_ALLOC_FAILED",
