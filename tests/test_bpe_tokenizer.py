@@ -204,9 +204,13 @@ def test_which_bpe_tokenizer_and_clear_errors(tmp_path):
     assert (tok.bos_token_id, tok.pad_token_id) == (50256, None)
     with pytest.raises(ValueError, match="tokenizer_class .*RobertaTokenizer or GPT2Tokenizer.* model_type"):
         Tokenizer.from_pretrained(vocab_folder("gpt2", tmp_path / "bare"))
-    with pytest.raises(ValueError, match="'BartTokenizer' with a byte-level BPE vocabulary is not supported"):
-        Tokenizer.from_pretrained(vocab_folder("gpt2", tmp_path / "bart",
-                                               tokenizer_config={"tokenizer_class": "BartTokenizer"}))
+    for name, config in (("bart", {"tokenizer_class": "BartTokenizer"}), ("bart-type", None)):  # RoBERTa's
+        tok = Tokenizer.from_pretrained(vocab_folder("roberta", tmp_path / name, tokenizer_config=config,
+                                                     model_config={"model_type": "bart"}))
+        assert (tok.cls_token_id, tok.pad_token_id, tok.eos_token_id) == (0, 1, 2)
+    with pytest.raises(ValueError, match="'CLIPTokenizer' with a byte-level BPE vocabulary is not supported"):
+        Tokenizer.from_pretrained(vocab_folder("gpt2", tmp_path / "clip",
+                                               tokenizer_config={"tokenizer_class": "CLIPTokenizer"}))
     with pytest.raises(ValueError, match=r"special tokens \['</s>', '<s>'\] are not in the vocabulary"):
         Tokenizer.from_pretrained(vocab_folder("gpt2", tmp_path / "wrong", model_config={"model_type": "roberta"}))
 
