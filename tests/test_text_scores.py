@@ -7,7 +7,7 @@ import pytest
 import torch
 import transformers
 
-from model import EncoderDecoderModel, TextGenerator, Tokenizer, pad_ids
+from model import EncoderDecoderModel, TextGenerator, Tokenizer, pad_ids, pipeline
 from tests.helpers import articles, random_bert2bert
 
 
@@ -58,3 +58,23 @@ def test_an_errored_row_has_no_score(scored):
     ours, _, tok, rows = scored
     got = TextGenerator(ours, tok, dict(max_length=8))([[], rows[0]])
     assert got[0].score is None and got[0].error and isinstance(got[1].score, float)
+
+
+@pytest.mark.parametrize("settings", [dict(num_beams=4, max_length=16, num_return_sequences=2),
+                                      dict(max_length=16)], ids=["beam", "greedy"])
+def test_pipeline_return_scores_gives_text_generators_scores(scored, settings):
+    ours, _, tok, _ = scored
+    texts = [r["article"][: 80 + 60 * i] for i, r in enumerate(articles(4))]
+    summarize = pipeline("summarization", model=ours, tokenizer=tok, device="cpu")
+    got = summarize([*texts, ""], return_scores=True, **settings)
+    want = TextGenerator(ours, tok, settings)(tok.encode_batch(texts, ours.config.encoder.max_positions))
+    flat = flatten(got)
+    g = settings.get("num_return_sequences", 1)
+    assert [d["score"] for d in flat[:-g]] == pytest.approx([w.score for w in want], abs=1e-6)
+    assert [d["summary_text"] for d in flat[:-g]] == [w.text for w in want]
+    assert flat[-1] == {"summary_text": None, "score": None, "error": "empty text"}
+    assert all(set(d) == {"summary_text"} for d in flatten(summarize(texts, **settings)))  # by default
+
+
+def flatten(results: list) -> list[dict]:
+    return [d for items in results for d in (items if isinstance(items, list) else [items])]

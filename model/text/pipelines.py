@@ -28,7 +28,9 @@ class Text2TextPipeline:
     """`pipe(text_or_texts, **generate_kwargs)`: one dict per input, in input order, with the task's key
     (`summary_text`, `translation_text`, `generated_text`), or that key None and `error` for a bad input.
     With num_return_sequences > 1, transformers' shapes: a list of that many dicts (best first) for one
-    string, a list of such lists for a list."""
+    string, a list of such lists for a list. return_scores=True (ours: transformers' pipeline has no such
+    flag) adds each dict's "score" (TextGenerator's: the length-penalised beam score, or the mean
+    log-probability of the generated tokens for greedy search and sampling; None with an error)."""
 
     def __init__(self, task: str, model: EncoderDecoderModel, tokenizer: Tokenizer, batch_size: int = 64,
                  max_batch_tokens: int | None = DEFAULT_BATCH_TOKENS, decoder_tokenizer: Tokenizer | None = None,
@@ -40,12 +42,14 @@ class Text2TextPipeline:
         self.batch_size, self.max_batch_tokens, self.batching = batch_size, max_batch_tokens, batching
 
     def __call__(self, inputs: str | Sequence[str | None], truncation: bool = True, max_input_tokens: int | None = None,
-                 add_special_tokens: bool = True, **generate_kwargs: Any) -> list[dict[str, Any]] | list[list]:
+                 add_special_tokens: bool = True, return_scores: bool = False,
+                 **generate_kwargs: Any) -> list[dict[str, Any]] | list[list]:
         texts = [inputs] if isinstance(inputs, str) else list(inputs)
         generator = TextGenerator(self.model, self.tokenizer, generate_kwargs, self.batch_size, self.max_batch_tokens,
                                   decoder_tokenizer=self.decoder_tokenizer, batching=self.batching)
         g = generator.sequences
-        out: list[list[dict[str, Any]]] = [[{self.key: None, "error": problem(t)}] * g for t in texts]
+        scored = {"score": None} if return_scores else {}
+        out: list[list[dict[str, Any]]] = [[{self.key: None, **scored, "error": problem(t)}] * g for t in texts]
         good = [i for i, items in enumerate(out) if items[0]["error"] is None]
         limit = self.model.config.encoder.max_positions
         if max_input_tokens is not None and not 0 < max_input_tokens <= limit:
@@ -57,8 +61,8 @@ class Text2TextPipeline:
                                           add_special_tokens)
         results = generator(ids)
         for n, i in enumerate(good):
-            out[i] = [{self.key: r.text} if r.error is None else {self.key: None, "error": r.error}
-                      for r in results[n * g:(n + 1) * g]]
+            out[i] = [{self.key: r.text, **({"score": r.score} if return_scores else {}),
+                       **({} if r.error is None else {"error": r.error})} for r in results[n * g:(n + 1) * g]]
         if isinstance(inputs, str):
             return out[0]
         return [items[0] for items in out] if g == 1 else out
