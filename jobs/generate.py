@@ -40,7 +40,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="text: one output per line, line k for input line k (a blank input line gives a blank "
                              "line, an error 'ERROR: ...'; a newline inside an output is written as a space); "
                              "jsonl: one JSON object per "
-                             "output with the id, the task's key and any error (and its rank, 0 the best, with "
+                             "output with the id, the task's key, its score (the model's: the length-penalised "
+                             "beam score, or the mean log-probability of the generated tokens for greedy search "
+                             "and sampling; null with an error) and any error (and its rank, 0 the best, with "
                              "--num-return-sequences above 1: an input's outputs follow each other, best first); "
                              "auto: text for text input, jsonl for .jsonl / .parquet")
     parser.add_argument("--device", default="auto", help="auto (the GPU when there is one), cpu, cuda or cuda:N")
@@ -118,7 +120,8 @@ def main(argv: list[str] | None = None) -> int:
         with (sys.stdout if args.output == "-" else open(args.output, "w", encoding="utf-8")) as out:
             for start in range(0, len(texts), CHUNK):
                 results = generate(texts[start:start + CHUNK], max_input_tokens=args.max_input_tokens,
-                                   add_special_tokens=args.add_special_tokens, **settings)
+                                   add_special_tokens=args.add_special_tokens, return_scores=fmt == "jsonl",
+                                   **settings)
                 write(out, results, texts, ids, start, generate.key, fmt)
                 if progress:
                     print(f"\r{min(start + CHUNK, len(texts))}/{len(texts)} texts", end="", file=sys.stderr,

@@ -34,7 +34,8 @@ def test_piped_text_prints_what_the_pipeline_gives(tiny_model):
 
 def test_jsonl_and_parquet_inputs_keep_their_ids(tiny_model, tmp_path):
     rows = [{"id": f"doc-{i}", "body": r["article"][:300]} for i, r in enumerate(articles(4))]
-    want = pipeline("summarization", model=tiny_model)([r["body"] for r in rows], num_beams=2, max_length=20)
+    want = pipeline("summarization", model=tiny_model)([r["body"] for r in rows], num_beams=2, max_length=20,
+                                                       return_scores=True)
     (tmp_path / "in.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     pq.write_table(pa.Table.from_pylist(rows), tmp_path / "in.parquet")
     for name in ("in.jsonl", "in.parquet"):
@@ -100,7 +101,7 @@ def test_num_return_sequences_writes_each_with_its_rank(tiny_model, tmp_path):
                "--num-return-sequences", "2", "--max-length", "12")
     assert done.returncode == 0, done.stderr
     want = pipeline("summarization", model=tiny_model)([r["text"] for r in rows], num_beams=3,
-                                                       num_return_sequences=2, max_length=12)
+                                                       num_return_sequences=2, max_length=12, return_scores=True)
     assert [json.loads(line) for line in done.stdout.splitlines()] == [
         {"id": r["id"], "rank": k, **w} for r, items in zip(rows, want, strict=True) for k, w in enumerate(items)]
 
@@ -115,6 +116,8 @@ def test_text_output_has_one_line_per_input_line_blank_or_not(tiny_model, tmp_pa
     as_json = b2b("generate", "--model", str(tiny_model), "--format", "jsonl", *GEN, stdin="\n".join(texts))
     lines = [json.loads(line) for line in as_json.stdout.splitlines()]
     assert [line.get("error") for line in lines] == [None, "empty text", None, "empty text"]
+    assert [line["score"] is None for line in lines] == [False, True, False, True]  # the model's, null on error
+    assert "score" in b2b("generate", "--help").stdout and "score" not in done.stdout
 
 
 @pytest.mark.parametrize("flag", ["--batch-size", "--max-batch-tokens"])
