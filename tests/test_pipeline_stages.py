@@ -62,16 +62,18 @@ def test_summarizer_matches_direct_generate_and_passes_errors_through(bert2bert_
     tokenized = tokenize(batch, tok, "article", max_input_tokens=128)
     out = Summarizer(str(bert2bert_dir), GEN).summarize(tokenized)
     assert out.column_names == ["id", "summary", "error", "input_tokens", "truncated", "cleaned",
-                                "summary_tokens", "replica"]
+                                "summary_tokens", "score", "replica"]
     rows = out.to_pylist()
     assert rows[1]["summary"] is None and rows[1]["error"] == ERR_NULL and rows[1]["summary_tokens"] is None
+    assert rows[1]["score"] is None and out.schema.field("score").type == pa.float64()
     model = EncoderDecoderModel.from_pretrained(bert2bert_dir)
     for row, text in zip(rows, [texts[0], None, texts[1], texts[2][:300]], strict=True):
         if text is None:
             continue
         enc = tok([text], max_length=128)
         with torch.inference_mode():
-            ids = model.generate(enc["input_ids"], enc["attention_mask"], **GEN)
+            ids, score = model.generate(enc["input_ids"], enc["attention_mask"], return_scores=True, **GEN)
+        assert row["score"] == pytest.approx(float(score[0]), abs=1e-4)  # beams: the length-penalised score
         assert row["summary"] == tok.batch_decode(ids, skip_special_tokens=True)[0]
         special = set(tok.all_special_ids)
         assert row["summary_tokens"] == sum(1 for t in ids[0].tolist() if t not in special)

@@ -72,7 +72,7 @@ def test_resume_after_a_change_is_refused_naming_it(local_ray, tiny_model, corpu
     config = summarize_config(corpus, output, model, **IDENTITY)
     pending = plan_run(config)  # an attempt that died before its first unit: its run record is all there is
     record = storage.read_json(Location.of(str(output / commit.RUN_NAME)))
-    assert record["attempt"] == pending.attempt and record["identity"]["identity_version"] == 4
+    assert record["attempt"] == pending.attempt and record["identity"]["identity_version"] == 5
 
     edit, key = CHANGES[change]
     edit(model)

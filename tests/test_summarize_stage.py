@@ -24,11 +24,12 @@ def test_stage_gives_the_pipeline_summaries_for_every_row_once(local_ray, tiny_m
     rows = ds.take_all()
     assert sorted(r["doc"] for r in rows) == list(range(51))
     by_doc = {r["doc"]: r for r in rows}
-    want = pipeline("summarization", model=tiny_model)(texts, **GEN)
+    want = pipeline("summarization", model=tiny_model)(texts, return_scores=True, **GEN)
     assert [by_doc[i]["summary"] for i in range(50)] == [w["summary_text"] for w in want]
+    assert [by_doc[i]["score"] for i in range(50)] == pytest.approx([w["score"] for w in want], abs=1e-4)
     assert all(by_doc[i]["error"] is None and by_doc[i]["summary_tokens"] > 0 and by_doc[i]["source"] == "cnndm"
                and by_doc[i]["article"] == texts[i] for i in range(50))
-    assert by_doc[50]["summary"] is None and by_doc[50]["error"] == "text is null"
+    assert by_doc[50]["summary"] is None and by_doc[50]["error"] == "text is null" and by_doc[50]["score"] is None
 
 
 def test_stage_names_a_missing_column(tiny_model):
@@ -51,7 +52,8 @@ def test_stage_repeats_each_row_once_per_returned_sequence(tiny_model):
 def test_stage_refuses_a_batch_with_its_output_columns_before_any_work(tiny_model):
     stage = SummarizeStage(str(tiny_model), generation=GEN)
     with pytest.raises(ValueError, match=r"the batch has column\(s\) 'summary', 'error', which SummarizeStage writes "
-                                         r"\(summary, error, input_tokens, summary_tokens, truncated\); rename them"):
+                                         r"\(summary, error, input_tokens, summary_tokens, score, truncated\); "
+                                         r"rename them"):
         stage({"article": ["a text"], "summary": ["the user's own"], "error": [None]})
     assert stage.generator.calls == 0
     out = stage({"article": ["a text"], "rank": [7]})  # rank is written only with num_return_sequences > 1

@@ -46,6 +46,7 @@ OUTPUT_TYPES = {
     "truncated": pa.bool_(),
     "cleaned": pa.bool_(),
     "summary_tokens": pa.int32(),
+    "score": pa.float64(),  # the model's: the length-penalised beam score, or the mean token log-prob; null on error
     "replica": pa.string(),
 }
 
@@ -94,11 +95,12 @@ class Summarizer:
         todo = np.flatnonzero(pc.is_null(errors).to_numpy(zero_copy_only=False))
         summaries = np.full(n * g, None, dtype=object)
         summary_tokens = np.full(n * g, None, dtype=object)
+        scores = np.full(n * g, None, dtype=object)
         if len(todo):
             errors = np.repeat(errors.to_numpy(zero_copy_only=False).astype(object), g)
             results = self.generator(batch.column("input_ids").take(pa.array(todo)).to_pylist())
             slots = (todo[:, None] * g + np.arange(g)).ravel()
-            summaries[slots], summary_tokens[slots], errors[slots] = zip(*results, strict=True)
+            summaries[slots], summary_tokens[slots], errors[slots], scores[slots] = zip(*results, strict=True)
         rows = batch if g == 1 else batch.take(pa.array(np.repeat(np.arange(n), g)))
         out = rows.drop_columns(list(TOKENIZED_COLUMNS))
         columns = {
@@ -109,6 +111,7 @@ class Summarizer:
             "truncated": rows.column("truncated"),
             "cleaned": rows.column("cleaned"),
             "summary_tokens": pa.array(summary_tokens, OUTPUT_TYPES["summary_tokens"]),
+            "score": pa.array(scores, OUTPUT_TYPES["score"]),
             "replica": pa.array([self.replica] * (n * g), OUTPUT_TYPES["replica"]),
         }
         for name, values in columns.items():

@@ -4,7 +4,9 @@
     ds = ds.map_batches(SummarizeStage, fn_constructor_kwargs={"model": "s3://bucket/models/b2b"},
                         concurrency=(1, 4), num_gpus=1, batch_size=256, batch_format="pyarrow")
 
-Each batch keeps its columns and gains summary, error, input_tokens, summary_tokens and truncated (and rank,
+Each batch keeps its columns and gains summary, error, input_tokens, summary_tokens, score (the model's own:
+the length-penalised beam score, or the mean log-probability of the generated tokens; null on error) and
+truncated (and rank,
 each row repeated once per output, with num_return_sequences > 1): the summarize job's own cleaning,
 tokenizing and replica (length-sorted calls by token budget, out-of-memory split, per-row errors), without its
 commit protocol (the dataflow is yours, and so is writing it). The names are the job's output columns, not
@@ -23,7 +25,7 @@ import ray
 from .replica import Summarizer
 from .text import tokenize
 
-STAGE_COLUMNS = ("summary", "rank", "error", "input_tokens", "summary_tokens", "truncated")
+STAGE_COLUMNS = ("summary", "rank", "error", "input_tokens", "summary_tokens", "score", "truncated")
 
 
 def actor_cpus() -> int | None:

@@ -36,7 +36,8 @@ MODEL_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "specia
 WEIGHT_SUFFIXES = (".safetensors", ".safetensors.index.json", ".bin")
 # Bumped when the identity gains fields: a record of an older version has unknown settings (never equal).
 # 4: the dtype the replicas resolve (not "auto"), the decoder tokenizer given apart (URL and files' digest).
-IDENTITY_VERSION = 4
+# 5: the output gains the score column (a partition of version 4 has none: it is redone, no mix of files).
+IDENTITY_VERSION = 5
 
 
 def _model_files(folder: Location, label: str = "") -> list[tuple[str, Any, dict]]:
@@ -95,6 +96,7 @@ def differences(recorded: dict[str, Any], current: dict[str, Any]) -> list[str]:
     if recorded.get("identity_version") != current.get("identity_version"):
         return [f"settings unknown: recorded with identity version {recorded.get('identity_version', 1)}, this "
                 f"code writes {current.get('identity_version')} (it covers every generation setting, the tokenizer "
-                "and config files, the dtype the replicas compute in, a decoder tokenizer given apart)"]
+                "and config files, the dtype the replicas compute in, a decoder tokenizer given apart, the output's "
+                "score column)"]
     return [f"{k}: {recorded.get(k)!r} -> {current.get(k)!r}" for k in sorted(recorded.keys() | current.keys())
             if recorded.get(k) != current.get(k)]
