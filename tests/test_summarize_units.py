@@ -123,10 +123,10 @@ def test_overwrite_interrupted_during_its_replace_leaves_a_complete_output(local
         moved(src, dst, names[:1])
         raise Crash
 
-    def crash_at_switch(loc, obj):  # dies just before the marker that switches readers is written
+    def crash_at_switch(loc, obj, **kwargs):  # dies just before the marker that switches readers is written
         if loc.url == str(out / storage.MARKER_NAME):
             raise Crash
-        write_json(loc, obj)
+        return write_json(loc, obj, **kwargs)
 
     for fault in (("move_files", move_one_then_crash), ("write_json_atomic", crash_at_switch)):
         monkeypatch.setattr(storage, *fault)
