@@ -64,7 +64,8 @@ def test_readme_command_grows_the_pool_over_gpu_workers_from_zero_and_back(clust
 
     done = submit(cluster, s3_endpoint, "-m", "jobs.summarize", "--input", "s3://cluster/articles/",
                   "--output", "s3://cluster/summaries/", "--model", "s3://cluster/models/b2b", "--replicas", "1-2",
-                  "--num-beams", "2", "--max-length", "32", "--max-input-tokens", "96")
+                  "--num-beams", "2", "--max-length", "32", "--max-input-tokens", "96",
+                  "--dtype", "float32")  # its GPUs are logical ones: auto would be bfloat16, on these CPUs
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-3000:]
     assert "rows in: 80  rows out: 80  written by this run: 80" in done.stdout
     assert "torch sees no CUDA device: running on CPU" in done.stdout  # a replica's own log reached the job's

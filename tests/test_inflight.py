@@ -93,7 +93,8 @@ def test_inflight_equals_transformers_on_each_article_alone(folder, inputs, alon
     stats, call_stats = DecodeStats(), DecodeStats()
     out, scores = ours.generate(ids, mask, inflight=True, max_batch_articles=PLACES, policy=policy, stats=stats,
                                 return_scores=True, **settings)
-    ours.generate(ids, mask, max_batch_articles=PLACES, policy=policy, stats=call_stats, **settings)
+    calls = 4 * PLACES  # the calls loop's counts, on the first articles (all 300 would double the test's time)
+    ours.generate(ids[:calls], mask[:calls], max_batch_articles=PLACES, policy=policy, stats=call_stats, **settings)
     want = alone(name)
     lengths = [len(w) for w, _ in want]
     assert min(lengths) <= 25 and max(lengths) == 40 and len(set(lengths)) > 3  # outputs stop anywhere
@@ -111,8 +112,8 @@ def test_inflight_equals_transformers_on_each_article_alone(folder, inputs, alon
         assert gap < TIE, f"article {i}: {got} != {tokens} (scores {gap} apart)"
         ties.append(i)
     print(f"{name}, {policy} policy: {len(ties)} of {ARTICLES} articles differ by a tie (< {TIE}); "
-          f"{stats.steps} steps against {call_stats.steps} in calls, live row-steps "
-          f"{stats.live_share:.1%} against {call_stats.live_share:.1%}")
+          f"{stats.steps} steps; live row-steps {stats.live_share:.1%} (calls on the first {calls} articles: "
+          f"{call_stats.live_share:.1%})")
     assert len(ties) <= 3
     assert call_stats.self_share == 1.0  # a call's articles all began at its first step
     assert stats.self_share < 1.0 and stats.cross_share < 1.0
@@ -199,7 +200,8 @@ def test_text_generator_batching_gives_the_same_texts(folder, inputs):
     settings = SETTINGS["beam, early stopping"]
     texts = {way: TextGenerator(ours, tok, settings, batch_size=8, batching=way)(inputs[:40])
              for way in ("calls", "inflight")}
-    assert texts["inflight"] == texts["calls"]
+    assert [g[:3] for g in texts["inflight"]] == [g[:3] for g in texts["calls"]]  # text, tokens, error
+    assert [g.score for g in texts["inflight"]] == pytest.approx([g.score for g in texts["calls"]], abs=1e-4)
     assert not TextGenerator(ours, tok, settings, policy="gpu").inflight
     assert TextGenerator(ours, tok, settings, policy="cpu").inflight
     with pytest.raises(ValueError, match="batching must be one of"):

@@ -100,10 +100,13 @@ def test_csv_input_and_bad_numbers(capsys, tmp_path, bert2bert_dir):
                      str(bert2bert_dir)], "no Parquet shards at")
     shard(tmp_path / "in" / "a.parquet", [1, 2])
     for flag, value, words in (("--rows-per-file", "0", "rows_per_file must be >= 1"),
-                               ("--max-batch-tokens", "-5", "max_batch_tokens must be >= 1"),
                                ("--num-beams", "0", "num_beams must be >= 1")):
         refused(capsys, ["--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"), "--model",
                          str(bert2bert_dir), flag, value], words)
+    with pytest.raises(SystemExit) as exited:  # caps are whole numbers >= 1 from the parser on
+        summarize_job.parse_args(["--input", "a", "--output", "b", "--model", "m", "--max-batch-tokens", "-5"])
+    assert exited.value.code == 2
+    assert "argument --max-batch-tokens: must be >= 1, got -5" in capsys.readouterr().err
 
 
 def test_bad_storage_options_json_is_not_echoed(capsys):
